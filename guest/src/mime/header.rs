@@ -1,0 +1,179 @@
+//! Header field writer (RFC 5322 2.2, 3.3, 3.4): folding at 78 columns,
+//! RFC 2047 encoded words for non-ASCII text, display names as atoms, quoted
+//! strings or encoded words, and the `Date` format.
+
+use super::address::Mailbox;
+use super::encode::{HEADER_FOLD, encoded_words};
+
+/// Collects header fields as CRLF-terminated, folded lines.
+#[derive(Default)]
+pub struct HeaderWriter {
+    out: String,
+}
+
+fn is_phrase_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~ ".contains(c)
+}
+
+/// The display name as RFC 5322 phrase text: atoms, a quoted string, or
+/// encoded words.
+pub fn display_name(name: &str, room: usize) -> String {
+    if !name.is_ascii() || name.contains("=?") {
+        encoded_words(name, room)
+    } else if name.chars().all(is_phrase_atext) && !name.starts_with(' ') {
+        name.to_owned()
+    } else {
+        let escaped = name.replace('\\', "\\\\").replace('"', "\\\"");
+        format!("\"{escaped}\"")
+    }
+}
+
+impl HeaderWriter {
+    /// Current column on the last line.
+    fn column(&self) -> usize {
+        self.out.len() - self.out.rfind('\n').map_or(0, |i| i + 1)
+    }
+
+    /// A field whose value the builder generated and knows to be short ASCII.
+    pub fn field(&mut self, name: &str, value: &str) {
+        self.out.push_str(name);
+        self.out.push_str(": ");
+        self.out.push_str(value);
+        self.out.push_str("\r\n");
+    }
+
+    /// An unstructured field (Subject, custom headers): folded at white space,
+    /// or sent as encoded words when it is not ASCII, contains `=?`, or has a
+    /// word too long to fold.
+    pub fn unstructured(&mut self, name: &str, value: &str) {
+        self.out.push_str(name);
+        self.out.push(':');
+        let needs_encoding = !value.is_ascii()
+            || value.contains("=?")
+            || value.split(' ').any(|w| w.len() + name.len() + 2 > HEADER_FOLD)
+            || value.contains('\t');
+        if value.is_empty() {
+            self.out.push_str("\r\n");
+            return;
+        }
+        if needs_encoding {
+            self.out.push(' ');
+            let room = HEADER_FOLD - self.column();
+            self.out.push_str(&encoded_words(value, room));
+        } else {
+            let mut first = true;
+            for word in value.split(' ') {
+                if !first && self.column() + 1 + word.len() > HEADER_FOLD {
+                    self.out.push_str("\r\n");
+                }
+                self.out.push(' ');
+                self.out.push_str(word);
+                first = false;
+            }
+        }
+        self.out.push_str("\r\n");
+    }
+
+    /// An address-list field (From, To, Cc, Reply-To), folded between
+    /// mailboxes.
+    pub fn mailboxes(&mut self, name: &str, list: &[Mailbox]) {
+        self.out.push_str(name);
+        self.out.push(':');
+        for (i, m) in list.iter().enumerate() {
+            let addr = format!("<{}>", m.address);
+            let item = match &m.name {
+                Some(n) => {
+                    let room = HEADER_FOLD.saturating_sub(self.column() + 2);
+                    format!("{} {addr}", display_name(n, room.max(30)))
+                }
+                None => m.address.to_string(),
+            };
+            let first_line = item.split("\r\n").next().map_or(0, str::len);
+            let sep = if i == 0 { "" } else { "," };
+            self.out.push_str(sep);
+            if i > 0 && self.column() + 1 + first_line > HEADER_FOLD {
+                self.out.push_str("\r\n");
+            }
+            self.out.push(' ');
+            self.out.push_str(&item);
+        }
+        self.out.push_str("\r\n");
+    }
+
+    /// The header section so far.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.out.into_bytes()
+    }
+}
+
+/// RFC 5322 3.3 date-time in UTC, e.g. `Thu, 26 Nov 2026 15:27:44 +0000`.
+pub fn format_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    // Days to civil date (H. Hinnant's algorithm), valid for the Unix era.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(format_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(format_date(1_795_707_464), "Thu, 26 Nov 2026 15:37:44 +0000");
+        assert_eq!(format_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(display_name("Jo Smith", 70), "Jo Smith");
+        assert_eq!(display_name("Smith, Jo", 70), "\"Smith, Jo\"");
+        assert_eq!(display_name("a \"b\" \\c", 70), "\"a \\\"b\\\" \\\\c\"");
+        assert_eq!(display_name("Jürgen", 70), "=?utf-8?B?SsO8cmdlbg==?=");
+    }
+
+    #[test]
+    fn subject_folds_at_78() {
+        let mut h = HeaderWriter::default();
+        h.unstructured("Subject", &"word ".repeat(40));
+        let text = String::from_utf8(h.into_bytes()).unwrap();
+        for line in text.split_terminator("\r\n") {
+            assert!(line.len() <= 78, "{line:?}");
+        }
+        assert!(text.contains("\r\n word"));
+    }
+
+    #[test]
+    fn address_list_folds() {
+        let list: Vec<Mailbox> =
+            (0..6).map(|i| Mailbox::new(Some("Recipient Name"), &format!("user{i}@example.com")).unwrap()).collect();
+        let mut h = HeaderWriter::default();
+        h.mailboxes("To", &list);
+        let text = String::from_utf8(h.into_bytes()).unwrap();
+        assert!(text.starts_with("To: Recipient Name <user0@example.com>, Recipient Name <user1@example.com>,\r\n "));
+        for line in text.split_terminator("\r\n") {
+            assert!(line.len() <= 78, "{line:?}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! SMTP commands (RFC 5321 4.1, RFC 1869, RFC 3207, RFC 4954, RFC 6152,
+//! RFC 6531, RFC 1870): one type per verb whose `Display` is the exact wire
+//! bytes, CRLF included.
+//!
+//! Arguments are typed (a validated [`Address`], a checked EHLO name), so a
+//! command can only carry what its grammar allows.
+
+use crate::mime::address::Address;
+use std::fmt;
+
+/// An EHLO/HELO domain: a host name or address literal, printable ASCII,
+/// no spaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientName(String);
+
+/// The longest EHLO name we send.
+pub const MAX_CLIENT_NAME: usize = 255;
+
+impl ClientName {
+    /// Validate an EHLO name.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("empty".into());
+        }
+        if name.len() > MAX_CLIENT_NAME {
+            return Err(format!("longer than {MAX_CLIENT_NAME} octets"));
+        }
+        if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!("contains {c:?}; only printable ASCII without spaces is allowed"));
+        }
+        Ok(Self(name.to_owned()))
+    }
+}
+
+impl fmt::Display for ClientName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `EHLO name`.
+pub struct Ehlo<'a>(pub &'a ClientName);
+impl fmt::Display for Ehlo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EHLO {}\r\n", self.0)
+    }
+}
+
+/// `HELO name`.
+pub struct Helo<'a>(pub &'a ClientName);
+impl fmt::Display for Helo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HELO {}\r\n", self.0)
+    }
+}
+
+/// `STARTTLS`.
+pub struct StartTls;
+impl fmt::Display for StartTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("STARTTLS\r\n")
+    }
+}
+
+/// `BODY=` parameter values (RFC 6152).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `BODY=7BIT`, never sent: it is the default.
+    SevenBit,
+    /// `BODY=8BITMIME`.
+    EightBitMime,
+}
+
+/// `MAIL FROM:<addr>` with optional `SIZE=`, `BODY=` and `SMTPUTF8`.
+pub struct MailFrom<'a> {
+    /// The reverse path; `None` is the null path `<>`.
+    pub from: Option<&'a Address>,
+    /// `SIZE=` (RFC 1870), when the server advertises SIZE.
+    pub size: Option<u64>,
+    /// `BODY=`.
+    pub body: Body,
+    /// `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+}
+impl fmt::Display for MailFrom<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MAIL FROM:<")?;
+        if let Some(a) = self.from {
+            write!(f, "{a}")?;
+        }
+        f.write_str(">")?;
+        if let Some(size) = self.size {
+            write!(f, " SIZE={size}")?;
+        }
+        if self.body == Body::EightBitMime {
+            f.write_str(" BODY=8BITMIME")?;
+        }
+        if self.smtputf8 {
+            f.write_str(" SMTPUTF8")?;
+        }
+        f.write_str("\r\n")
+    }
+}
+
+/// `RCPT TO:<addr>`.
+pub struct RcptTo<'a>(pub &'a Address);
+impl fmt::Display for RcptTo<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RCPT TO:<{}>\r\n", self.0)
+    }
+}
+
+/// `DATA`.
+pub struct Data;
+impl fmt::Display for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DATA\r\n")
+    }
+}
+
+/// `RSET`.
+pub struct Rset;
+impl fmt::Display for Rset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RSET\r\n")
+    }
+}
+
+/// `NOOP`.
+pub struct Noop;
+impl fmt::Display for Noop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NOOP\r\n")
+    }
+}
+
+/// `QUIT`.
+pub struct Quit;
+impl fmt::Display for Quit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("QUIT\r\n")
+    }
+}
+
+/// `AUTH mechanism [initial-response]` (RFC 4954 4).
+pub struct Auth<'a> {
+    /// The SASL mechanism name.
+    pub mechanism: &'a str,
+    /// The base64 initial response, if any.
+    pub initial: Option<&'a str>,
+}
+impl fmt::Display for Auth<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.initial {
+            Some(ir) => write!(f, "AUTH {} {ir}\r\n", self.mechanism),
+            None => write!(f, "AUTH {}\r\n", self.mechanism),
+        }
+    }
+}
+
+/// A SASL continuation line: base64 text alone on a line (RFC 4954 4).
+pub struct AuthResponse<'a>(pub &'a str);
+impl fmt::Display for AuthResponse<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\r\n", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    #[test]
+    fn wire_bytes() {
+        let name = ClientName::new("client.example").unwrap();
+        assert_eq!(Ehlo(&name).to_string(), "EHLO client.example\r\n");
+        assert_eq!(Helo(&name).to_string(), "HELO client.example\r\n");
+        assert_eq!(StartTls.to_string(), "STARTTLS\r\n");
+        assert_eq!(Data.to_string(), "DATA\r\n");
+        assert_eq!(Rset.to_string(), "RSET\r\n");
+        assert_eq!(Noop.to_string(), "NOOP\r\n");
+        assert_eq!(Quit.to_string(), "QUIT\r\n");
+        assert_eq!(RcptTo(&addr("b@example.org")).to_string(), "RCPT TO:<b@example.org>\r\n");
+        assert_eq!(Auth { mechanism: "LOGIN", initial: None }.to_string(), "AUTH LOGIN\r\n");
+        assert_eq!(Auth { mechanism: "PLAIN", initial: Some("AGEAYg==") }.to_string(), "AUTH PLAIN AGEAYg==\r\n");
+        assert_eq!(AuthResponse("dXNlcg==").to_string(), "dXNlcg==\r\n");
+    }
+
+    #[test]
+    fn mail_from_parameters() {
+        let a = addr("a@example.com");
+        let plain = MailFrom { from: Some(&a), size: None, body: Body::SevenBit, smtputf8: false };
+        assert_eq!(plain.to_string(), "MAIL FROM:<a@example.com>\r\n");
+        let all = MailFrom { from: Some(&a), size: Some(2048), body: Body::EightBitMime, smtputf8: true };
+        assert_eq!(all.to_string(), "MAIL FROM:<a@example.com> SIZE=2048 BODY=8BITMIME SMTPUTF8\r\n");
+        let null = MailFrom { from: None, size: None, body: Body::SevenBit, smtputf8: false };
+        assert_eq!(null.to_string(), "MAIL FROM:<>\r\n");
+    }
+
+    #[test]
+    fn client_names() {
+        assert!(ClientName::new("[127.0.0.1]").is_ok());
+        assert!(ClientName::new("a b").is_err());
+        assert!(ClientName::new("a\r\nMAIL FROM:<x@y>").is_err());
+        assert!(ClientName::new("").is_err());
+        assert!(ClientName::new("h\u{85}").is_err());
+    }
+}

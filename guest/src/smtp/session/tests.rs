@@ -1,0 +1,295 @@
+//! Session tests: scripted server bytes in, exact client bytes out.
+
+use super::*;
+use std::collections::VecDeque;
+
+/// A transport that plays server chunks in order and records every write.
+struct Script {
+    server: VecDeque<Vec<u8>>,
+    writes: Vec<Vec<u8>>,
+    tls: bool,
+    tls_allowed: bool,
+    log: Vec<String>,
+}
+
+impl Script {
+    fn new(chunks: &[&str]) -> Self {
+        Self {
+            server: chunks.iter().map(|c| c.as_bytes().to_vec()).collect(),
+            writes: vec![],
+            tls: false,
+            tls_allowed: true,
+            log: vec![],
+        }
+    }
+}
+
+impl Transport for Script {
+    fn send(&mut self, bytes: &[u8], _stage: Stage) -> Result<(), SmtpError> {
+        self.writes.push(bytes.to_vec());
+        Ok(())
+    }
+    fn start_reply(&mut self, _stage: Stage) {}
+    fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
+        match self.server.pop_front() {
+            Some(chunk) if chunk == b"<timeout>" => Err(SmtpError::Timeout(stage)),
+            Some(chunk) => {
+                buf[..chunk.len()].copy_from_slice(&chunk);
+                Ok(chunk.len())
+            }
+            None => Ok(0),
+        }
+    }
+    fn start_tls(&mut self) -> Result<String, SmtpError> {
+        if !self.tls_allowed {
+            return Err(SmtpError::Tls("handshake failed".into()));
+        }
+        self.tls = true;
+        Ok("TLSv1.3".into())
+    }
+    fn is_tls(&self) -> bool {
+        self.tls
+    }
+    fn transcript(&mut self, d: Direction, line: &str) {
+        self.log.push(format!("{d:?}: {line}"));
+    }
+    fn verbose(&self) -> bool {
+        true
+    }
+}
+
+fn cfg(tls: TlsMode, user: Option<&str>) -> Config {
+    Config {
+        client_name: ClientName::new("client.example").unwrap(),
+        tls,
+        user: user.map(str::to_owned),
+        auth: Choice::Auto,
+    }
+}
+
+fn secret() -> Option<Secret> {
+    Some(Secret::new("hunter2".into()))
+}
+
+fn addr(s: &str) -> Address {
+    Address::parse(s).unwrap()
+}
+
+fn writes(s: &Session<Script>) -> String {
+    s.io.writes.iter().map(|w| String::from_utf8_lossy(w).into_owned()).collect::<Vec<_>>().join("|")
+}
+
+#[test]
+fn pipelined_transaction_with_partial_acceptance() {
+    let io = Script::new(&[
+        "220 mx ESMTP\r\n",
+        "250-mx\r\n250-PIPELINING\r\n250 SIZE 100000\r\n",
+        "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n354 go\r\n",
+        "250 2.0.0 queued as X\r\n",
+    ]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com"), addr("bad@example.com"), addr("c@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 9, eight_bit: false, smtputf8: false };
+    let d = s.send_bytes(&msg, b".hi\r\nyou\r\n").unwrap();
+    assert_eq!(d.accepted, vec![rcpts[0].clone(), rcpts[2].clone()]);
+    assert_eq!(d.rejected.len(), 1);
+    assert_eq!(d.rejected[0].1.code, 550);
+    assert_eq!(d.rejected[0].1.enhanced.as_deref(), Some("5.1.1"));
+    assert_eq!(d.reply.lines, vec!["queued as X"]);
+    assert_eq!(
+        writes(&s),
+        "EHLO client.example\r\n|MAIL FROM:<a@example.com> SIZE=9\r\nRCPT TO:<b@example.com>\r\n\
+         RCPT TO:<bad@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n|..hi\r\nyou\r\n.\r\n"
+    );
+}
+
+#[test]
+fn second_message_pipelines_rset() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 ok\r\n",
+        "250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 ok\r\n",
+        "221 bye\r\n",
+    ]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    s.send_bytes(&msg, b"one").unwrap();
+    s.send_bytes(&msg, b"two").unwrap();
+    assert!(s.io.writes[3].starts_with(b"RSET\r\nMAIL FROM:<a@example.com>\r\n"));
+    assert_eq!(s.io.writes[4], b"two\r\n.\r\n");
+    s.quit();
+}
+
+#[test]
+fn without_pipelining_one_command_per_turn() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250 mx\r\n",
+        "250 ok\r\n",
+        "250 ok\r\n",
+        "354 go\r\n",
+        "250 ok\r\n",
+    ]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    s.send_bytes(&msg, b"abc").unwrap();
+    assert_eq!(
+        writes(&s),
+        "EHLO client.example\r\n|MAIL FROM:<a@example.com>\r\n|RCPT TO:<b@example.com>\r\n|DATA\r\n|abc\r\n.\r\n"
+    );
+}
+
+#[test]
+fn helo_fallback() {
+    let io = Script::new(&["220 old\r\n", "502 5.5.2 what?\r\n", "250 old\r\n"]);
+    let s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    assert_eq!(writes(&s), "EHLO client.example\r\n|HELO client.example\r\n");
+    assert_eq!(s.capabilities(), &Capabilities::default());
+}
+
+#[test]
+fn auth_plain_and_login_are_redacted() {
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 AUTH PLAIN LOGIN\r\n", "235 2.7.0 ok\r\n"]);
+    let s = Session::open(io, &cfg(TlsMode::None, Some("jo")), secret).unwrap();
+    assert_eq!(writes(&s), "EHLO client.example\r\n|AUTH PLAIN AGpvAGh1bnRlcjI=\r\n");
+    assert!(s.io.log.iter().any(|l| l == "Client: AUTH PLAIN <redacted>"));
+    assert!(s.io.log.iter().any(|l| l.contains("WARNING")));
+    assert!(!s.io.log.iter().any(|l| l.contains("AGpvAGh1bnRlcjI") || l.contains("hunter2")));
+
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 AUTH LOGIN\r\n",
+        "334 VXNlcm5hbWU6\r\n",
+        "334 UGFzc3dvcmQ6\r\n",
+        "235 ok\r\n",
+    ]);
+    let s = Session::open(io, &cfg(TlsMode::None, Some("jo")), secret).unwrap();
+    assert_eq!(writes(&s), "EHLO client.example\r\n|AUTH LOGIN\r\n|am8=\r\n|aHVudGVyMg==\r\n");
+    assert!(!s.io.log.iter().any(|l| l.contains("aHVudGVyMg") || l.contains("am8=")));
+}
+
+#[test]
+fn wrong_password_is_a_typed_auth_error() {
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 AUTH PLAIN\r\n", "535 5.7.8 Authentication credentials invalid\r\n"]);
+    let Err(SmtpError::Auth(r)) = Session::open(io, &cfg(TlsMode::None, Some("jo")), secret) else {
+        panic!("expected an auth error");
+    };
+    assert_eq!(r.code, 535);
+    assert_eq!(r.enhanced.as_deref(), Some("5.7.8"));
+}
+
+#[test]
+fn starttls_then_ehlo_again() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n",
+        "220 go ahead\r\n",
+        "250-mx\r\n250 AUTH LOGIN\r\n",
+        "334 VXNlcm5hbWU6\r\n",
+        "334 UGFzc3dvcmQ6\r\n",
+        "235 ok\r\n",
+    ]);
+    let s = Session::open(io, &cfg(TlsMode::Required, Some("jo")), secret).unwrap();
+    assert!(s.io.tls);
+    assert_eq!(s.capabilities().auth, vec![Mechanism::Login], "pre-TLS capabilities are forgotten");
+    assert!(writes(&s).starts_with("EHLO client.example\r\n|STARTTLS\r\n|EHLO client.example\r\n|AUTH LOGIN"));
+    assert!(s.io.log.iter().any(|l| l == "Info: TLS started: TLSv1.3"));
+}
+
+#[test]
+fn starttls_response_injection_is_refused() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 STARTTLS\r\n",
+        "220 Ready to start TLS\r\n250-evil.example\r\n250 AUTH LOGIN\r\n",
+    ]);
+    let r = Session::open(io, &cfg(TlsMode::Required, Some("jo")), secret);
+    assert!(matches!(r, Err(SmtpError::Tls(ref m)) if m.contains("injection")), "{:?}", r.err());
+}
+
+#[test]
+fn required_tls_without_starttls_fails_before_auth() {
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 AUTH PLAIN\r\n"]);
+    let r = Session::open(io, &cfg(TlsMode::Required, Some("jo")), secret);
+    assert!(matches!(r, Err(SmtpError::Tls(_))));
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 AUTH PLAIN\r\n"]);
+    let r = Session::open(io, &cfg(TlsMode::StartTls, Some("jo")), secret);
+    assert!(matches!(r, Err(SmtpError::Tls(ref m)) if m.contains("unencrypted")), "opportunistic mode never AUTHs in clear");
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 AUTH PLAIN\r\n"]);
+    assert!(Session::open(io, &cfg(TlsMode::StartTls, None), secret).is_ok());
+}
+
+#[test]
+fn starttls_refused_in_required_mode() {
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 STARTTLS\r\n", "454 4.7.0 TLS not available\r\n"]);
+    let r = Session::open(io, &cfg(TlsMode::Required, None), secret);
+    assert!(matches!(r, Err(SmtpError::Tls(ref m)) if m.contains("454")));
+}
+
+#[test]
+fn timeout_after_final_dot_is_outcome_unknown() {
+    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n", "<timeout>"]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    assert!(matches!(s.send_bytes(&msg, b"abc"), Err(SmtpError::OutcomeUnknown(_))));
+
+    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n"]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    assert!(matches!(s.send_bytes(&msg, b"abc"), Err(SmtpError::OutcomeUnknown(_))), "EOF after the dot");
+}
+
+#[test]
+fn greeting_errors() {
+    let io = Script::new(&["<timeout>"]);
+    assert!(matches!(Session::open(io, &cfg(TlsMode::None, None), secret), Err(SmtpError::Timeout(Stage::Greeting))));
+    let io = Script::new(&["554 5.3.2 go away\r\n"]);
+    let r = Session::open(io, &cfg(TlsMode::None, None), secret);
+    assert!(matches!(r, Err(SmtpError::Rejected { stage: Stage::Greeting, .. })));
+    let io = Script::new(&["SSH-2.0-OpenSSH_9.2\r\n"]);
+    assert!(matches!(Session::open(io, &cfg(TlsMode::None, None), secret), Err(SmtpError::Protocol(_))));
+    let io = Script::new(&["220-a\r\n421 b\r\n"]);
+    assert!(matches!(Session::open(io, &cfg(TlsMode::None, None), secret), Err(SmtpError::Protocol(_))));
+}
+
+#[test]
+fn all_recipients_refused_pipelined() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n",
+    ]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    let Err(SmtpError::Rejected { stage, reply, recipients }) = s.send_bytes(&msg, b"abc") else {
+        panic!("expected a rejection");
+    };
+    assert_eq!(stage, Stage::RcptTo);
+    assert_eq!(reply.code, 550);
+    assert_eq!(recipients.len(), 1);
+}
+
+#[test]
+fn capability_mismatches_fail_clearly() {
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 SIZE 10\r\n"]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("δ@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: true };
+    assert!(matches!(s.send_bytes(&msg, b"abc"), Err(SmtpError::InvalidMessage(m)) if m.contains("SMTPUTF8")));
+    let from = addr("a@example.com");
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 11, eight_bit: false, smtputf8: false };
+    assert!(matches!(s.send_bytes(&msg, b"abc"), Err(SmtpError::InvalidMessage(m)) if m.contains("SIZE")));
+    assert!(s.io.writes.len() == 1, "nothing but EHLO was sent");
+}
