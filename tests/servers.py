@@ -22,6 +22,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -282,7 +283,8 @@ class RecordingSmtpd:
       starttls_context: a server ssl.SSLContext; announces STARTTLS.
       require_starttls: answer 530 to everything but EHLO/NOOP/QUIT/STARTTLS
         before TLS (needs starttls_context).
-      implicit_tls: a server ssl.SSLContext; TLS from the first byte.
+      implicit_tls: a server ssl.SSLContext; TLS from the first byte (AUTH
+        is then always allowed: `auth_require_tls` does not apply).
       reject: recipient addresses answered with `550 5.1.1 No such user`.
     """
 
@@ -320,7 +322,10 @@ class RecordingSmtpd:
         if starttls_context is not None:
             kwargs.update(tls_context=starttls_context, require_starttls=require_starttls)
         if implicit_tls is not None:
-            kwargs.update(ssl_context=implicit_tls)
+            # aiosmtpd only counts STARTTLS as TLS: with auth_require_tls it
+            # would neither announce nor accept AUTH on an implicit TLS port,
+            # where every byte is encrypted anyway.
+            kwargs.update(ssl_context=implicit_tls, auth_require_tls=False)
         self._controller = _Controller(self.handler, **kwargs)
         self.port: Optional[int] = None
 
@@ -392,7 +397,7 @@ class SmtpSink:
     ["-e"] (no ESMTP: EHLO is refused, the client must fall back to HELO).
     `-c` is always on: `counters()` reads the running counters from its
     stdout. With `dump=True`, each transaction is also written to its own
-    file in `dump_dir` (see `dumps()`).
+    file in `dump_dir` (see `dumps()`), removed at `stop()`.
     """
 
     START_ATTEMPTS = 3
@@ -406,7 +411,8 @@ class SmtpSink:
         self.flags = list(flags)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.dump_dir = self.workdir / "dump" if dump else None
+        self.dump = dump
+        self.dump_dir: Optional[Path] = None
         self.port: Optional[int] = None
         self._proc: Optional[subprocess.Popen] = None
         self._stdout_path = self.workdir / "smtp-sink.out"
@@ -417,9 +423,12 @@ class SmtpSink:
         if os.geteuid() == 0:
             # smtp-sink refuses to run as root without dropping privileges.
             cmd += ["-u", "nobody"]
-        if self.dump_dir is not None:
-            self.dump_dir.mkdir(exist_ok=True)
-            self.dump_dir.chmod(0o777)  # written by "nobody"
+        if self.dump:
+            if self.dump_dir is None:
+                # As root smtp-sink writes as "nobody", which cannot reach
+                # pytest's private tmp tree: dump under the public tmp dir.
+                self.dump_dir = Path(tempfile.mkdtemp(prefix="wasmail-sink-"))
+                self.dump_dir.chmod(0o777)
             cmd += ["-d", str(self.dump_dir) + "/%H%M%S."]
         return cmd + self.flags + [f"inet:{LOOPBACK}:{port}", self.BACKLOG]
 
@@ -442,15 +451,17 @@ class SmtpSink:
         raise RuntimeError(f"smtp-sink did not start: {last_error}")
 
     def stop(self) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(SERVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self.dump_dir is not None:
+            shutil.rmtree(self.dump_dir, ignore_errors=True)
+            self.dump_dir = None
 
     @property
     def address(self) -> str:
@@ -465,9 +476,9 @@ class SmtpSink:
         return SinkCounters(sess, quit_, mesg)
 
     def wait_for(self, messages: int, timeout: float = 5.0) -> SinkCounters:
-        """Wait until the counters show `messages` messages and no session
-        in progress (smtp-sink updates them at QUIT and at session end),
-        then return them. Returns the last counters on timeout."""
+        """Wait until the counters show `messages` messages and at least one
+        ended session (smtp-sink updates them at ".", at QUIT and at session
+        end), then return them. Returns the last counters on timeout."""
         deadline = time.monotonic() + timeout
         while True:
             c = self.counters()
@@ -478,6 +489,6 @@ class SmtpSink:
     def dumps(self) -> list[bytes]:
         """The dumped transactions (smtp-sink headers first), oldest first."""
         if self.dump_dir is None:
-            raise RuntimeError("SmtpSink started without dump=True")
+            raise RuntimeError("SmtpSink not started with dump=True")
         files = sorted(self.dump_dir.rglob("*"), key=lambda p: p.stat().st_mtime_ns)
         return [p.read_bytes() for p in files if p.is_file()]

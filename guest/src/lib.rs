@@ -9,6 +9,16 @@ pub mod mime;
 pub mod smtp;
 
 #[cfg(target_arch = "wasm32")]
+mod bindings {
+    //! Guest bindings for `world mailer`, generated from the vendored WIT.
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "wasmail:mail/mailer",
+        features: ["tls"],
+        generate_all,
+    });
+}
+#[cfg(target_arch = "wasm32")]
 mod component;
 #[cfg(target_arch = "wasm32")]
 mod net;

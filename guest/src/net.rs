@@ -1,0 +1,320 @@
+//! The only code that touches the network: a [`Transport`] over wasi:sockets
+//! TCP and wasi:tls, with deadlines from wasi:io/poll and the monotonic clock
+//! (RFC 5321 4.5.3.2 timeouts).
+
+use crate::bindings::wasi::clocks::monotonic_clock;
+use crate::bindings::wasi::io::poll::{self, Pollable};
+use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
+use crate::bindings::wasi::sockets::instance_network::instance_network;
+use crate::bindings::wasi::sockets::ip_name_lookup;
+use crate::bindings::wasi::sockets::network::{IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network};
+use crate::bindings::wasi::sockets::tcp::TcpSocket;
+use crate::bindings::wasi::sockets::tcp_create_socket::create_tcp_socket;
+use crate::bindings::wasi::tls::types::{ClientConnection, ClientHandshake};
+use crate::bindings::wasmail::mail::transcript::{self, Direction as WitDirection};
+use crate::smtp::session::{Direction, Transport};
+use crate::smtp::{SmtpError, Stage};
+
+/// Per-phase deadlines, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connect and TLS handshakes.
+    pub connect: u64,
+    /// The greeting.
+    pub greeting: u64,
+    /// Command replies.
+    pub command: u64,
+    /// The 354 reply.
+    pub data_init: u64,
+    /// Each data write.
+    pub data_block: u64,
+    /// The reply to the final dot.
+    pub data_end: u64,
+    /// Cap on any one reply.
+    pub reply_cap: u64,
+}
+
+impl Timeouts {
+    fn for_stage(&self, stage: Stage) -> u64 {
+        let ms = match stage {
+            Stage::Connect | Stage::Tls => self.connect,
+            Stage::Greeting => self.greeting,
+            Stage::Data => self.data_init,
+            Stage::DataBlock => self.data_block,
+            Stage::DataEnd => self.data_end,
+            Stage::Ehlo | Stage::Auth | Stage::MailFrom | Stage::RcptTo | Stage::Rset | Stage::Quit => self.command,
+        };
+        ms.min(self.reply_cap)
+    }
+}
+
+const NS_PER_MS: u64 = 1_000_000;
+
+fn deadline_after(ms: u64) -> u64 {
+    monotonic_clock::now().saturating_add(ms.saturating_mul(NS_PER_MS))
+}
+
+/// Wait until `p` is ready or `deadline` passes; true when ready.
+fn wait(p: &Pollable, deadline: u64) -> bool {
+    if p.ready() {
+        return true;
+    }
+    let timer = monotonic_clock::subscribe_instant(deadline);
+    let ready = poll::poll(&[p, &timer]);
+    ready.contains(&0)
+}
+
+/// A TCP (and maybe TLS) connection to the relay.
+///
+/// Field order is drop order: streams and the TLS connection are children
+/// of the socket and must go first.
+pub struct Net {
+    /// `None` only after a failed TLS handshake consumed the plain streams.
+    streams: Option<(InputStream, OutputStream)>,
+    tls: Option<ClientConnection>,
+    /// Kept alive for its streams; dropped last.
+    _socket: TcpSocket,
+    _network: Network,
+    server_name: String,
+    timeouts: Timeouts,
+    deadline: u64,
+    verbose: bool,
+}
+
+fn io_err(stage: Stage, e: StreamError) -> SmtpError {
+    match e {
+        StreamError::Closed => SmtpError::Connect(format!("the connection was closed at {stage}")),
+        StreamError::LastOperationFailed(e) => SmtpError::Connect(format!("{} at {stage}", e.to_debug_string())),
+    }
+}
+
+fn socket_addresses(network: &Network, host: &str, port: u16, deadline: u64) -> Result<Vec<IpSocketAddress>, SmtpError> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    let ips: Vec<IpAddress> = if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+        vec![to_wasi_ip(ip)]
+    } else {
+        let stream = ip_name_lookup::resolve_addresses(network, host)
+            .map_err(|e| SmtpError::Connect(format!("cannot resolve {host}: {e:?}")))?;
+        let p = stream.subscribe();
+        let mut ips = Vec::new();
+        loop {
+            match stream.resolve_next_address() {
+                Ok(Some(ip)) => ips.push(ip),
+                Ok(None) => break,
+                Err(crate::bindings::wasi::sockets::network::ErrorCode::WouldBlock) => {
+                    if !wait(&p, deadline) {
+                        return Err(SmtpError::Timeout(Stage::Connect));
+                    }
+                }
+                Err(e) => return Err(SmtpError::Connect(format!("cannot resolve {host}: {e:?}"))),
+            }
+        }
+        ips
+    };
+    Ok(ips
+        .into_iter()
+        .map(|ip| match ip {
+            IpAddress::Ipv4(address) => IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address }),
+            IpAddress::Ipv6(address) => {
+                IpSocketAddress::Ipv6(Ipv6SocketAddress { port, flow_info: 0, address, scope_id: 0 })
+            }
+        })
+        .collect())
+}
+
+fn to_wasi_ip(ip: std::net::IpAddr) -> IpAddress {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            IpAddress::Ipv4((o[0], o[1], o[2], o[3]))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddress::Ipv6((s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]))
+        }
+    }
+}
+
+impl Net {
+    /// Connect to `host:port`, trying each resolved address in turn, and run
+    /// the TLS handshake at once when `implicit_tls`.
+    pub fn connect(
+        host: &str,
+        addresses: &[String],
+        port: u16,
+        implicit_tls: bool,
+        timeouts: Timeouts,
+        verbose: bool,
+    ) -> Result<Self, SmtpError> {
+        let network = instance_network();
+        let deadline = deadline_after(timeouts.connect);
+        let addrs = if addresses.is_empty() {
+            socket_addresses(&network, host, port, deadline)?
+        } else {
+            let mut v = Vec::new();
+            for a in addresses {
+                v.extend(socket_addresses(&network, a, port, deadline)?);
+            }
+            v
+        };
+        let mut last = format!("no address found for {host}");
+        for addr in addrs {
+            let family = match addr {
+                IpSocketAddress::Ipv4(_) => IpAddressFamily::Ipv4,
+                IpSocketAddress::Ipv6(_) => IpAddressFamily::Ipv6,
+            };
+            let socket = create_tcp_socket(family).map_err(|e| SmtpError::Connect(format!("socket: {e:?}")))?;
+            if let Err(e) = socket.start_connect(&network, addr) {
+                last = format!("connect to {host}:{port}: {e:?}");
+                continue;
+            }
+            let p = socket.subscribe();
+            let streams = loop {
+                match socket.finish_connect() {
+                    Ok(s) => break Ok(s),
+                    Err(crate::bindings::wasi::sockets::network::ErrorCode::WouldBlock) => {
+                        if !wait(&p, deadline) {
+                            return Err(SmtpError::Timeout(Stage::Connect));
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            drop(p);
+            match streams {
+                Ok((input, output)) => {
+                    let mut net = Self {
+                        streams: Some((input, output)),
+                        tls: None,
+                        _socket: socket,
+                        _network: network,
+                        server_name: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                        timeouts,
+                        deadline: 0,
+                        verbose,
+                    };
+                    if implicit_tls {
+                        net.handshake()?;
+                        if verbose {
+                            net.transcript(Direction::Info, "TLS started (implicit)");
+                        }
+                    }
+                    return Ok(net);
+                }
+                Err(e) => last = format!("connect to {host}:{port}: {e:?}"),
+            }
+        }
+        Err(SmtpError::Connect(last))
+    }
+
+    fn handshake(&mut self) -> Result<(), SmtpError> {
+        let deadline = deadline_after(self.timeouts.connect);
+        // The handshake takes the plain streams. No pollable of them is alive
+        // here: pollables are their children and would block the move.
+        let (input, output) = self.streams.take().ok_or_else(|| SmtpError::Tls("no connection".into()))?;
+        let hs = ClientHandshake::new(&self.server_name, input, output);
+        let fut = ClientHandshake::finish(hs);
+        let p = fut.subscribe();
+        let result = loop {
+            match fut.get() {
+                Some(r) => break r,
+                None => {
+                    if !wait(&p, deadline) {
+                        return Err(SmtpError::Timeout(Stage::Tls));
+                    }
+                }
+            }
+        };
+        drop(p);
+        match result {
+            Ok(Ok((conn, input, output))) => {
+                self.streams = Some((input, output));
+                self.tls = Some(conn);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(SmtpError::Tls(format!("handshake with {} failed: {}", self.server_name, e.to_debug_string()))),
+            Err(()) => Err(SmtpError::Tls("handshake result already taken".into())),
+        }
+    }
+
+    fn streams(&self, stage: Stage) -> Result<&(InputStream, OutputStream), SmtpError> {
+        self.streams.as_ref().ok_or_else(|| SmtpError::Connect(format!("no connection at {stage}")))
+    }
+}
+
+impl Transport for Net {
+    fn send(&mut self, mut bytes: &[u8], stage: Stage) -> Result<(), SmtpError> {
+        let deadline = deadline_after(self.timeouts.for_stage(Stage::DataBlock));
+        let (_, output) = self.streams(stage)?;
+        while !bytes.is_empty() {
+            let permit = output.check_write().map_err(|e| io_err(stage, e))?;
+            if permit == 0 {
+                let p = output.subscribe();
+                if !wait(&p, deadline) {
+                    return Err(SmtpError::Timeout(stage));
+                }
+                continue;
+            }
+            let n = (permit as usize).min(bytes.len());
+            output.write(&bytes[..n]).map_err(|e| io_err(stage, e))?;
+            bytes = &bytes[n..];
+        }
+        output.flush().map_err(|e| io_err(stage, e))?;
+        let p = output.subscribe();
+        loop {
+            // Flushed once the stream accepts writes again.
+            if output.check_write().map_err(|e| io_err(stage, e))? > 0 {
+                return Ok(());
+            }
+            if !wait(&p, deadline) {
+                return Err(SmtpError::Timeout(stage));
+            }
+        }
+    }
+
+    fn start_reply(&mut self, stage: Stage) {
+        self.deadline = deadline_after(self.timeouts.for_stage(stage));
+    }
+
+    fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
+        let (input, _) = self.streams(stage)?;
+        loop {
+            match input.read(buf.len() as u64) {
+                Ok(data) if !data.is_empty() => {
+                    buf[..data.len()].copy_from_slice(&data);
+                    return Ok(data.len());
+                }
+                Ok(_) => {
+                    let p = input.subscribe();
+                    if !wait(&p, self.deadline) {
+                        return Err(SmtpError::Timeout(stage));
+                    }
+                }
+                Err(StreamError::Closed) => return Ok(0),
+                Err(e) => return Err(io_err(stage, e)),
+            }
+        }
+    }
+
+    fn start_tls(&mut self) -> Result<String, SmtpError> {
+        self.handshake()?;
+        Ok(format!("handshake with {} complete, certificate verified by the host", self.server_name))
+    }
+
+    fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn transcript(&mut self, direction: Direction, line: &str) {
+        let d = match direction {
+            Direction::Client => WitDirection::Client,
+            Direction::Server => WitDirection::Server,
+            Direction::Info => WitDirection::Info,
+        };
+        transcript::line(d, line);
+    }
+
+    fn verbose(&self) -> bool {
+        self.verbose
+    }
+}

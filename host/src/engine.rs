@@ -1,0 +1,132 @@
+//! The wasmtime engine (pooling allocator, epoch interruption, async) and an
+//! on-disk cache of compiled components, keyed by the component's SHA-256
+//! and the engine's compatibility hash, so a second run compiles nothing.
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Largest linear memory any instance may reserve, in bytes. Plugins get a
+/// lower, configured limit through `StoreLimits`.
+pub const MAX_MEMORY_BYTES: usize = 1 << 30;
+/// Instances the pooling allocator keeps slots for (a plugin and a mailer
+/// per concurrent run).
+pub const POOL_INSTANCES: u32 = 64;
+/// The wasm stack size for every instance.
+pub const MAX_WASM_STACK: usize = 1 << 20;
+/// How often the epoch ticker advances, i.e. the CPU-limit granularity.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// wasmtime 48 returns its own `wasmtime::Error`; `.anyhow()` turns it into
+/// an `anyhow::Error` so the host can add `.context()` like everywhere else.
+pub trait AnyhowExt<T> {
+    /// Convert the error.
+    fn anyhow(self) -> Result<T>;
+}
+
+impl<T> AnyhowExt<T> for wasmtime::Result<T> {
+    fn anyhow(self) -> Result<T> {
+        self.map_err(anyhow::Error::from)
+    }
+}
+
+/// Build the engine every store in this process shares.
+pub fn engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_INSTANCES);
+    pool.total_core_instances(POOL_INSTANCES * 4);
+    pool.total_memories(POOL_INSTANCES * 2);
+    pool.total_tables(POOL_INSTANCES * 4);
+    pool.max_memory_size(MAX_MEMORY_BYTES);
+    pool.max_core_instances_per_component(16);
+    pool.max_memories_per_component(4);
+    pool.max_tables_per_component(8);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).anyhow().context("creating the wasmtime engine")
+}
+
+/// Where compiled components are cached: `$WASMAIL_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/wasmail`, else `~/.cache/wasmail`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("WASMAIL_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("wasmail");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("wasmail"),
+        None => std::env::temp_dir().join("wasmail-cache"),
+    }
+}
+
+/// Whether a component came from the cache or was compiled now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// Deserialised from the cache.
+    Hit,
+    /// Compiled, then stored.
+    Compiled,
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Load a component from `bytes`, using the compiled-code cache.
+pub fn load_component(engine: &Engine, bytes: &[u8], label: &str) -> Result<(Component, CacheOutcome)> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let key = format!("{}-{:016x}.cwasm", sha256_hex(bytes), h.finish());
+    let dir = cache_dir();
+    let path = dir.join(&key);
+    if path.exists() {
+        // SAFETY: the file was written by `Component::serialize` of an engine
+        // with the same compatibility hash (it is in the file name), into a
+        // cache directory owned by this user. A corrupt or foreign file is
+        // rejected by wasmtime's header checks and we fall back to compiling.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(c) => return Ok((c, CacheOutcome::Hit)),
+            Err(e) => tracing::warn!("ignoring cached {label} at {}: {e:#}", path.display()),
+        }
+    }
+    let component = Component::new(engine, bytes).anyhow().with_context(|| format!("compiling {label}"))?;
+    if let Err(e) = store(&dir, &path, &component) {
+        tracing::warn!("could not cache compiled {label}: {e:#}");
+    }
+    Ok((component, CacheOutcome::Compiled))
+}
+
+fn store(dir: &Path, path: &Path, component: &Component) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = component.serialize().anyhow()?;
+    // Write then rename, so a concurrent reader never sees half a file.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Advance the engine's epoch every [`EPOCH_TICK`] on a background thread,
+/// for the CPU limits. The thread lives as long as the process.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasmail-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .ok();
+}

@@ -1,0 +1,159 @@
+//! How outcomes leave the CLI: `sysexits.h` exit codes (as sendmail and
+//! msmtp use them), one-line error texts and the `--json` objects for
+//! receipts (RFC 5321 replies, RFC 3463 enhanced codes) and errors.
+
+use crate::bindings::types::{Receipt, Rejection, Reply, SendError, Stage};
+use serde_json::{Value, json};
+
+/// Exit codes from sysexits.h.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Command line usage error.
+    pub const USAGE: u8 = 64;
+    /// The message is malformed.
+    pub const DATAERR: u8 = 65;
+    /// An input file cannot be read.
+    pub const NOINPUT: u8 = 66;
+    /// The relay is unreachable, refused the message for good, or TLS failed.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Internal error.
+    pub const SOFTWARE: u8 = 70;
+    /// Try again later: 4xx, timeouts, an unknown outcome.
+    pub const TEMPFAIL: u8 = 75;
+    /// The server broke the protocol.
+    pub const PROTOCOL: u8 = 76;
+    /// Authentication failed or the policy denied the message.
+    pub const NOPERM: u8 = 77;
+    /// Bad configuration.
+    pub const CONFIG: u8 = 78;
+}
+
+/// The WIT stage name.
+pub fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Connect => "connect",
+        Stage::Greeting => "greeting",
+        Stage::Ehlo => "ehlo",
+        Stage::Tls => "tls",
+        Stage::Auth => "auth",
+        Stage::MailFrom => "mail-from",
+        Stage::RcptTo => "rcpt-to",
+        Stage::Data => "data",
+        Stage::DataBlock => "data-block",
+        Stage::DataEnd => "data-end",
+        Stage::Rset => "rset",
+        Stage::Quit => "quit",
+    }
+}
+
+/// A reply as JSON.
+pub fn reply_json(r: &Reply) -> Value {
+    json!({ "code": r.code, "enhanced": r.enhanced, "text": r.text })
+}
+
+fn reply_line(r: &Reply) -> String {
+    let mut s = r.code.to_string();
+    if let Some(e) = &r.enhanced {
+        s.push(' ');
+        s.push_str(e);
+    }
+    if !r.text.is_empty() {
+        s.push(' ');
+        s.push_str(&r.text.replace('\n', " / "));
+    }
+    s
+}
+
+/// The error kind name used in JSON (`error.kind`).
+pub fn kind(e: &SendError) -> &'static str {
+    match e {
+        SendError::InvalidMessage(_) => "invalid-message",
+        SendError::PolicyDenied(_) => "policy-denied",
+        SendError::Connect(_) => "connect",
+        SendError::Tls(_) => "tls",
+        SendError::Auth(_) => "auth",
+        SendError::Rejected(_) => "rejected",
+        SendError::Timeout(_) => "timeout",
+        SendError::Protocol(_) => "protocol",
+        SendError::OutcomeUnknown(_) => "outcome-unknown",
+    }
+}
+
+/// True for failures a later retry may fix (4xx, timeouts, broken connections).
+pub fn is_transient(e: &SendError) -> bool {
+    match e {
+        SendError::Connect(_) | SendError::Timeout(_) => true,
+        SendError::Rejected(r) => r.transient,
+        SendError::Auth(r) => (400..500).contains(&r.code),
+        _ => false,
+    }
+}
+
+/// The exit code for a send error.
+pub fn exit_code(e: &SendError) -> u8 {
+    match e {
+        SendError::InvalidMessage(_) => exit::DATAERR,
+        SendError::PolicyDenied(_) | SendError::Auth(_) => exit::NOPERM,
+        SendError::Connect(_) | SendError::Tls(_) => exit::UNAVAILABLE,
+        SendError::Rejected(Rejection { transient: true, .. }) => exit::TEMPFAIL,
+        SendError::Rejected(_) => exit::UNAVAILABLE,
+        SendError::Timeout(_) | SendError::OutcomeUnknown(_) => exit::TEMPFAIL,
+        SendError::Protocol(_) => exit::PROTOCOL,
+    }
+}
+
+/// One line for humans.
+pub fn describe(e: &SendError) -> String {
+    match e {
+        SendError::InvalidMessage(m) => format!("invalid message: {m}"),
+        SendError::PolicyDenied(m) => format!("denied by policy: {m}"),
+        SendError::Connect(m) => format!("cannot reach the relay: {m}"),
+        SendError::Tls(m) => format!("TLS failed: {m}"),
+        SendError::Auth(r) if r.code == 0 => format!("authentication not possible: {}", r.text),
+        SendError::Auth(r) => format!("authentication failed: {}", reply_line(r)),
+        SendError::Rejected(r) => {
+            let kind = if r.transient { "temporarily" } else { "permanently" };
+            format!("rejected {kind} at {}: {}", stage_name(r.stage), reply_line(&r.reply))
+        }
+        SendError::Timeout(s) => format!("timed out waiting at {}", stage_name(*s)),
+        SendError::Protocol(m) => format!("protocol error: {m}"),
+        SendError::OutcomeUnknown(m) => format!("outcome unknown: {m}"),
+    }
+}
+
+/// `{"error": {...}}` for `--json`.
+pub fn error_json(e: &SendError) -> Value {
+    let mut err = json!({ "kind": kind(e), "message": describe(e), "transient": is_transient(e) });
+    match e {
+        SendError::Auth(r) => err["reply"] = reply_json(r),
+        SendError::Rejected(r) => {
+            err["reply"] = reply_json(&r.reply);
+            err["stage"] = json!(stage_name(r.stage));
+            err["rejected"] = json!(r
+                .recipients
+                .iter()
+                .map(|f| json!({ "address": f.address, "reply": reply_json(&f.reply) }))
+                .collect::<Vec<_>>());
+        }
+        SendError::Timeout(s) => err["stage"] = json!(stage_name(*s)),
+        _ => {}
+    }
+    json!({ "error": err })
+}
+
+/// An error that is not a `send-error` (usage, files, configuration).
+pub fn other_error_json(kind: &str, message: &str) -> Value {
+    json!({ "error": { "kind": kind, "message": message } })
+}
+
+/// A receipt as JSON.
+pub fn receipt_json(r: &Receipt) -> Value {
+    json!({
+        "message_id": r.message_id,
+        "accepted": r.accepted,
+        "rejected": r.rejected.iter().map(|f| json!({ "address": f.address, "reply": reply_json(&f.reply) })).collect::<Vec<_>>(),
+        "size": r.size,
+        "reply": reply_json(&r.reply),
+    })
+}

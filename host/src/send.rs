@@ -1,0 +1,330 @@
+//! `wasmail send`: one message from the command line, through the mailer
+//! component, to the relay (RFC 5321) or to the outbox. Flags follow swaks,
+//! msmtp and sendmail; exit codes follow sysexits.h.
+
+use crate::Runtime;
+use crate::bindings::types::{Attachment, Content, Mailbox, Message, Priority as WitPriority, Receipt, SendError};
+use crate::blobs::BlobAccess;
+use crate::credentials::Secret;
+use crate::mailer::{Mailer, MailerGrant, resolve_relay};
+use crate::relay::{self, Auth, RelaySettings, Tls};
+use crate::report::{self, exit};
+use crate::{outbox, tls, transcript};
+use std::path::PathBuf;
+use std::time::Duration;
+use wasmail_mailer::mime::address;
+
+/// `--priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Priority {
+    /// X-Priority 1.
+    Highest,
+    /// X-Priority 2.
+    High,
+    /// No header.
+    #[default]
+    Normal,
+    /// X-Priority 4.
+    Low,
+    /// X-Priority 5.
+    Lowest,
+}
+
+/// The flags of `wasmail send`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendArgs {
+    /// The author, `addr` or `Name <addr>`.
+    #[arg(long, value_name = "ADDR")]
+    pub from: String,
+    /// A recipient (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub to: Vec<String>,
+    /// A copy recipient (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub cc: Vec<String>,
+    /// A blind copy recipient (repeatable): envelope only.
+    #[arg(long, value_name = "ADDR")]
+    pub bcc: Vec<String>,
+    /// Where replies go.
+    #[arg(long, value_name = "ADDR")]
+    pub reply_to: Option<String>,
+    /// The subject.
+    #[arg(long, default_value = "")]
+    pub subject: String,
+    /// The plain-text body from a file, or `-` for standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub body: Option<PathBuf>,
+    /// The plain-text body, given inline.
+    #[arg(long, conflicts_with = "body")]
+    pub text: Option<String>,
+    /// An HTML body from a file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Attach a file (repeatable). Its type is guessed from the name.
+    #[arg(long, value_name = "FILE")]
+    pub attach: Vec<PathBuf>,
+    /// Attach a file inline with Content-ID = its file name (`cid:NAME` in HTML).
+    #[arg(long, value_name = "FILE")]
+    pub inline: Vec<PathBuf>,
+    /// X-Priority.
+    #[arg(long, value_enum, default_value_t)]
+    pub priority: Priority,
+    /// The X-Mailer header.
+    #[arg(long, value_name = "TEXT")]
+    pub x_mailer: Option<String>,
+    /// An extra header, `Name: value` (repeatable).
+    #[arg(long, value_name = "NAME: VALUE")]
+    pub header: Vec<String>,
+    /// The relay, `HOST[:PORT]`. Without it the message goes to the outbox.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+    /// How to secure the connection.
+    #[arg(long, value_enum, default_value_t)]
+    pub tls: Tls,
+    /// The name the server's certificate must carry (default: the server's host).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+    /// Extra trusted CA certificates (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// The AUTH user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Read the password from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "password_file")]
+    pub password_env: Option<String>,
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// The AUTH mechanism.
+    #[arg(long, value_enum, default_value_t)]
+    pub auth: Auth,
+    /// The EHLO name.
+    #[arg(long)]
+    pub ehlo: Option<String>,
+    /// Cap every SMTP timeout at this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// The outbox folder.
+    #[arg(long, value_name = "DIR", default_value = outbox::DEFAULT_OUTBOX)]
+    pub outbox: PathBuf,
+    /// Send the same message this many times over one session.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub repeat: u32,
+    /// Print the receipt (or error) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the SMTP transcript to standard error (credentials redacted).
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// A failure before the mailer runs: a message and an exit code.
+struct Early {
+    code: u8,
+    kind: &'static str,
+    message: String,
+}
+
+fn early(code: u8, kind: &'static str, message: impl Into<String>) -> Early {
+    Early { code, kind, message: message.into() }
+}
+
+fn mailbox(field: &str, s: &str) -> Result<Mailbox, Early> {
+    let m = address::Mailbox::parse(s)
+        .map_err(|e| early(exit::DATAERR, "invalid-message", format!("{field}: {e}")))?;
+    Ok(Mailbox { name: m.name, address: m.address.to_string() })
+}
+
+fn read_text(field: &str, path: &PathBuf) -> Result<String, Early> {
+    let bytes = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(path)
+    }
+    .map_err(|e| early(exit::NOINPUT, "io", format!("{field}: {}: {e}", path.display())))?;
+    String::from_utf8(bytes).map_err(|_| early(exit::DATAERR, "invalid-message", format!("{field}: {} is not UTF-8", path.display())))
+}
+
+fn file_attachment(field: &str, path: &PathBuf, inline: bool) -> Result<Attachment, Early> {
+    match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(early(exit::NOINPUT, "io", format!("{field}: {}: not a regular file", path.display()))),
+        Err(e) => return Err(early(exit::NOINPUT, "io", format!("{field}: {}: {e}", path.display()))),
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Attachment {
+        filename: name.clone(),
+        content_type: None,
+        content: Content::File(path.to_string_lossy().into_owned()),
+        content_id: inline.then_some(name),
+    })
+}
+
+fn message(a: &SendArgs) -> Result<Message, Early> {
+    let list = |field: &str, v: &[String]| -> Result<Vec<Mailbox>, Early> {
+        v.iter().enumerate().map(|(i, s)| mailbox(&format!("{field}[{i}]"), s)).collect()
+    };
+    let text = match (&a.body, &a.text) {
+        (Some(p), _) => Some(read_text("body", p)?),
+        (None, Some(t)) => Some(t.clone()),
+        (None, None) => None,
+    };
+    let html = a.html.as_ref().map(|p| read_text("html", p)).transpose()?;
+    let mut attachments = Vec::new();
+    for (i, p) in a.attach.iter().enumerate() {
+        attachments.push(file_attachment(&format!("attachments[{i}]"), p, false)?);
+    }
+    for (i, p) in a.inline.iter().enumerate() {
+        attachments.push(file_attachment(&format!("inline[{i}]"), p, true)?);
+    }
+    let mut headers = Vec::new();
+    if let Some(x) = &a.x_mailer {
+        headers.push(("X-Mailer".to_owned(), x.clone()));
+    }
+    for (i, h) in a.header.iter().enumerate() {
+        let (n, v) = h
+            .split_once(':')
+            .ok_or_else(|| early(exit::USAGE, "usage", format!("header[{i}]: expected `Name: value`")))?;
+        headers.push((n.trim().to_owned(), v.trim_start().to_owned()));
+    }
+    Ok(Message {
+        from: Some(mailbox("from", &a.from)?),
+        reply_to: a.reply_to.as_deref().map(|r| mailbox("reply-to", r)).transpose()?,
+        to: list("to", &a.to)?,
+        cc: list("cc", &a.cc)?,
+        bcc: list("bcc", &a.bcc)?,
+        subject: a.subject.clone(),
+        text,
+        html,
+        attachments,
+        priority: match a.priority {
+            Priority::Highest => WitPriority::Highest,
+            Priority::High => WitPriority::High,
+            Priority::Normal => WitPriority::Normal,
+            Priority::Low => WitPriority::Low,
+            Priority::Lowest => WitPriority::Lowest,
+        },
+        headers,
+    })
+}
+
+fn secret(a: &SendArgs) -> Result<Secret, Early> {
+    let s = match (&a.password_env, &a.password_file) {
+        (Some(var), _) => Secret::from_env(var),
+        (None, Some(f)) => Secret::from_file(f),
+        (None, None) => Ok(Secret::none()),
+    };
+    s.map_err(|e| early(exit::CONFIG, "config", format!("{e:#}")))
+}
+
+fn print_error(json: bool, code: u8, kind: &str, message: &str) -> u8 {
+    if json {
+        println!("{}", report::other_error_json(kind, message));
+    } else {
+        eprintln!("wasmail: {message}");
+    }
+    code
+}
+
+fn print_send_error(json: bool, e: &SendError) -> u8 {
+    if json {
+        println!("{}", report::error_json(e));
+    } else {
+        eprintln!("wasmail: {}", report::describe(e));
+    }
+    report::exit_code(e)
+}
+
+fn print_receipt(json: bool, r: &Receipt) {
+    if json {
+        println!("{}", report::receipt_json(r));
+        return;
+    }
+    println!("sent <{}> to {} recipient(s): {} {}", r.message_id, r.accepted.len(), r.reply.code, r.reply.text);
+    for f in &r.rejected {
+        println!("rejected {}: {} {}", f.address, f.reply.code, f.reply.text);
+    }
+}
+
+/// Run `wasmail send`; returns the exit code.
+pub async fn run(rt: &Runtime, a: SendArgs) -> u8 {
+    match run_inner(rt, &a).await {
+        Ok(code) => code,
+        Err(e) => print_error(a.json, e.code, e.kind, &e.message),
+    }
+}
+
+async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
+    let msg = message(a)?;
+    let blobs = BlobAccess::Files(a.attach.iter().chain(&a.inline).cloned().collect());
+    let sink = a.verbose.then(transcript::stderr_sink);
+    let Some(server) = &a.server else {
+        return to_outbox(rt, a, &msg, blobs).await;
+    };
+    let (host, port) = relay::split_server(server, a.tls).map_err(|e| early(exit::USAGE, "usage", format!("--server: {e}")))?;
+    if a.user.is_some() && a.password_env.is_none() && a.password_file.is_none() {
+        return Err(early(exit::USAGE, "usage", "--user needs --password-env or --password-file"));
+    }
+    let secret = secret(a)?;
+    let provider = tls::Provider::new(a.ca_file.as_deref()).map_err(|e| early(exit::CONFIG, "config", format!("{e:#}")))?;
+    let addresses = resolve_relay(&host, port)
+        .await
+        .map_err(|e| early(exit::UNAVAILABLE, "connect", format!("{e:#}")))?;
+    let settings = RelaySettings {
+        name: a.tls_name.clone().unwrap_or(host),
+        addresses: addresses.clone(),
+        port,
+        tls: a.tls,
+        ehlo: a.ehlo.clone().unwrap_or_else(relay::default_ehlo),
+        user: a.user.clone(),
+        auth: a.auth,
+        timeout: a.timeout.map(Duration::from_secs_f64),
+        verbose: a.verbose,
+    };
+    let grant = MailerGrant { relay_addrs: addresses, secret, blobs, transcript: sink, tls: provider };
+    let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
+    let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
+    mailer.configure(&settings.to_wit()).await.map_err(|e| early(exit::CONFIG, "config", format!("{e:#}")))?;
+    let mut code = exit::OK;
+    for _ in 0..a.repeat.max(1) {
+        match mailer.send(&msg).await.map_err(internal)? {
+            Ok(r) => print_receipt(a.json, &r),
+            Err(e) => {
+                code = print_send_error(a.json, &e);
+                break;
+            }
+        }
+    }
+    mailer.close().await.map_err(internal)?;
+    Ok(code)
+}
+
+async fn to_outbox(rt: &Runtime, a: &SendArgs, msg: &Message, blobs: BlobAccess) -> Result<u8, Early> {
+    let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
+    let provider = tls::Provider::new(None).map_err(internal)?;
+    let grant = MailerGrant { relay_addrs: vec![], secret: Secret::none(), blobs, transcript: None, tls: provider };
+    let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
+    let rendered = match mailer.render(msg).await.map_err(internal)? {
+        Ok(r) => r,
+        Err(e) => return Ok(print_send_error(a.json, &e)),
+    };
+    let path = outbox::write(&a.outbox, &rendered.message_id, &rendered.bytes)
+        .map_err(|e| early(exit::CONFIG, "io", format!("{e:#}")))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "message_id": rendered.message_id,
+                "accepted": rendered.envelope.recipients,
+                "rejected": [],
+                "size": rendered.bytes.len(),
+                "outbox": path.display().to_string(),
+            })
+        );
+    } else {
+        println!("{}", path.display());
+    }
+    Ok(exit::OK)
+}
