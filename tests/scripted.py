@@ -94,11 +94,12 @@ class ScriptedServer:
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind((LOOPBACK, 0))
         self._listener.listen(1)
-        self._listener.settimeout(self.accept_timeout)
+        self._listener.settimeout(POLL_S)
         self.port = self._listener.getsockname()[1]
         self._conn: Optional[socket.socket] = None
         self._buffer = b""
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"scripted-{self.port}",
                                         daemon=True)
 
@@ -115,13 +116,14 @@ class ScriptedServer:
 
     def stop(self) -> None:
         """Close everything and wait for the thread."""
+        self._stopping.set()
+        self._thread.join(STEP_TIMEOUT_S)
         for sock in (self._conn, self._listener):
             if sock is not None:
                 try:
                     sock.close()
                 except OSError:
                     pass
-        self._thread.join(STEP_TIMEOUT_S)
 
     @property
     def address(self) -> str:
@@ -142,9 +144,8 @@ class ScriptedServer:
 
     def _run(self) -> None:
         try:
-            try:
-                conn, _ = self._listener.accept()
-            except (socket.timeout, OSError):
+            conn = self._accept()
+            if conn is None:
                 self.error = "the client never connected"
                 return
             self._conn = conn
@@ -163,12 +164,24 @@ class ScriptedServer:
                 except OSError:
                     pass
 
+    def _accept(self) -> Optional[socket.socket]:
+        deadline = time.monotonic() + self.accept_timeout
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+                return conn
+            except socket.timeout:
+                continue
+        return None
+
     def _record(self, data: bytes) -> None:
         with self._lock:
             self.chunks.append((self.tls_started, data))
 
     def _recv(self, deadline: float) -> bytes:
         """One read, bounded by `deadline`; b"" at EOF; raises socket.timeout."""
+        if self._stopping.is_set():
+            raise ScriptError("stopped")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise socket.timeout()

@@ -15,7 +15,6 @@ Both listen on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -23,7 +22,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

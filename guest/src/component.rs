@@ -40,6 +40,8 @@ struct Settings {
 #[derive(Default)]
 struct State {
     settings: Option<Settings>,
+    /// The policy's size limit, from `set-limits`.
+    max_message_bytes: Option<u64>,
     session: Option<Session<Net>>,
 }
 
@@ -146,7 +148,16 @@ fn build(msg: wit::Message, streams: &mut Streams) -> Result<Rendered, wit::Send
     let draft = draft(msg, streams)?;
     let now = wall_clock::now();
     let ctx = BuildContext { unix_time: now.seconds, random: random::get_random_u64() };
-    draft.build(&ctx).map_err(invalid)
+    let rendered = draft.build(&ctx).map_err(invalid)?;
+    if let Some(max) = STATE.with_borrow(|st| st.max_message_bytes) {
+        let size = rendered.size();
+        if size > max {
+            return Err(wit::SendError::PolicyDenied(format!(
+                "max_message_bytes: the message is {size} octets, the limit is {max}"
+            )));
+        }
+    }
+    Ok(rendered)
 }
 
 /// Feeds a rendered message to the session, base64-encoding attachment
@@ -339,6 +350,10 @@ impl TransportGuest for Mailer {
             st.settings = Some(settings);
         });
         Ok(())
+    }
+
+    fn set_limits(limits: wt::Limits) {
+        STATE.with_borrow_mut(|st| st.max_message_bytes = limits.max_message_bytes);
     }
 
     fn render(msg: wit::Message) -> Result<WitRendered, wit::SendError> {

@@ -6,15 +6,22 @@
 //! and each imported interface has its host side in a module of its own
 //! (`credentials`, `blobs`, `transcript`, `sender`).
 
+pub mod audit;
 pub mod bindings;
 pub mod blobs;
+pub mod config;
 pub mod credentials;
 pub mod engine;
 pub mod mailer;
 pub mod outbox;
+pub mod output;
+pub mod plugin;
+pub mod policy;
 pub mod relay;
 pub mod report;
+pub mod run;
 pub mod send;
+pub mod sender;
 pub mod tls;
 pub mod transcript;
 

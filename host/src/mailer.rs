@@ -4,7 +4,7 @@
 //! `credentials`, `blobs` and `transcript` imports. Deny by default: no
 //! files, no environment, no UDP, no name lookups.
 
-use crate::bindings::transport::{Envelope, Relay, Rendered};
+use crate::bindings::transport::{Envelope, Limits, Relay, Rendered};
 use crate::bindings::types::{Message, Receipt, SendError};
 use crate::bindings::{Mailer as MailerBindings, MailerPre};
 use crate::blobs::BlobAccess;
@@ -161,6 +161,16 @@ impl Mailer {
             .anyhow()
             .context("calling the mailer's configure")?
             .map_err(|e| anyhow::anyhow!("relay settings refused: {e}"))
+    }
+
+    /// Set the policy's limits on every message.
+    pub async fn set_limits(&mut self, limits: Limits) -> Result<()> {
+        self.bindings
+            .wasmail_mail_transport()
+            .call_set_limits(&mut self.store, limits)
+            .await
+            .anyhow()
+            .context("calling the mailer's set-limits")
     }
 
     /// Assemble and send one message over the kept-open session.

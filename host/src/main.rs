@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use wasmail::report::exit;
-use wasmail::{Runtime, send};
+use wasmail::{Runtime, plugin, run, send};
 
 #[derive(Parser)]
 #[command(name = "wasmail", version, about = "Let untrusted code send email, safely")]
@@ -17,10 +17,25 @@ struct Cli {
 enum Command {
     /// Send one message (to the outbox when no --server is given).
     Send(Box<send::SendArgs>),
+    /// Run a plugin under its policy and limits.
+    Run(run::RunArgs),
+    /// Show what a plugin imports and exports, and whether it can run here.
+    Inspect {
+        /// The plugin component.
+        plugin: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; every usage error is EX_USAGE.
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMAIL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -42,6 +57,17 @@ fn main() -> ExitCode {
         };
         match cli.command {
             Command::Send(args) => send::run(&runtime, *args).await,
+            Command::Run(args) => run::run(&runtime, args).await,
+            Command::Inspect { plugin: path } => match plugin::inspect(&runtime, &path) {
+                Ok(text) => {
+                    print!("{text}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("wasmail: {e:#}");
+                    exit::NOINPUT
+                }
+            },
         }
     });
     ExitCode::from(code)

@@ -1,0 +1,42 @@
+# wasmail: build, test and demo. `make demo` and `make test` work on a fresh
+# machine: both depend on `setup`, which installs what is missing.
+
+CARGO       ?= cargo
+PYTHON      ?= python3
+WASM_TARGET := wasm32-wasip2
+WASM_DIR    := target/$(WASM_TARGET)/release
+MAILER      := $(WASM_DIR)/wasmail_mailer.wasm
+PLUGINS     := hello report bulk hostile netgrab
+PLUGIN_PKGS := $(addprefix -p wasmail-plugin-,$(PLUGINS))
+WASMAIL     := target/debug/wasmail
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SETUP_STAMP := target/.setup-done
+
+.PHONY: setup build test demo bench fuzz clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP):
+	rustup target add $(WASM_TARGET)
+	@if ! command -v smtp-sink >/dev/null && [ ! -x /usr/sbin/smtp-sink ]; then \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
+	  $(SUDO) apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postfix; \
+	fi
+	@$(PYTHON) -c "import aiosmtpd, pytest" 2>/dev/null || $(PYTHON) -m pip install -q aiosmtpd pytest
+	@mkdir -p target && touch $@
+
+build: setup
+	$(CARGO) build --target $(WASM_TARGET) --release -p wasmail-mailer $(PLUGIN_PKGS)
+	$(CARGO) build -p wasmail
+
+test: build
+	$(CARGO) test -p wasmail-mailer -p wasmail
+	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PYTHON) -m pytest -q tests
+
+demo: build
+	$(WASMAIL) run $(WASM_DIR)/wasmail_plugin_hello.wasm --input 'demo@example.com'
+	@echo "The message is in ./outbox:" && ls -1t outbox | head -n 1
+
+clean:
+	$(CARGO) clean

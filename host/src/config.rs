@@ -1,0 +1,221 @@
+//! `wasmail.toml`: the relay (RFC 5321 submission settings), the audit log
+//! and one policy table per plugin. Unknown keys are errors, so a typo never
+//! silently loosens a policy.
+
+use crate::relay::{Auth, Tls};
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where mail goes. Without it, mail goes to the outbox.
+    pub relay: Option<RelayConfig>,
+    /// The outbox folder (used when there is no relay).
+    pub outbox: Option<PathBuf>,
+    /// The audit log (JSON lines), default `wasmail-audit.jsonl`.
+    pub audit: Option<PathBuf>,
+    /// One table per plugin, by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// `[relay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `HOST[:PORT]`.
+    pub server: String,
+    /// TLS mode (default `required`).
+    #[serde(default)]
+    pub tls: Tls,
+    /// The certificate name, when `server` is an IP address.
+    pub tls_name: Option<String>,
+    /// Extra trusted CAs (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// AUTH user.
+    pub user: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// AUTH mechanism.
+    #[serde(default)]
+    pub auth: Auth,
+    /// EHLO name.
+    pub ehlo: Option<String>,
+    /// Cap on every SMTP timeout, in seconds.
+    pub timeout_secs: Option<f64>,
+}
+
+/// `[plugins.NAME]`: the policy and limits of one plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The component file (informational; `wasmail run` takes the path).
+    pub path: Option<PathBuf>,
+    /// Allowed From addresses or patterns (`*@example.com`).
+    #[serde(default)]
+    pub allowed_from: Vec<String>,
+    /// The From used when the plugin gives none, `Name <addr>`.
+    pub default_from: Option<String>,
+    /// Allowed recipient patterns, checked on To, Cc and Bcc alike.
+    #[serde(default)]
+    pub allowed_recipients: Vec<String>,
+    /// Most recipients (To + Cc + Bcc) per message.
+    #[serde(default = "defaults::max_recipients")]
+    pub max_recipients: usize,
+    /// Most messages per run.
+    #[serde(default = "defaults::max_messages")]
+    pub max_messages: u32,
+    /// Messages per minute (token bucket, burst = one minute's worth).
+    pub rate_per_minute: Option<u32>,
+    /// Largest message, in octets.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// Custom header names the plugin may set (case-insensitive).
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    /// Linear memory, MiB.
+    #[serde(default = "defaults::memory_mib")]
+    pub memory_mib: u64,
+    /// CPU time spent in wasm, milliseconds.
+    #[serde(default = "defaults::cpu_ms")]
+    pub cpu_ms: u64,
+    /// Wall-clock time for the whole run, milliseconds.
+    #[serde(default = "defaults::wall_ms")]
+    pub wall_ms: u64,
+    /// Most live resources (streams, pollables, ...).
+    #[serde(default = "defaults::max_resources")]
+    pub max_resources: usize,
+    /// Captured stdout+stderr, bytes; the rest is dropped with a note.
+    #[serde(default = "defaults::max_output_bytes")]
+    pub max_output_bytes: usize,
+    /// A folder the plugin may read, mounted read-only at `/data`.
+    pub folder: Option<PathBuf>,
+}
+
+/// Default limits: what a plugin gets when its table leaves a key out.
+pub mod defaults {
+    /// Recipients per message.
+    pub const MAX_RECIPIENTS: usize = 50;
+    /// Messages per run.
+    pub const MAX_MESSAGES: u32 = 100;
+    /// Message size: 10 MiB.
+    pub const MAX_MESSAGE_BYTES: u64 = 10 << 20;
+    /// Memory: 64 MiB.
+    pub const MEMORY_MIB: u64 = 64;
+    /// CPU: 5 s.
+    pub const CPU_MS: u64 = 5_000;
+    /// Wall clock: 60 s.
+    pub const WALL_MS: u64 = 60_000;
+    /// Resources: 1,000.
+    pub const MAX_RESOURCES: usize = 1_000;
+    /// Output: 1 MiB.
+    pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+    pub(super) fn max_recipients() -> usize {
+        MAX_RECIPIENTS
+    }
+    pub(super) fn max_messages() -> u32 {
+        MAX_MESSAGES
+    }
+    pub(super) fn max_message_bytes() -> u64 {
+        MAX_MESSAGE_BYTES
+    }
+    pub(super) fn memory_mib() -> u64 {
+        MEMORY_MIB
+    }
+    pub(super) fn cpu_ms() -> u64 {
+        CPU_MS
+    }
+    pub(super) fn wall_ms() -> u64 {
+        WALL_MS
+    }
+    pub(super) fn max_resources() -> usize {
+        MAX_RESOURCES
+    }
+    pub(super) fn max_output_bytes() -> usize {
+        MAX_OUTPUT_BYTES
+    }
+}
+
+impl PluginConfig {
+    /// The policy for a plugin with no table, used only when mail goes to the
+    /// outbox (nothing leaves the machine): any From and recipient, default
+    /// limits, From `plugin@localhost`.
+    pub fn outbox_default() -> Self {
+        Self {
+            path: None,
+            allowed_from: vec!["*".into()],
+            default_from: Some("wasmail plugin <plugin@localhost>".into()),
+            allowed_recipients: vec!["*".into()],
+            max_recipients: defaults::MAX_RECIPIENTS,
+            max_messages: defaults::MAX_MESSAGES,
+            rate_per_minute: None,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            allowed_headers: vec!["X-Mailer".into()],
+            memory_mib: defaults::MEMORY_MIB,
+            cpu_ms: defaults::CPU_MS,
+            wall_ms: defaults::WALL_MS,
+            max_resources: defaults::MAX_RESOURCES,
+            max_output_bytes: defaults::MAX_OUTPUT_BYTES,
+            folder: None,
+        }
+    }
+}
+
+impl Config {
+    /// Read and parse a config file. Relative paths inside it are relative
+    /// to the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut c: Config = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(r) = &mut c.relay {
+            r.ca_file.as_mut().map(fix);
+            r.password_file.as_mut().map(fix);
+        }
+        c.outbox.as_mut().map(fix);
+        c.audit.as_mut().map(fix);
+        for p in c.plugins.values_mut() {
+            p.path.as_mut().map(fix);
+            p.folder.as_mut().map(fix);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str(
+            r#"
+            [relay]
+            server = "127.0.0.1:2525"
+            tls = "none"
+            [plugins.hello]
+            allowed_from = ["*@example.com"]
+            allowed_recipients = ["*@example.org"]
+            max_recipients = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.relay.unwrap().tls, Tls::None);
+        assert_eq!(c.plugins["hello"].max_recipients, 3);
+        assert_eq!(c.plugins["hello"].cpu_ms, defaults::CPU_MS);
+        let bad = toml::from_str::<Config>("[plugins.x]\nallowed_recipient = [\"*\"]\n");
+        assert!(bad.is_err(), "a typo must not silently drop a rule");
+    }
+}

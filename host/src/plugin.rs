@@ -1,0 +1,442 @@
+//! Running untrusted mail plugins (components of `world plugin`): the import
+//! check, a deny-by-default WASI context, memory/CPU/wall/stack/resource
+//! limits, and one mailer per run so all of a run's mail shares one SMTP
+//! session (RFC 5321). Each plugin gets its own store, separate from the
+//! mailer's.
+
+use crate::audit::{AuditLog, Record};
+use crate::bindings::transport::Limits;
+use crate::blobs::BlobAccess;
+use crate::config::{Config, PluginConfig};
+use crate::credentials::Secret;
+use crate::engine::{self, AnyhowExt, CacheOutcome};
+use crate::mailer::{Mailer, MailerGrant, resolve_relay};
+use crate::output::{LineSink, PrefixedOutput};
+use crate::policy::Policy;
+use crate::relay::{self, RelaySettings, split_server};
+use crate::report::exit;
+use crate::sender::{self, Delivery, Forwarder};
+use crate::transcript::Sink;
+use crate::{Runtime, tls};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasData, InstancePre, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+/// The folder a plugin's grant is mounted at, read-only.
+pub const GRANT_MOUNT: &str = "/data";
+/// Most instances, tables and memories one plugin store may create.
+pub const MAX_INSTANCES: usize = 16;
+/// Most table elements (function references) one plugin table may hold.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Interfaces a plugin may import. Everything else (wasi:sockets, wasi:tls,
+/// wasi:http, the mailer's own interfaces, ...) is refused before it runs.
+pub const ALLOWED_IMPORTS: &[&str] = &[
+    "wasmail:mail/sender@",
+    "wasmail:mail/types@",
+    "wasi:io/error@",
+    "wasi:io/poll@",
+    "wasi:io/streams@",
+    "wasi:clocks/wall-clock@",
+    "wasi:clocks/monotonic-clock@",
+    "wasi:random/random@",
+    "wasi:random/insecure@",
+    "wasi:random/insecure-seed@",
+    "wasi:cli/environment@",
+    "wasi:cli/exit@",
+    "wasi:cli/stdin@",
+    "wasi:cli/stdout@",
+    "wasi:cli/stderr@",
+    "wasi:cli/terminal-input@",
+    "wasi:cli/terminal-output@",
+    "wasi:cli/terminal-stdin@",
+    "wasi:cli/terminal-stdout@",
+    "wasi:cli/terminal-stderr@",
+    "wasi:filesystem/types@",
+    "wasi:filesystem/preopens@",
+];
+
+/// A plugin refused before it ran (an import it may not have, no `run`).
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plugin refused: {}", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// True when a plugin may import `name`.
+pub fn import_allowed(name: &str) -> bool {
+    ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p))
+}
+
+/// The plugin's store data.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    forwarder: Forwarder,
+    cpu_ticks: u64,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+struct Table;
+impl HasData for Table {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// The plugin linker: exactly the allowed WASI interfaces and `sender`.
+/// No sockets, no TLS, no HTTP are even linked.
+fn plugin_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PluginState>> {
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+    use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random};
+    use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+    let mut l = Linker::new(engine);
+    io::error::add_to_linker::<_, Table>(&mut l, |t: &mut PluginState| &mut t.table)?;
+    io::poll::add_to_linker::<_, Table>(&mut l, |t: &mut PluginState| &mut t.table)?;
+    io::streams::add_to_linker::<_, Table>(&mut l, |t: &mut PluginState| &mut t.table)?;
+    clocks::wall_clock::add_to_linker::<_, WasiClocks>(&mut l, PluginState::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(&mut l, PluginState::clocks)?;
+    random::random::add_to_linker::<_, WasiRandom>(&mut l, PluginState::random)?;
+    random::insecure::add_to_linker::<_, WasiRandom>(&mut l, PluginState::random)?;
+    random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut l, PluginState::random)?;
+    cli::environment::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::exit::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::stdout::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::stderr::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
+    filesystem::types::add_to_linker::<_, WasiFilesystem>(&mut l, PluginState::filesystem)?;
+    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(&mut l, PluginState::filesystem)?;
+    sender::add_to_linker(&mut l, |s: &mut PluginState| &mut s.forwarder)?;
+    Ok(l)
+}
+
+/// A loaded, checked and linked plugin.
+pub struct Plugin {
+    /// Its name (the policy table it runs under).
+    pub name: String,
+    /// SHA-256 of the component.
+    pub sha256: String,
+    /// Whether its compiled code came from the cache.
+    pub cache: CacheOutcome,
+    pre: InstancePre<PluginState>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunReport {
+    /// The plugin's name.
+    pub plugin: String,
+    /// What `run` returned, if it returned.
+    pub output: Option<Result<String, String>>,
+    /// Why the run was stopped (a limit, a trap, a host failure).
+    pub stopped: Option<String>,
+    /// Every send attempt of the run, in order.
+    pub records: Vec<Record>,
+}
+
+impl RunReport {
+    /// The exit code: 0, 1 when the plugin returned an error, 70 when it was
+    /// stopped.
+    pub fn exit_code(&self) -> u8 {
+        match (&self.stopped, &self.output) {
+            (Some(_), _) => exit::SOFTWARE,
+            (None, Some(Ok(_))) => exit::OK,
+            (None, _) => 1,
+        }
+    }
+}
+
+/// Options that are not in the config file.
+#[derive(Clone, Default)]
+pub struct HostOptions {
+    /// `-v`: the mailer's SMTP transcript goes here.
+    pub transcript: Option<Sink>,
+    /// Plugins' stdout and stderr lines go here (default: the host's stderr).
+    pub output: Option<LineSink>,
+}
+
+/// Runs plugins under one config.
+pub struct PluginHost<'a> {
+    rt: &'a Runtime,
+    config: Config,
+    linker: Linker<PluginState>,
+    audit: AuditLog,
+    tls: tls::Provider,
+    options: HostOptions,
+}
+
+fn stderr_lines() -> LineSink {
+    std::sync::Arc::new(|line: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    })
+}
+
+impl<'a> PluginHost<'a> {
+    /// Set up for `config`.
+    pub fn new(rt: &'a Runtime, config: Config, options: HostOptions) -> Result<Self> {
+        let linker = plugin_linker(&rt.engine).anyhow().context("linking the plugin interfaces")?;
+        let audit_path = config.audit.clone().unwrap_or_else(|| PathBuf::from(crate::audit::DEFAULT_AUDIT));
+        let audit = AuditLog::open(&audit_path)?;
+        let ca = config.relay.as_ref().and_then(|r| r.ca_file.clone());
+        let tls = tls::Provider::new(ca.as_deref())?;
+        Ok(Self { rt, config, linker, audit, tls, options })
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The plugin name for a path: the file stem without `wasmail_plugin_`.
+    pub fn name_for(path: &Path) -> String {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        stem.strip_prefix("wasmail_plugin_").unwrap_or(&stem).to_owned()
+    }
+
+    /// Read, check, compile (or load from the cache) and link a plugin.
+    pub fn load(&self, path: &Path, name: Option<&str>) -> Result<Plugin> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
+        let name = name.map_or_else(|| Self::name_for(path), str::to_owned);
+        let (component, cache) = engine::load_component(&self.rt.engine, &bytes, &format!("plugin {name}"))?;
+        check_component(&self.rt.engine, &component)?;
+        let pre = self.linker.instantiate_pre(&component).anyhow().with_context(|| format!("linking plugin {name}"))?;
+        Ok(Plugin { name, sha256: engine::sha256_hex(&bytes), cache, pre })
+    }
+
+    fn policy_for(&self, name: &str) -> Result<PluginConfig> {
+        match self.config.plugins.get(name) {
+            Some(p) => Ok(p.clone()),
+            None if self.config.relay.is_none() => Ok(PluginConfig::outbox_default()),
+            None => bail!(Refused(format!(
+                "no [plugins.{name}] table in the config; with a relay configured, every plugin needs a policy"
+            ))),
+        }
+    }
+
+    async fn mailer_for(&self, cfg: &PluginConfig) -> Result<(Mailer, Delivery)> {
+        let blobs = cfg.folder.clone().map_or(BlobAccess::Deny, BlobAccess::Folder);
+        let Some(r) = &self.config.relay else {
+            let grant = MailerGrant { relay_addrs: vec![], secret: Secret::none(), blobs, transcript: None, tls: self.tls.clone() };
+            let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
+            mailer.set_limits(Limits { max_message_bytes: Some(cfg.max_message_bytes) }).await?;
+            let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::outbox::DEFAULT_OUTBOX));
+            return Ok((mailer, Delivery::Outbox(dir)));
+        };
+        let (host, port) = split_server(&r.server, r.tls).map_err(|e| anyhow::anyhow!("relay.server: {e}"))?;
+        let secret = match (&r.password_env, &r.password_file) {
+            (Some(v), _) => Secret::from_env(v)?,
+            (None, Some(f)) => Secret::from_file(f)?,
+            (None, None) => Secret::none(),
+        };
+        let addresses = resolve_relay(&host, port).await?;
+        let settings = RelaySettings {
+            name: r.tls_name.clone().unwrap_or(host),
+            addresses: addresses.clone(),
+            port,
+            tls: r.tls,
+            ehlo: r.ehlo.clone().unwrap_or_else(relay::default_ehlo),
+            user: r.user.clone(),
+            auth: r.auth,
+            timeout: r.timeout_secs.map(Duration::from_secs_f64),
+            verbose: self.options.transcript.is_some(),
+        };
+        let grant = MailerGrant {
+            relay_addrs: addresses,
+            secret,
+            blobs,
+            transcript: self.options.transcript.clone(),
+            tls: self.tls.clone(),
+        };
+        let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
+        mailer.configure(&settings.to_wit()).await?;
+        mailer.set_limits(Limits { max_message_bytes: Some(cfg.max_message_bytes) }).await?;
+        Ok((mailer, Delivery::Relay))
+    }
+
+    /// Run `plugin` once with `input`. Host failures before the plugin
+    /// starts are errors; everything after is in the report.
+    pub async fn run(&self, plugin: &Plugin, input: &str) -> Result<RunReport> {
+        let cfg = self.policy_for(&plugin.name)?;
+        let (mailer, delivery) = self.mailer_for(&cfg).await?;
+        let sink = self.options.output.clone().unwrap_or_else(stderr_lines);
+        let stdout = PrefixedOutput::new(&plugin.name, "stdout", cfg.max_output_bytes, sink.clone());
+        let stderr = PrefixedOutput::new(&plugin.name, "stderr", cfg.max_output_bytes, sink);
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        if let Some(folder) = &cfg.folder {
+            wasi.preopened_dir(folder, GRANT_MOUNT, FsPerms::ReadOnly)
+                .anyhow()
+                .with_context(|| format!("granting {}", folder.display()))?;
+        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(cfg.max_resources);
+        let memory = usize::try_from(cfg.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(MAX_INSTANCES)
+            .tables(MAX_INSTANCES)
+            .memories(MAX_INSTANCES)
+            .trap_on_grow_failure(true)
+            .build();
+        let forwarder = Forwarder {
+            plugin: plugin.name.clone(),
+            sha256: plugin.sha256.clone(),
+            policy: Policy::new(cfg.clone()),
+            delivery,
+            mailer,
+            audit: self.audit.clone(),
+            records: vec![],
+        };
+        let state = PluginState { wasi: wasi.build(), table, limits, forwarder, cpu_ticks: 0 };
+        let mut store = Store::new(&self.rt.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let cpu_limit = (cfg.cpu_ms / engine::EPOCH_TICK.as_millis().max(1) as u64).max(1);
+        let cpu_ms = cfg.cpu_ms;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let s = ctx.data_mut();
+            s.cpu_ticks += 1;
+            if s.cpu_ticks > cpu_limit {
+                return Err(wasmtime::Error::msg(format!("cpu_ms: the plugin used more than {cpu_ms} ms of CPU")));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let wall = Duration::from_millis(cfg.wall_ms);
+        let outcome = tokio::time::timeout(wall, async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            let run = instance.get_typed_func::<(String,), (Result<String, String>,)>(&mut store, "run")?;
+            let (out,) = run.call_async(&mut store, (input.to_owned(),)).await?;
+            wasmtime::Result::Ok(out)
+        })
+        .await;
+        stdout.finish();
+        stderr.finish();
+        let (output, stopped) = match outcome {
+            Ok(Ok(out)) => (Some(out), None),
+            Ok(Err(e)) => (None, Some(explain(&e, &cfg))),
+            Err(_) => (None, Some(format!("wall_ms: the run took longer than {} ms", cfg.wall_ms))),
+        };
+        let forwarder = &mut store.data_mut().forwarder;
+        if let Err(e) = forwarder.mailer.close().await {
+            tracing::warn!("closing the mailer session: {e:#}");
+        }
+        let records = std::mem::take(&mut forwarder.records);
+        Ok(RunReport { plugin: plugin.name.clone(), output, stopped, records })
+    }
+}
+
+/// Check what a component imports and exports before anything runs.
+pub fn check_component(engine: &wasmtime::Engine, component: &Component) -> Result<()> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        if !import_allowed(name) {
+            bail!(Refused(format!("it imports {name}, which plugins may not use")));
+        }
+    }
+    let has_run = ty.exports(engine).any(|(name, item)| name == "run" && matches!(item.ty, ComponentItem::ComponentFunc(_)));
+    if !has_run {
+        bail!(Refused("it does not export `run: func(input: string) -> result<string, string>`".into()));
+    }
+    Ok(())
+}
+
+/// Turn a trap into a sentence naming the limit that stopped the plugin.
+fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
+    let text = format!("{e:?}");
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        match trap {
+            wasmtime::Trap::StackOverflow => {
+                return "stack: the plugin exhausted its wasm stack (unbounded recursion?)".into();
+            }
+            wasmtime::Trap::UnreachableCodeReached if text.contains("panicked") || text.contains("panic") => {
+                return format!("the plugin panicked: {}", first_line(&text));
+            }
+            wasmtime::Trap::UnreachableCodeReached => {
+                return "the plugin trapped: unreachable code (a Rust panic or abort)".into();
+            }
+            _ => {}
+        }
+    }
+    if text.contains("cpu_ms:") {
+        return format!("cpu_ms: the plugin used more than {} ms of CPU", cfg.cpu_ms);
+    }
+    if text.contains("growing memory") || text.contains("memory minimum size") || text.contains("exceeds memory limits") {
+        return format!("memory_mib: the plugin tried to grow its memory past {} MiB", cfg.memory_mib);
+    }
+    if text.contains("resource table has no free keys") || text.contains("table is full") || text.contains("Full") {
+        return format!("max_resources: the plugin holds more than {} resources", cfg.max_resources);
+    }
+    format!("the plugin trapped: {}", first_line(&text))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+/// `wasmail inspect`: what a component imports and exports, and whether it
+/// can run here.
+pub fn inspect(rt: &Runtime, path: &Path) -> Result<String> {
+    use std::fmt::Write;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (component, _) = engine::load_component(&rt.engine, &bytes, "plugin")?;
+    let ty = component.component_type();
+    let mut out = String::new();
+    let _ = writeln!(out, "{}\n  sha256 {}", path.display(), engine::sha256_hex(&bytes));
+    let _ = writeln!(out, "imports:");
+    let mut refused = Vec::new();
+    for (name, _) in ty.imports(&rt.engine) {
+        let ok = import_allowed(name);
+        if !ok {
+            refused.push(name.to_owned());
+        }
+        let _ = writeln!(out, "  {} {name}{}", if ok { "ok  " } else { "DENY" }, describe_import(name));
+    }
+    let _ = writeln!(out, "exports:");
+    for (name, _) in ty.exports(&rt.engine) {
+        let _ = writeln!(out, "  {name}");
+    }
+    match check_component(&rt.engine, &component) {
+        Ok(()) => {
+            let _ = writeln!(out, "verdict: can run here; it may send mail through wasmail:mail/sender under its policy");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "verdict: cannot run here: {e}");
+        }
+    }
+    Ok(out)
+}
+
+fn describe_import(name: &str) -> &'static str {
+    match name.split('@').next().unwrap_or(name) {
+        "wasmail:mail/sender" => "  (send mail, under its policy)",
+        "wasi:filesystem/types" | "wasi:filesystem/preopens" => "  (files: only a folder its policy grants, read-only)",
+        "wasi:cli/environment" => "  (environment: always empty)",
+        "wasi:cli/stdout" | "wasi:cli/stderr" => "  (output: captured, prefixed, capped)",
+        n if n.starts_with("wasi:sockets/") => "  (network: never granted to plugins)",
+        n if n.starts_with("wasi:tls/") => "  (TLS: never granted to plugins)",
+        _ => "",
+    }
+}

@@ -1,0 +1,108 @@
+//! `wasmail run`: one plugin, one input, under the policy and limits of its
+//! table in `wasmail.toml`; mail goes to the relay over SMTP (RFC 5321) or to
+//! the outbox.
+
+use crate::config::Config;
+use crate::plugin::{HostOptions, PluginHost, Refused};
+use crate::report::exit;
+use crate::{Runtime, transcript};
+use std::path::PathBuf;
+
+/// The flags of `wasmail run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The plugin component (`world plugin`).
+    pub plugin: PathBuf,
+    /// The config file (relay, audit log, plugin policies).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The plugin's input from a file, or `-` for standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub input: Option<PathBuf>,
+    /// The plugin's input, given inline.
+    #[arg(long, value_name = "TEXT", conflicts_with = "input")]
+    pub input_text: Option<String>,
+    /// The policy table to use (default: the file name without `wasmail_plugin_`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print the run report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the SMTP transcript to standard error.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+fn fail(json: bool, code: u8, kind: &str, message: &str) -> u8 {
+    if json {
+        println!("{}", crate::report::other_error_json(kind, message));
+    } else {
+        eprintln!("wasmail: {message}");
+    }
+    code
+}
+
+/// Run `wasmail run`; returns the exit code.
+pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
+    let config = match &a.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
+        },
+        None => Config::default(),
+    };
+    let input = match (&a.input, &a.input_text) {
+        (Some(p), _) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+                Ok(_) => s,
+                Err(e) => return fail(a.json, exit::NOINPUT, "io", &format!("input: {e}")),
+            }
+        }
+        (Some(p), _) => match std::fs::read_to_string(p) {
+            Ok(s) => s,
+            Err(e) => return fail(a.json, exit::NOINPUT, "io", &format!("input: {}: {e}", p.display())),
+        },
+        (None, Some(t)) => t.clone(),
+        (None, None) => String::new(),
+    };
+    let options = HostOptions { transcript: a.verbose.then(transcript::stderr_sink), output: None };
+    let host = match PluginHost::new(rt, config, options) {
+        Ok(h) => h,
+        Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
+    };
+    let plugin = match host.load(&a.plugin, a.name.as_deref()) {
+        Ok(p) => p,
+        Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
+        Err(e) => return fail(a.json, exit::NOINPUT, "load", &format!("{e:#}")),
+    };
+    let report = match host.run(&plugin, &input).await {
+        Ok(r) => r,
+        Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
+        Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
+    };
+    let accepted = report.records.iter().filter(|r| r.outcome == crate::audit::Outcome::Accepted).count();
+    if a.json {
+        let value = serde_json::json!({
+            "plugin": report.plugin,
+            "sha256": plugin.sha256,
+            "output": report.output.as_ref().and_then(|o| o.as_ref().ok()),
+            "error": report.output.as_ref().and_then(|o| o.as_ref().err()),
+            "stopped": report.stopped,
+            "accepted": accepted,
+            "sends": report.records,
+        });
+        println!("{value}");
+    } else {
+        match (&report.output, &report.stopped) {
+            (_, Some(why)) => eprintln!("wasmail: plugin {} stopped: {why}", report.plugin),
+            (Some(Ok(out)), None) => println!("{out}"),
+            (Some(Err(e)), None) => eprintln!("wasmail: plugin {} failed: {e}", report.plugin),
+            (None, None) => {}
+        }
+        if report.stopped.is_some() || accepted > 0 {
+            eprintln!("wasmail: {accepted} message(s) accepted in this run (see {})", host.audit().path().display());
+        }
+    }
+    report.exit_code()
+}

@@ -1,0 +1,195 @@
+//! The bulk plugin: sends many messages of a chosen size, for load tests.
+//!
+//! Input: empty, a count (`250`), or JSON
+//! `{"count": 250, "to": "sink@example.com", "size": 2048}`; every field is
+//! optional (count 100, to `bulk@example.com`, size 2048 octets of text body).
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "wasmail:mail/plugin",
+    // Needed to parse the package: `world mailer` imports the gated wasi:tls.
+    features: ["tls"],
+    generate_all,
+});
+
+use serde::Deserialize;
+use wasmail::mail::sender::send;
+use wasmail::mail::types::{Mailbox, Message, Priority, Reply, SendError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    #[serde(default = "default_count")]
+    count: u32,
+    #[serde(default = "default_to")]
+    to: String,
+    #[serde(default = "default_size")]
+    size: usize,
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Input {
+            count: default_count(),
+            to: default_to(),
+            size: default_size(),
+        }
+    }
+}
+
+fn default_count() -> u32 {
+    100
+}
+
+fn default_to() -> String {
+    "bulk@example.com".to_string()
+}
+
+fn default_size() -> usize {
+    2048
+}
+
+fn parse(input: &str) -> Result<Input, String> {
+    let input = input.trim();
+    if input.is_empty() {
+        Ok(Input::default())
+    } else if input.starts_with('{') {
+        serde_json::from_str(input).map_err(|e| format!("bad bulk input: {e}"))
+    } else {
+        let count = input.parse::<u32>().map_err(|e| {
+            format!("bad bulk input {input:?}: expected a message count or a JSON object ({e})")
+        })?;
+        Ok(Input {
+            count,
+            ..Input::default()
+        })
+    }
+}
+
+/// A text body of exactly `size` octets: ASCII lines shorter than 78
+/// characters, each ended by `\n`.
+fn body(size: usize) -> String {
+    let mut out = String::with_capacity(size);
+    let mut n: u32 = 0;
+    while out.len() < size {
+        n = n.wrapping_add(1);
+        let line =
+            format!("{n:06} the quick brown fox jumps over the lazy dog, wasmail bulk test\n");
+        let room = size - out.len();
+        if line.len() <= room {
+            out.push_str(&line);
+        } else if room == 1 {
+            out.push('\n');
+        } else {
+            // The last line, cut to fit and still ended by a newline.
+            out.push_str(&line[..room - 1]);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+struct Bulk;
+
+impl Guest for Bulk {
+    fn run(input: String) -> Result<String, String> {
+        let input = parse(&input)?;
+        let text = body(input.size);
+        let to = vec![Mailbox {
+            name: None,
+            address: input.to.clone(),
+        }];
+        let headers = vec![("X-Mailer".to_string(), "wasmail bulk plugin".to_string())];
+        for i in 1..=input.count {
+            let msg = Message {
+                from: None,
+                reply_to: None,
+                to: to.clone(),
+                cc: Vec::new(),
+                bcc: Vec::new(),
+                subject: format!("bulk {i}/{}", input.count),
+                text: Some(text.clone()),
+                html: None,
+                attachments: Vec::new(),
+                priority: Priority::Normal,
+                headers: headers.clone(),
+            };
+            if let Err(e) = send(&msg) {
+                return Err(format!(
+                    "sent {} of {} messages, then message {i} failed: {}",
+                    i - 1,
+                    input.count,
+                    describe(&e)
+                ));
+            }
+        }
+        Ok(format!("sent {} messages", input.count))
+    }
+}
+
+export!(Bulk);
+
+/// Renders a `send-error` as `<case>: <detail>`, the case named as in the WIT.
+fn describe(e: &SendError) -> String {
+    match e {
+        SendError::InvalidMessage(t) => format!("invalid-message: {t}"),
+        SendError::PolicyDenied(t) => format!("policy-denied: {t}"),
+        SendError::Connect(t) => format!("connect: {t}"),
+        SendError::Tls(t) => format!("tls: {t}"),
+        SendError::Auth(r) => format!("auth: {}", reply(r)),
+        SendError::Rejected(r) => format!(
+            "rejected ({}, stage {:?}): {}",
+            if r.transient {
+                "transient"
+            } else {
+                "permanent"
+            },
+            r.stage,
+            reply(&r.reply)
+        ),
+        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
+        SendError::Protocol(t) => format!("protocol: {t}"),
+        SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
+    }
+}
+
+/// Renders a server reply as `code [enhanced] text`.
+fn reply(r: &Reply) -> String {
+    match &r.enhanced {
+        Some(enhanced) => format!("{} {} {}", r.code, enhanced, r.text),
+        None => format!("{} {}", r.code, r.text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_exact_size_and_short_ascii_lines() {
+        for size in [0, 1, 2, 70, 71, 72, 2048, 100_000] {
+            let b = body(size);
+            assert_eq!(b.len(), size);
+            assert!(b.is_ascii());
+            assert!(b.is_empty() || b.ends_with('\n'));
+            assert!(b.split('\n').all(|l| l.len() < 78));
+        }
+    }
+
+    #[test]
+    fn input_forms() {
+        let d = parse("").unwrap();
+        assert_eq!(
+            (d.count, d.to.as_str(), d.size),
+            (100, "bulk@example.com", 2048)
+        );
+        assert_eq!(parse(" 7 ").unwrap().count, 7);
+        let j = parse(r#"{"count": 3, "to": "sink@example.com"}"#).unwrap();
+        assert_eq!(
+            (j.count, j.to.as_str(), j.size),
+            (3, "sink@example.com", 2048)
+        );
+        assert!(parse("many").unwrap_err().contains("bad bulk input"));
+        assert!(parse(r#"{"cuont": 3}"#).unwrap_err().contains("cuont"));
+    }
+}

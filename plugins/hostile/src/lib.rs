@@ -1,0 +1,282 @@
+//! The hostile plugin: misbehaves in the way its input names, so the host's
+//! tests can check that the sandbox limits and the sending policy hold.
+//!
+//! Modes: `loop`, `grow`, `recurse`, `panic` (the host must stop or trap the
+//! run); `read-outside`, `read-inside` (the `/data` grant); `resources` (the
+//! resource table limit); `spoof-from`, `bcc-outside`, `cc-outside`,
+//! `many-recipients`, `big`, `flood`, `crlf-subject`, `crlf-address`,
+//! `header` (the policy and message checks); `send-ok` (a valid control).
+
+// The plugin world plus `wasi:clocks/monotonic-clock`, so the `resources`
+// mode can mint pollables (`subscribe-duration`) until the host's table is full.
+wit_bindgen::generate!({
+    path: "../../wit",
+    inline: "
+        package wasmail:hostile;
+        world hostile {
+            include wasmail:mail/plugin@0.1.0;
+            import wasi:clocks/monotonic-clock@0.2.12;
+        }
+    ",
+    world: "wasmail:hostile/hostile",
+    // Needed to parse the package: `world mailer` imports the gated wasi:tls.
+    features: ["tls"],
+    generate_all,
+});
+
+use std::hint::black_box;
+
+use wasmail::mail::sender::send;
+use wasmail::mail::types::{Mailbox, Message, Priority, Reply, SendError};
+
+const MODES: &str = "loop, grow, recurse, panic, read-outside, read-inside, spoof-from, \
+bcc-outside, cc-outside, many-recipients, big, flood, crlf-subject, crlf-address, header, \
+resources, send-ok";
+
+/// The address the policy allows.
+const OK: &str = "ok@example.com";
+/// An address outside the policy's allowed domains.
+const VICTIM: &str = "victim@elsewhere.example";
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn run(input: String) -> Result<String, String> {
+        match input.trim() {
+            "loop" => spin(),
+            "grow" => grow(),
+            "recurse" => Ok(format!("recursion returned {}", dive(0))),
+            "panic" => panic!("hostile plugin panicked on purpose"),
+            "read-outside" => read_outside(),
+            "read-inside" => read_inside(),
+            "resources" => resources(),
+            "spoof-from" => {
+                let mut msg = message(OK, "spoofed From");
+                msg.from = Some(mailbox("ceo@bank.example"));
+                try_send(&msg)
+            }
+            "bcc-outside" => {
+                let mut msg = message(OK, "Bcc outside the policy");
+                msg.bcc = vec![mailbox(VICTIM)];
+                try_send(&msg)
+            }
+            "cc-outside" => {
+                let mut msg = message(OK, "Cc outside the policy");
+                msg.cc = vec![mailbox(VICTIM)];
+                try_send(&msg)
+            }
+            "many-recipients" => {
+                let mut msg = message(OK, "many recipients");
+                msg.to = (0..1000)
+                    .map(|i| mailbox(&format!("user{i}@example.com")))
+                    .collect();
+                try_send(&msg)
+            }
+            "big" => {
+                let mut msg = message(OK, "a 2 MiB body");
+                msg.text = Some(big_text(2 * 1024 * 1024));
+                try_send(&msg)
+            }
+            "flood" => flood(),
+            "crlf-subject" => try_send(&message(OK, &format!("hi\r\nBcc: {VICTIM}"))),
+            "crlf-address" => try_send(&message(
+                &format!("{OK}>\r\nRCPT TO:<{VICTIM}"),
+                "CRLF in an address",
+            )),
+            "header" => {
+                let mut msg = message(OK, "a header the policy refuses");
+                msg.headers
+                    .push(("X-Not-Allowed".to_string(), "1".to_string()));
+                try_send(&msg)
+            }
+            "send-ok" => try_send(&message(OK, "hostile plugin control message")),
+            other => Err(format!("unknown mode {other:?}; modes: {MODES}")),
+        }
+    }
+}
+
+export!(Hostile);
+
+/// Spins forever; only the host's CPU limit (fuel or epoch) ends it.
+fn spin() -> ! {
+    let mut i: u64 = 0;
+    loop {
+        i = black_box(i.wrapping_add(1));
+    }
+}
+
+/// Allocates and touches 1 MiB blocks until the host's memory limit stops it.
+fn grow() -> ! {
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut block = vec![0u8; 1 << 20];
+        // Write every page so the memory is really used.
+        for (i, byte) in block.iter_mut().enumerate().step_by(4096) {
+            *byte = (i as u8) | 1;
+        }
+        blocks.push(black_box(block));
+        black_box(&blocks);
+    }
+}
+
+/// Recurses until the wasm stack overflows. Not a tail call: the result is
+/// used after the call returns.
+#[inline(never)]
+fn dive(depth: u64) -> u64 {
+    let frame = black_box([depth; 8]);
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
+    let below = dive(black_box(depth + 1));
+    black_box(below.wrapping_add(frame[(depth % 8) as usize]))
+}
+
+/// Tries to read outside the granted folder. Success means the sandbox failed.
+fn read_outside() -> Result<String, String> {
+    let mut errors = Vec::new();
+    for path in ["/etc/passwd", "/data/../../etc/passwd"] {
+        match std::fs::read_to_string(path) {
+            Ok(text) => return Ok(format!("read {} bytes from {path}", text.len())),
+            Err(e) => errors.push(format!("{path}: {e}")),
+        }
+    }
+    Err(format!(
+        "could not read outside /data: {}",
+        errors.join("; ")
+    ))
+}
+
+/// Lists `/data` and reads the size of its first file (by name).
+fn read_inside() -> Result<String, String> {
+    let entries = std::fs::read_dir("/data").map_err(|e| format!("listing /data: {e}"))?;
+    let mut names = Vec::new();
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("listing /data: {e}"))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            files.push(name.clone());
+        }
+        names.push(name);
+    }
+    names.sort();
+    files.sort();
+    let first = match files.first() {
+        None => "no file".to_string(),
+        Some(name) => {
+            let path = format!("/data/{name}");
+            let bytes = std::fs::read(&path).map_err(|e| format!("reading {path}: {e}"))?;
+            format!("first file {name}: {} bytes", bytes.len())
+        }
+    };
+    Ok(format!(
+        "/data holds {} entries [{}]; {first}",
+        names.len(),
+        names.join(", ")
+    ))
+}
+
+/// Creates pollables and leaks them until the host's resource table is full.
+fn resources() -> Result<String, String> {
+    const MAX: u64 = 10_000_000;
+    for _ in 0..MAX {
+        let pollable = wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000);
+        std::mem::forget(pollable);
+    }
+    Ok(format!("created {MAX} pollables and no limit stopped it"))
+}
+
+/// Sends up to 1000 small messages, stopping at the first error.
+fn flood() -> Result<String, String> {
+    const MAX: u32 = 1000;
+    for i in 0..MAX {
+        let msg = message(OK, &format!("flood {}/{MAX}", i + 1));
+        if let Err(e) = send(&msg) {
+            return Err(format!(
+                "accepted {i} of {MAX} messages, then: {}",
+                describe(&e)
+            ));
+        }
+    }
+    Ok(format!(
+        "accepted {MAX} of {MAX} messages; nothing stopped the flood"
+    ))
+}
+
+fn mailbox(address: &str) -> Mailbox {
+    Mailbox {
+        name: None,
+        address: address.to_string(),
+    }
+}
+
+/// A small valid message to `to`.
+fn message(to: &str, subject: &str) -> Message {
+    Message {
+        from: None,
+        reply_to: None,
+        to: vec![mailbox(to)],
+        cc: Vec::new(),
+        bcc: Vec::new(),
+        subject: subject.to_string(),
+        text: Some("Sent by the wasmail hostile test plugin.\n".to_string()),
+        html: None,
+        attachments: Vec::new(),
+        priority: Priority::Normal,
+        headers: Vec::new(),
+    }
+}
+
+/// `size` octets of ASCII text in lines of 64 characters plus `\n`.
+fn big_text(size: usize) -> String {
+    let line = format!("{}\n", "x".repeat(64));
+    let mut out = line.repeat(size / line.len());
+    out.push_str(&"y".repeat(size - out.len()));
+    out
+}
+
+/// Sends `msg`; the error text carries the WIT case name and the debug form.
+fn try_send(msg: &Message) -> Result<String, String> {
+    match send(msg) {
+        Ok(r) => Ok(format!(
+            "sent {} accepted {:?} rejected {} size {}",
+            r.message_id,
+            r.accepted,
+            r.rejected.len(),
+            r.size
+        )),
+        Err(e) => Err(format!("{} ({e:?})", describe(&e))),
+    }
+}
+
+/// Renders a `send-error` as `<case>: <detail>`, the case named as in the WIT.
+fn describe(e: &SendError) -> String {
+    match e {
+        SendError::InvalidMessage(t) => format!("invalid-message: {t}"),
+        SendError::PolicyDenied(t) => format!("policy-denied: {t}"),
+        SendError::Connect(t) => format!("connect: {t}"),
+        SendError::Tls(t) => format!("tls: {t}"),
+        SendError::Auth(r) => format!("auth: {}", reply(r)),
+        SendError::Rejected(r) => format!(
+            "rejected ({}, stage {:?}): {}",
+            if r.transient {
+                "transient"
+            } else {
+                "permanent"
+            },
+            r.stage,
+            reply(&r.reply)
+        ),
+        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
+        SendError::Protocol(t) => format!("protocol: {t}"),
+        SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
+    }
+}
+
+/// Renders a server reply as `code [enhanced] text`.
+fn reply(r: &Reply) -> String {
+    match &r.enhanced {
+        Some(enhanced) => format!("{} {} {}", r.code, enhanced, r.text),
+        None => format!("{} {}", r.code, r.text),
+    }
+}
