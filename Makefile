@@ -35,7 +35,7 @@ test: build
 	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PYTHON) -m pytest -q tests
 
 demo: build
-	$(WASMAIL) run $(WASM_DIR)/wasmail_plugin_hello.wasm --input 'demo@example.com'
+	$(WASMAIL) run $(WASM_DIR)/wasmail_plugin_hello.wasm --input-text demo@example.com
 	@echo "The message is in ./outbox:" && ls -1t outbox | head -n 1
 
 clean:

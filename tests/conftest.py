@@ -1,6 +1,7 @@
 """Fixtures for the wasmail integration tests.
 
 * `wasmail`, `run`: the binary under test and a bounded way to run it.
+* `plugins`: the example plugin components `wasmail run` is tested with.
 * `certs`: a throw-away PKI made with the `openssl` CLI.
 * `smtpd`: recording aiosmtpd servers (AUTH, STARTTLS, implicit TLS, rejects).
 * `smtp_sink`: Postfix smtp-sink, for volume and ESMTP-less servers.
@@ -26,6 +27,7 @@ from servers import RecordingSmtpd, SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BINARY = REPO / "target" / "debug" / "wasmail"
+DEFAULT_PLUGIN_DIR = REPO / "target" / "wasm32-wasip2" / "release"
 
 # How long `openssl` may take for one command.
 OPENSSL_TIMEOUT_S = 30
@@ -83,6 +85,37 @@ def run(wasmail: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProc
                         f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
 
     return _run
+
+
+@dataclass(frozen=True)
+class Plugins:
+    """The folder of built plugin components ($WASMAIL_PLUGINS).
+
+    `plugins["hello"]` is `<dir>/wasmail_plugin_hello.wasm`; a missing file
+    fails the test (not skips it), naming the path and how to build it.
+    """
+    dir: Path
+
+    PREFIX = "wasmail_plugin_"
+
+    def __getitem__(self, name: str) -> Path:
+        path = self.dir / f"{self.PREFIX}{name}.wasm"
+        if not path.is_file():
+            present = sorted(p.name for p in self.dir.glob(f"{self.PREFIX}*.wasm"))
+            pytest.fail(f"plugin {name!r} not found at {path} (present: {present or 'none'}): "
+                        f"run `make build` (or set WASMAIL_PLUGINS)", pytrace=False)
+        return path
+
+
+@pytest.fixture(scope="session")
+def plugins() -> Plugins:
+    """The plugin components: $WASMAIL_PLUGINS or
+    target/wasm32-wasip2/release. A missing folder or plugin fails the test."""
+    d = Path(os.environ.get("WASMAIL_PLUGINS") or DEFAULT_PLUGIN_DIR)
+    if not d.is_dir():
+        pytest.fail(f"plugin folder {d} not found: run `make build` "
+                    f"(or set WASMAIL_PLUGINS)", pytrace=False)
+    return Plugins(d)
 
 
 # ----------------------------------------------------------------------------

@@ -366,18 +366,20 @@ pub fn check_component(engine: &wasmtime::Engine, component: &Component) -> Resu
 /// Turn a trap into a sentence naming the limit that stopped the plugin.
 fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
     let text = format!("{e:?}");
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        match trap {
-            wasmtime::Trap::StackOverflow => {
-                return "stack: the plugin exhausted its wasm stack (unbounded recursion?)".into();
-            }
-            wasmtime::Trap::UnreachableCodeReached if text.contains("panicked") || text.contains("panic") => {
-                return format!("the plugin panicked: {}", first_line(&text));
-            }
-            wasmtime::Trap::UnreachableCodeReached => {
-                return "the plugin trapped: unreachable code (a Rust panic or abort)".into();
-            }
-            _ => {}
+    tracing::debug!("plugin stopped: {text}");
+    let trap = e.downcast_ref::<wasmtime::Trap>().copied();
+    if trap == Some(wasmtime::Trap::StackOverflow) || text.contains("call stack exhausted") {
+        return "stack: the plugin exhausted its wasm stack (unbounded recursion?)".into();
+    }
+    // Rust's data stack lives at the bottom of linear memory and grows down:
+    // overflowing it wraps the stack pointer to just under 4 GiB.
+    if let Some(addr) = text
+        .split("memory fault at wasm address 0x")
+        .nth(1)
+        .and_then(|rest| u64::from_str_radix(rest.split(|c: char| !c.is_ascii_hexdigit()).next().unwrap_or(""), 16).ok())
+    {
+        if addr >= 0xF000_0000 {
+            return "stack: the plugin overflowed its stack (unbounded recursion?)".into();
         }
     }
     if text.contains("cpu_ms:") {
@@ -389,11 +391,16 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
     if text.contains("resource table has no free keys") || text.contains("table is full") || text.contains("Full") {
         return format!("max_resources: the plugin holds more than {} resources", cfg.max_resources);
     }
-    format!("the plugin trapped: {}", first_line(&text))
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
+    if trap == Some(wasmtime::Trap::UnreachableCodeReached) || text.contains("unreachable") {
+        return "the plugin panicked or aborted (wasm `unreachable`; its stderr above says why)".into();
+    }
+    // The causes, without the wasm backtrace.
+    let causes: Vec<&str> = text
+        .split("Caused by:")
+        .nth(1)
+        .map(|c| c.lines().map(|l| l.trim().trim_start_matches(|ch: char| ch.is_ascii_digit() || ch == ':').trim()).filter(|l| !l.is_empty()).collect())
+        .unwrap_or_else(|| vec![text.lines().next().unwrap_or("")]);
+    format!("the plugin trapped: {}", causes.join(": "))
 }
 
 /// `wasmail inspect`: what a component imports and exports, and whether it

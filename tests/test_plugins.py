@@ -1,0 +1,714 @@
+"""Acceptance tests of the plugin issue: `wasmail run` and `wasmail inspect`
+with the example plugins (hello, report, bulk, hostile, netgrab).
+
+Mail that reaches a server or the outbox is read back with Python's `email`
+package (oracle.py); every run is also checked through its `--json` report
+and the audit log (one JSON object per line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+import oracle
+from cli import (BULK_TIMEOUT_S, PASSWORD, PASSWORD_ENV, RECIPIENT, USER, assert_exit,
+                 describe, index_of, json_output, secret_forms, transcript)
+
+# ---- exit codes of `wasmail run` ------------------------------------------------
+EXIT_OK = 0
+EXIT_PLUGIN_ERROR = 1   # the plugin's `run` returned Err
+EXIT_STOPPED = 70       # a limit or a trap stopped the plugin
+EXIT_NOINPUT = 66       # `inspect` of a file that cannot be read
+EXIT_REFUSED = 77       # refused before it ran (imports, no policy table)
+EXIT_CONFIG = 78        # bad config file
+
+# The keys of the `--json` run report and of one audit record.
+REPORT_KEYS = {"plugin", "sha256", "output", "error", "stopped", "accepted", "sends"}
+AUDIT_KEYS = {"time_ms", "plugin", "sha256", "from", "recipients", "rejected", "size",
+              "message_id", "outcome", "reason"}
+AUDIT_OPTIONAL_KEYS = {"outbox"}    # only on records of mail written to the outbox
+OUTCOMES = {"accepted", "rejected", "denied", "error"}
+
+# `hostile loop` runs under this CPU budget and must be stopped well within
+# the bound (start-up and compilation included).
+LOOP_CPU_MS = 300
+LOOP_BOUND_S = 15
+# Messages in the one-session volume test.
+BULK_VOLUME = 200
+
+
+# ---------------------------------------------------------------------------
+# Config files
+# ---------------------------------------------------------------------------
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def write_config(path: Path, *, relay: Optional[dict] = None, plugins: Optional[dict] = None,
+                 **top) -> Path:
+    """Write a wasmail.toml: top-level keys (`outbox`, `audit`), `[relay]`,
+    and one `[plugins.NAME]` table per entry of `plugins`."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in top.items()]
+    if relay is not None:
+        lines += ["", "[relay]", *(f"{k} = {toml_value(v)}" for k, v in relay.items())]
+    for name, table in (plugins or {}).items():
+        lines += ["", f"[plugins.{name}]", *(f"{k} = {toml_value(v)}" for k, v in table.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def from_name(plugin: str) -> str:
+    return f"{plugin.capitalize()} Plugin"
+
+
+def from_address(plugin: str) -> str:
+    return f"{plugin}@example.com"
+
+
+def policy(plugin: str, **overrides) -> dict:
+    """A policy table: From and recipients in example.com, X-Mailer allowed."""
+    table = {
+        "allowed_from": ["*@example.com"],
+        "default_from": f"{from_name(plugin)} <{from_address(plugin)}>",
+        "allowed_recipients": ["*@example.com"],
+        "allowed_headers": ["X-Mailer"],
+    }
+    table.update(overrides)
+    return table
+
+
+def relay_table(server, **extra) -> dict:
+    return {"server": server.address, "tls": "none", **extra}
+
+
+# ---------------------------------------------------------------------------
+# Running plugins, reading reports and the audit log
+# ---------------------------------------------------------------------------
+
+def run_plugin(run, plugins, name: str, *, config: Optional[Path] = None,
+               input_text: Optional[str] = None, args=(), json_report: bool = True, **kwargs):
+    """`wasmail run <plugin> [--config] [--input-text] [--json] *args`."""
+    cmd = ["run", plugins[name]]
+    if config is not None:
+        cmd += ["--config", config]
+    if input_text is not None:
+        cmd += ["--input-text", input_text]
+    if json_report:
+        cmd.append("--json")
+    return run([*cmd, *args], **kwargs)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_record(record: dict, where: str) -> dict:
+    """One audit record has exactly the documented fields and a known outcome."""
+    assert isinstance(record, dict), f"{where}: not an object: {record!r}"
+    keys = set(record)
+    assert AUDIT_KEYS <= keys, f"{where}: missing {sorted(AUDIT_KEYS - keys)}: {record}"
+    assert keys <= AUDIT_KEYS | AUDIT_OPTIONAL_KEYS, (
+        f"{where}: unexpected {sorted(keys - AUDIT_KEYS - AUDIT_OPTIONAL_KEYS)}: {record}")
+    assert record["outcome"] in OUTCOMES, f"{where}: {record}"
+    assert isinstance(record["time_ms"], int), f"{where}: {record}"
+    assert isinstance(record["recipients"], list), f"{where}: {record}"
+    assert isinstance(record["rejected"], list), f"{where}: {record}"
+    return record
+
+
+def read_audit(path: Path) -> list[dict]:
+    """Every line of the audit log, each one JSON object with the documented
+    fields."""
+    assert path.is_file(), f"no audit log at {path}"
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"{path} line {n} is not JSON ({e}): {line!r}")
+        records.append(check_record(value, f"{path} line {n}"))
+    return records
+
+
+def run_report(proc) -> dict:
+    """The `--json` report of a run that got as far as running the plugin."""
+    report = json_output(proc)
+    assert set(report) == REPORT_KEYS, f"report keys {sorted(report)}\n{describe(proc)}"
+    for i, record in enumerate(report["sends"]):
+        check_record(record, f"sends[{i}]")
+    return report
+
+
+def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Path,
+                       started_ms: int) -> list[dict]:
+    """A run that succeeded and had `count` messages accepted: the report,
+    its `sends` and the audit log agree. Returns the records."""
+    assert_exit(proc, EXIT_OK)
+    report = run_report(proc)
+    assert report["plugin"] == name
+    assert report["sha256"] == sha256_of(plugin_path)
+    assert report["error"] is None and report["stopped"] is None, describe(proc)
+    assert isinstance(report["output"], str) and report["output"], describe(proc)
+    assert report["accepted"] == count, describe(proc)
+    records = read_audit(audit)
+    # The log holds exactly this run's attempts, the same as the report.
+    assert records == report["sends"]
+    assert len(records) == count
+    ended_ms = int(time.time() * 1000)
+    for r in records:
+        assert r["outcome"] == "accepted", r
+        assert r["plugin"] == name and r["sha256"] == report["sha256"], r
+        assert started_ms - 1000 <= r["time_ms"] <= ended_ms + 1000, r
+        assert r["rejected"] == [], r
+    return records
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def assert_wire_format(raw: bytes) -> None:
+    oracle.assert_crlf_only(raw)
+    oracle.assert_line_lengths(raw)
+    oracle.assert_ascii_headers(raw)
+
+
+# ---------------------------------------------------------------------------
+# What each mail plugin is asked to do and must produce
+# ---------------------------------------------------------------------------
+
+REPORT_TITLE = "Sales Q1 — Grüße"
+REPORT_ROWS = [
+    {"name": "north", "value": 12.5},
+    {"name": 'a, "b" <c>', "value": -3},
+    {"name": "süd", "value": 0.25},
+]
+# The rows as the plugin prints their values (Rust's f64 Display: -3, not -3.0).
+REPORT_CELLS = [("north", "12.5"), ('a, "b" <c>', "-3"), ("süd", "0.25")]
+REPORT_TO = ["boss@example.com", "team@example.com"]
+# RFC 4180, as the plugin writes it (Rust's f64 Display: -3, not -3.0).
+REPORT_CSV = (b'name,value\r\nnorth,12.5\r\n"a, ""b"" <c>",-3\r\n'
+              + "süd,0.25\r\n".encode())
+
+BULK_COUNT = 20
+BULK_TO = "sink@example.com"
+BULK_SIZE = 2048
+
+
+def bulk_body(size: int) -> str:
+    """The bulk plugin's text body, rebuilt independently."""
+    out, n = "", 0
+    while len(out) < size:
+        n += 1
+        line = f"{n:06} the quick brown fox jumps over the lazy dog, wasmail bulk test\n"
+        room = size - len(out)
+        if len(line) <= room:
+            out += line
+        elif room == 1:
+            out += "\n"
+        else:
+            out += line[:room - 1] + "\n"
+    return out
+
+
+def check_hello(msgs) -> None:
+    [msg] = msgs
+    assert oracle.addresses(msg, "To") == [RECIPIENT]
+    assert msg["Subject"] == "Hello from a wasmail plugin"
+    assert msg["X-Mailer"] == "wasmail hello plugin"
+    text = oracle.body(msg, "plain")
+    assert text is not None, oracle.content_types(msg)
+    assert text.startswith("Hello!") and "-- the wasmail hello plugin" in text, text
+
+
+def check_report(msgs) -> None:
+    [msg] = msgs
+    assert oracle.addresses(msg, "To") == REPORT_TO
+    assert msg["Subject"] == REPORT_TITLE
+    assert msg["X-Mailer"] == "wasmail report plugin"
+    alternative = oracle.find_multipart(msg, "alternative")
+    assert alternative is not None, oracle.content_types(msg)
+    assert [p.get_content_type() for p in alternative.iter_parts()] == ["text/plain", "text/html"]
+
+    text = oracle.normalize_newlines(oracle.body(msg, "plain"))
+    assert text.startswith(f"{REPORT_TITLE}\n{'=' * len(REPORT_TITLE)}\n"), text
+    # Names padded to the widest (10 characters), values right-aligned to 5.
+    for name, value in [*REPORT_CELLS, ("Total", "9.75")]:
+        line = f"{name:<10}  {value:>5}\n"
+        assert line in text + "\n", f"{line!r} not in\n{text}"
+
+    html = oracle.body(msg, "html")
+    assert f"<h1>{REPORT_TITLE}</h1>" in html, html
+    assert "<td>a, &quot;b&quot; &lt;c&gt;</td>" in html, html
+    assert "<td>süd</td>" in html and ">9.75</th>" in html, html
+
+    [csv] = oracle.attachments(msg)
+    assert (csv.filename, csv.content_type) == ("report.csv", "text/csv")
+    assert csv.data == REPORT_CSV
+
+
+def check_bulk(msgs) -> None:
+    assert len(msgs) == BULK_COUNT
+    assert [m["Subject"] for m in msgs] == [f"bulk {i}/{BULK_COUNT}" for i in range(1, BULK_COUNT + 1)]
+    expected = oracle.normalize_newlines(bulk_body(BULK_SIZE))
+    for msg in msgs:
+        assert oracle.addresses(msg, "To") == [BULK_TO]
+        assert msg["X-Mailer"] == "wasmail bulk plugin"
+        assert oracle.normalize_newlines(oracle.body(msg, "plain")) == expected
+    assert len({oracle.message_id(m) for m in msgs}) == BULK_COUNT, "Message-IDs repeat"
+
+
+@dataclass(frozen=True)
+class Case:
+    input: str
+    count: int                 # messages
+    recipients: list[str]      # envelope recipients of each message
+    check: Callable            # check(list of parsed messages, in sending order)
+
+
+CASES = {
+    "hello": Case(RECIPIENT, 1, [RECIPIENT], check_hello),
+    "report": Case(json.dumps({"to": REPORT_TO, "title": REPORT_TITLE, "rows": REPORT_ROWS}),
+                   1, REPORT_TO, check_report),
+    "bulk": Case(json.dumps({"count": BULK_COUNT, "to": BULK_TO, "size": BULK_SIZE}),
+                 BULK_COUNT, [BULK_TO], check_bulk),
+}
+
+
+# ---------------------------------------------------------------------------
+# 1. hello, report and bulk through a relay
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_mail_plugins_through_relay(run, plugins, smtpd, tmp_path, name):
+    case = CASES[name]
+    server = smtpd()
+    audit = tmp_path / "conf" / "audit.jsonl"
+    config = write_config(tmp_path / "conf" / "wasmail.toml", audit="audit.jsonl",
+                          relay=relay_table(server), plugins={name: policy(name)})
+
+    started = now_ms()
+    proc = run_plugin(run, plugins, name, config=config, input_text=case.input)
+
+    records = check_accepted_run(proc, plugins[name], name, case.count, audit, started)
+    assert len(server.messages) == case.count
+    # All of a run's mail goes through one SMTP session.
+    assert [c.verb for c in server.record.commands if c.verb in ("EHLO", "HELO")] == ["EHLO"]
+    msgs = []
+    for received, record in zip(server.messages, records):
+        assert received.mail_from == from_address(name)
+        assert received.rcpt_tos == case.recipients
+        raw = received.content
+        assert_wire_format(raw)
+        msg = oracle.parse(raw)
+        assert oracle.mailboxes(msg, "From") == [oracle.Mailbox(from_name(name), from_address(name))]
+        assert msg["Date"].datetime.utcoffset() is not None
+        assert msg["MIME-Version"] == "1.0"
+        assert msg["Bcc"] is None
+        # The audit record describes this very message.
+        assert record["message_id"] == oracle.message_id(msg)
+        assert record["from"] == from_address(name)
+        assert record["recipients"] == case.recipients
+        assert record["size"] == len(raw)
+        assert str(record["reason"]).startswith("250"), record
+        assert record.get("outbox") is None, record
+        msgs.append(msg)
+    case.check(msgs)
+
+
+# ---------------------------------------------------------------------------
+# 2. The same plugins without a relay: the outbox
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_mail_plugins_to_outbox(run, plugins, tmp_path, name):
+    case = CASES[name]
+    conf_dir = tmp_path / "conf"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    # Relative paths in the file are relative to the file, not to the cwd.
+    config = write_config(conf_dir / "wasmail.toml", outbox="outbox", audit="log/audit.jsonl",
+                          plugins={name: policy(name)})
+
+    started = now_ms()
+    proc = run_plugin(run, plugins, name, config=config, input_text=case.input, cwd=cwd)
+
+    records = check_accepted_run(proc, plugins[name], name, case.count,
+                                 conf_dir / "log" / "audit.jsonl", started)
+    assert list(cwd.iterdir()) == [], "nothing may land in the working directory"
+    outbox = conf_dir / "outbox"
+    files = sorted(outbox.iterdir())
+    assert len(files) == case.count, files
+
+    msgs = []
+    for record in records:
+        path = (cwd / record["outbox"]).resolve()
+        assert path.parent == outbox.resolve(), record
+        assert path.name == record["message_id"] + ".eml"
+        raw = path.read_bytes()
+        assert_wire_format(raw)
+        msg = oracle.parse(raw)
+        assert oracle.message_id(msg) == record["message_id"]
+        assert oracle.mailboxes(msg, "From") == [oracle.Mailbox(from_name(name), from_address(name))]
+        assert msg["Date"].datetime.utcoffset() is not None
+        assert msg["MIME-Version"] == "1.0"
+        assert record["from"] == from_address(name)
+        assert record["recipients"] == case.recipients
+        assert record["size"] == len(raw)
+        msgs.append(msg)
+    assert sorted(p.resolve() for p in files) == sorted((cwd / r["outbox"]).resolve() for r in records)
+    case.check(msgs)
+
+
+def test_no_config_uses_permissive_outbox_default(run, plugins, tmp_path):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+
+    started = now_ms()
+    proc = run_plugin(run, plugins, "hello", cwd=cwd)
+
+    [record] = check_accepted_run(proc, plugins["hello"], "hello", 1,
+                                  cwd / "wasmail-audit.jsonl", started)
+    [path] = (cwd / "outbox").iterdir()
+    assert (cwd / record["outbox"]).resolve() == path.resolve()
+    msg = oracle.parse(path.read_bytes())
+    assert oracle.addresses(msg, "From") == ["plugin@localhost"]
+    # The hello plugin's default recipient.
+    assert oracle.addresses(msg, "To") == ["demo@example.com"]
+    assert record["from"] == "plugin@localhost"
+
+
+def test_name_option_selects_policy_table(run, plugins, smtpd, tmp_path):
+    server = smtpd()
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "wasmail.toml", audit=audit, relay=relay_table(server),
+                          plugins={"greeter": policy("greeter")})
+
+    started = now_ms()
+    proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT,
+                      args=["--name", "greeter"])
+
+    [record] = check_accepted_run(proc, plugins["hello"], "greeter", 1, audit, started)
+    [received] = server.messages
+    assert received.mail_from == from_address("greeter")
+    assert record["from"] == from_address("greeter")
+
+
+# ---------------------------------------------------------------------------
+# 3. Volume: one session for the whole run
+# ---------------------------------------------------------------------------
+
+def test_bulk_volume_in_one_session(run, plugins, smtp_sink, tmp_path):
+    sink = smtp_sink()
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "wasmail.toml", audit=audit,
+                          relay={"server": sink.address, "tls": "none"},
+                          plugins={"bulk": policy("bulk", max_messages=BULK_VOLUME)})
+
+    started = now_ms()
+    proc = run_plugin(run, plugins, "bulk", config=config,
+                      input_text=json.dumps({"count": BULK_VOLUME, "to": BULK_TO, "size": 1024}),
+                      timeout=BULK_TIMEOUT_S)
+
+    records = check_accepted_run(proc, plugins["bulk"], "bulk", BULK_VOLUME, audit, started)
+    counters = sink.wait_for(BULK_VOLUME)
+    assert counters.messages == BULK_VOLUME, counters
+    assert counters.sessions == 1, counters
+    assert len({r["message_id"] for r in records}) == BULK_VOLUME
+
+
+def test_max_messages_stops_bulk_with_a_denied_record(run, plugins, smtpd, tmp_path):
+    server = smtpd()
+    audit = tmp_path / "audit.jsonl"
+    limit = 5
+    config = write_config(tmp_path / "wasmail.toml", audit=audit, relay=relay_table(server),
+                          plugins={"bulk": policy("bulk", max_messages=limit)})
+
+    proc = run_plugin(run, plugins, "bulk", config=config,
+                      input_text=json.dumps({"count": limit + 3, "to": BULK_TO}))
+
+    assert_exit(proc, EXIT_PLUGIN_ERROR)
+    report = run_report(proc)
+    assert report["accepted"] == limit
+    assert "policy-denied" in report["error"] and "max_messages" in report["error"], report
+    assert len(server.messages) == limit
+    records = read_audit(audit)
+    assert records == report["sends"]
+    assert [r["outcome"] for r in records] == ["accepted"] * limit + ["denied"]
+    assert "max_messages" in records[-1]["reason"]
+
+
+# ---------------------------------------------------------------------------
+# 4. Hostile plugins, refusals and config errors
+# ---------------------------------------------------------------------------
+
+def test_hostile_loop_is_stopped_by_cpu_limit(run, plugins, tmp_path):
+    config = write_config(tmp_path / "wasmail.toml", outbox="outbox", audit="audit.jsonl",
+                          plugins={"hostile": policy("hostile", cpu_ms=LOOP_CPU_MS,
+                                                     wall_ms=LOOP_BOUND_S * 4 * 1000)})
+
+    started = time.monotonic()
+    proc = run_plugin(run, plugins, "hostile", config=config, input_text="loop",
+                      json_report=False, timeout=LOOP_BOUND_S * 2)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < LOOP_BOUND_S, f"took {elapsed:.1f}s\n{describe(proc)}"
+    assert_exit(proc, EXIT_STOPPED)
+    assert "cpu_ms" in proc.stderr, describe(proc)
+    assert proc.stdout == "", describe(proc)
+
+    proc = run_plugin(run, plugins, "hostile", config=config, input_text="loop",
+                      timeout=LOOP_BOUND_S * 2)
+    assert_exit(proc, EXIT_STOPPED)
+    report = run_report(proc)
+    assert report["stopped"].startswith("cpu_ms"), report
+    assert (report["output"], report["error"], report["accepted"], report["sends"]) == (None, None, 0, [])
+
+
+def test_hostile_spoofed_from_is_denied(run, plugins, smtpd, tmp_path):
+    server = smtpd()
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "wasmail.toml", audit=audit, relay=relay_table(server),
+                          plugins={"hostile": policy("hostile")})
+
+    proc = run_plugin(run, plugins, "hostile", config=config, input_text="spoof-from")
+
+    assert_exit(proc, EXIT_PLUGIN_ERROR)
+    report = run_report(proc)
+    assert report["stopped"] is None and report["output"] is None
+    assert "policy-denied" in report["error"], report
+    assert report["accepted"] == 0
+    [record] = read_audit(audit)
+    assert record == report["sends"][0]
+    assert record["outcome"] == "denied"
+    assert record["from"] == "ceo@bank.example"
+    assert "allowed_from" in record["reason"], record
+    assert record["message_id"] is None and record["size"] is None
+    assert server.messages == []
+    assert not {"MAIL", "RCPT", "DATA"} & set(server.record.verbs())
+
+
+def test_netgrab_is_refused_for_importing_sockets(run, plugins, tmp_path):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+
+    proc = run_plugin(run, plugins, "netgrab", json_report=False, cwd=cwd)
+    assert_exit(proc, EXIT_REFUSED)
+    assert "wasi:sockets" in proc.stderr, describe(proc)
+
+    proc = run_plugin(run, plugins, "netgrab", cwd=cwd)
+    assert_exit(proc, EXIT_REFUSED)
+    error = json_output(proc)["error"]
+    assert error["kind"] == "refused", error
+    assert "wasi:sockets" in error["message"], error
+    # It never ran, so it never tried to send.
+    audit = cwd / "wasmail-audit.jsonl"
+    assert not audit.exists() or read_audit(audit) == []
+
+
+def test_relay_without_policy_table_is_refused(run, plugins, smtpd, tmp_path):
+    server = smtpd()
+    replies_at_start = len(server.record.replies)
+    audit = tmp_path / "audit.jsonl"
+    # A table for another plugin only.
+    config = write_config(tmp_path / "wasmail.toml", audit=audit, relay=relay_table(server),
+                          plugins={"report": policy("report")})
+
+    proc = run_plugin(run, plugins, "hello", config=config, json_report=False)
+    assert_exit(proc, EXIT_REFUSED)
+    assert "[plugins.hello]" in proc.stderr, describe(proc)
+
+    proc = run_plugin(run, plugins, "hello", config=config)
+    assert_exit(proc, EXIT_REFUSED)
+    error = json_output(proc)["error"]
+    assert error["kind"] == "refused" and "[plugins.hello]" in error["message"], error
+    # Refused before it talked to the relay: no greeting beyond the one
+    # aiosmtpd's own start-up probe got, and no command at all.
+    assert len(server.record.replies) == replies_at_start, server.record.replies
+    assert server.record.commands == []
+    assert not audit.exists() or read_audit(audit) == []
+
+
+@pytest.mark.parametrize("text, names", [
+    ("[plugins.hello]\nallowed_recipient = [\"*\"]\n", "allowed_recipient"),
+    ("[relay]\nserver = \"127.0.0.1:25\"\ntls = \"sometimes\"\n", "sometimes"),
+], ids=["unknown-key", "bad-tls"])
+def test_config_errors_exit_78(run, plugins, tmp_path, text, names):
+    config = tmp_path / "wasmail.toml"
+    config.write_text(text)
+
+    proc = run_plugin(run, plugins, "hello", config=config)
+
+    assert_exit(proc, EXIT_CONFIG)
+    error = json_output(proc)["error"]
+    assert error["kind"] == "config", error
+    assert names in error["message"], error
+
+
+# ---------------------------------------------------------------------------
+# 5. wasmail inspect
+# ---------------------------------------------------------------------------
+
+def inspect_lines(proc) -> tuple[list[str], list[str], list[str]]:
+    """(import lines, export lines, verdict lines) of `wasmail inspect`."""
+    section, imports, exports, verdicts = None, [], [], []
+    for line in proc.stdout.splitlines():
+        if line.startswith("imports:"):
+            section = imports
+        elif line.startswith("exports:"):
+            section = exports
+        elif line.startswith("verdict:"):
+            section = None
+            verdicts.append(line)
+        elif section is not None and line.strip():
+            section.append(line.strip())
+    return imports, exports, verdicts
+
+
+def test_inspect_hello_can_run(run, plugins):
+    proc = run(["inspect", plugins["hello"]])
+
+    assert_exit(proc, EXIT_OK)
+    assert sha256_of(plugins["hello"]) in proc.stdout, describe(proc)
+    imports, exports, [verdict] = inspect_lines(proc)
+    assert imports and all(line.startswith("ok ") for line in imports), describe(proc)
+    assert any("wasmail:mail/sender@" in line for line in imports), describe(proc)
+    assert not any("wasi:sockets" in line for line in imports), describe(proc)
+    assert exports == ["run"], describe(proc)
+    assert verdict.startswith("verdict: can run"), describe(proc)
+
+
+def test_inspect_netgrab_cannot_run(run, plugins):
+    proc = run(["inspect", plugins["netgrab"]])
+
+    assert_exit(proc, EXIT_OK)
+    imports, exports, [verdict] = inspect_lines(proc)
+    denied = [line for line in imports if line.startswith("DENY")]
+    assert denied, describe(proc)
+    # Exactly the socket interfaces are denied.
+    assert all(line.split()[1].startswith("wasi:sockets/") for line in denied), denied
+    assert any(line.split()[1].startswith("wasi:sockets/tcp") for line in denied), denied
+    assert not any("wasi:sockets" in line for line in imports if not line.startswith("DENY"))
+    assert verdict.startswith("verdict: cannot run"), describe(proc)
+    assert "wasi:sockets" in verdict, describe(proc)
+
+
+def test_inspect_missing_file(run, tmp_path):
+    missing = tmp_path / "nope.wasm"
+    proc = run(["inspect", missing])
+    assert_exit(proc, EXIT_NOINPUT)
+    assert str(missing) in proc.stderr, describe(proc)
+
+
+# ---------------------------------------------------------------------------
+# 6. -v: the SMTP transcript, and prefixed plugin output
+# ---------------------------------------------------------------------------
+
+def test_verbose_relay_run_shows_transcript(run, plugins, smtpd, tmp_path):
+    server = smtpd()
+    config = write_config(tmp_path / "wasmail.toml", audit="audit.jsonl",
+                          relay=relay_table(server), plugins={"hello": policy("hello")})
+
+    proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT,
+                      json_report=False, args=["-v"])
+
+    assert_exit(proc, EXIT_OK)
+    lines = transcript(proc.stderr)
+    ehlo = index_of(lines, "C", "EHLO")
+    mail = index_of(lines, "C", f"MAIL FROM:<{from_address('hello')}>", ehlo)
+    rcpt = index_of(lines, "C", f"RCPT TO:<{RECIPIENT}>", mail)
+    index_of(lines, "C", "DATA", rcpt)
+    index_of(lines, "S", "250", rcpt)
+    # The transcript is on stderr only; stdout has the plugin's result.
+    assert "MAIL FROM" not in proc.stdout, describe(proc)
+    assert proc.stdout.startswith("sent "), describe(proc)
+    assert len(server.messages) == 1
+
+
+@pytest.mark.parametrize("name", [None, "evil"], ids=["default-name", "name-option"])
+def test_plugin_output_is_prefixed(run, plugins, smtpd, tmp_path, name):
+    server = smtpd()
+    table = name or "hostile"
+    config = write_config(tmp_path / "wasmail.toml", audit="audit.jsonl",
+                          relay=relay_table(server), plugins={table: policy(table)})
+    args = ["-v"] + (["--name", name] if name else [])
+
+    proc = run_plugin(run, plugins, "hostile", config=config, input_text="panic",
+                      json_report=False, args=args)
+
+    assert_exit(proc, EXIT_STOPPED)
+    # Every line the plugin wrote (Rust's panic message) carries its prefix.
+    marks = ("panicked at", "hostile plugin panicked on purpose", "RUST_BACKTRACE")
+    plugin_lines = [line for line in proc.stderr.splitlines() if any(m in line for m in marks)]
+    assert len(plugin_lines) == 3, describe(proc)
+    assert all(line.startswith(f"[{table}:stderr] ") for line in plugin_lines), describe(proc)
+    assert not any(m in proc.stdout for m in marks), describe(proc)
+    # The host's own verdict is not prefixed.
+    assert f"wasmail: plugin {table} stopped:" in proc.stderr, describe(proc)
+
+
+# ---------------------------------------------------------------------------
+# 7. AUTH from the config, and the secret stays secret
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("auth", ["auto", "plain", "login"])
+def test_relay_auth_from_password_env(run, plugins, smtpd, tmp_path, auth):
+    server = smtpd(auth={USER: PASSWORD}, auth_require_tls=False)
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "wasmail.toml", audit=audit,
+                          relay=relay_table(server, user=USER, password_env=PASSWORD_ENV,
+                                            auth=auth),
+                          plugins={"hello": policy("hello")})
+
+    started = now_ms()
+    proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT, args=["-v"])
+
+    check_accepted_run(proc, plugins["hello"], "hello", 1, audit, started)
+    [received] = server.messages
+    assert received.auth is not None and received.auth.login == USER, received.auth
+    if auth != "auto":
+        assert received.auth.mechanism == auth.upper()
+    assert [a.success for a in server.record.auth_attempts] == [True]
+    index_of(transcript(proc.stderr), "C", "AUTH")
+    everything = proc.stdout + proc.stderr + audit.read_text()
+    for secret in secret_forms(USER, PASSWORD):
+        assert secret not in everything, f"secret form {secret!r} leaked\n{describe(proc)}"
+
+
+def test_relay_auth_wrong_password_fails_without_leaking(run, plugins, smtpd, tmp_path):
+    server = smtpd(auth={USER: PASSWORD}, auth_require_tls=False)
+    wrong = "not-the-password-4711"
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "wasmail.toml", audit=audit,
+                          relay=relay_table(server, user=USER, password_env=PASSWORD_ENV),
+                          plugins={"hello": policy("hello")})
+
+    proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT, args=["-v"],
+                      password=wrong)
+
+    assert_exit(proc, EXIT_PLUGIN_ERROR)
+    report = run_report(proc)
+    assert "auth" in report["error"], report
+    [record] = read_audit(audit)
+    assert record["outcome"] == "error" and record["reason"].startswith("auth"), record
+    assert server.messages == []
+    everything = proc.stdout + proc.stderr + audit.read_text()
+    for secret in secret_forms(USER, wrong):
+        assert secret not in everything, f"secret form {secret!r} leaked\n{describe(proc)}"
