@@ -34,6 +34,12 @@ test: build
 	$(CARGO) test -p wasmail-mailer -p wasmail
 	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PYTHON) -m pytest -q tests
 
+bench: build
+	@command -v msmtp >/dev/null && command -v swaks >/dev/null || \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq msmtp swaks
+	$(CARGO) build --release -p wasmail -p wasmail-bench
+	$(PYTHON) bench/bench.py
+
 demo: build
 	$(WASMAIL) run $(WASM_DIR)/wasmail_plugin_hello.wasm --input-text demo@example.com
 	@echo "The message is in ./outbox:" && ls -1t outbox | head -n 1

@@ -25,12 +25,13 @@ from cli import (BULK_TIMEOUT_S, PASSWORD, PASSWORD_ENV, RECIPIENT, USER, assert
 EXIT_OK = 0
 EXIT_PLUGIN_ERROR = 1   # the plugin's `run` returned Err
 EXIT_STOPPED = 70       # a limit or a trap stopped the plugin
-EXIT_NOINPUT = 66       # `inspect` of a file that cannot be read
+EXIT_USAGE = 64         # bad command line
+EXIT_NOINPUT = 66       # an input or plugin file that cannot be read
 EXIT_REFUSED = 77       # refused before it ran (imports, no policy table)
 EXIT_CONFIG = 78        # bad config file
 
 # The keys of the `--json` run report and of one audit record.
-REPORT_KEYS = {"plugin", "sha256", "output", "error", "stopped", "accepted", "sends"}
+REPORT_KEYS = {"plugin", "sha256", "output", "plugin_error", "stopped", "accepted", "sends"}
 AUDIT_KEYS = {"time_ms", "plugin", "sha256", "from", "recipients", "rejected", "size",
               "message_id", "outcome", "reason"}
 AUDIT_OPTIONAL_KEYS = {"outbox"}    # only on records of mail written to the outbox
@@ -164,7 +165,7 @@ def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Pa
     report = run_report(proc)
     assert report["plugin"] == name
     assert report["sha256"] == sha256_of(plugin_path)
-    assert report["error"] is None and report["stopped"] is None, describe(proc)
+    assert report["plugin_error"] is None and report["stopped"] is None, describe(proc)
     assert isinstance(report["output"], str) and report["output"], describe(proc)
     assert report["accepted"] == count, describe(proc)
     records = read_audit(audit)
@@ -411,6 +412,32 @@ def test_name_option_selects_policy_table(run, plugins, smtpd, tmp_path):
     assert record["from"] == from_address("greeter")
 
 
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_input_from_file_or_stdin(run, plugins, tmp_path, source):
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    address = "from-input@example.com"
+    if source == "file":
+        (tmp_path / "input.txt").write_text(address + "\n")
+        proc = run_plugin(run, plugins, "hello", args=["--input", tmp_path / "input.txt"], cwd=cwd)
+    else:
+        proc = run_plugin(run, plugins, "hello", args=["--input", "-"], input=address + "\n", cwd=cwd)
+
+    assert_exit(proc, EXIT_OK)
+    [record] = run_report(proc)["sends"]
+    assert record["recipients"] == [address]
+
+
+def test_input_errors(run, plugins, tmp_path):
+    missing = tmp_path / "no-such-input.txt"
+    proc = run_plugin(run, plugins, "hello", args=["--input", missing])
+    assert_exit(proc, EXIT_NOINPUT)
+    assert str(missing) in json_output(proc)["error"]["message"], describe(proc)
+
+    proc = run_plugin(run, plugins, "hello", input_text=RECIPIENT, args=["--input", missing])
+    assert_exit(proc, EXIT_USAGE)
+
+
 # ---------------------------------------------------------------------------
 # 3. Volume: one session for the whole run
 # ---------------------------------------------------------------------------
@@ -447,7 +474,7 @@ def test_max_messages_stops_bulk_with_a_denied_record(run, plugins, smtpd, tmp_p
     assert_exit(proc, EXIT_PLUGIN_ERROR)
     report = run_report(proc)
     assert report["accepted"] == limit
-    assert "policy-denied" in report["error"] and "max_messages" in report["error"], report
+    assert "policy-denied" in report["plugin_error"] and "max_messages" in report["plugin_error"], report
     assert len(server.messages) == limit
     records = read_audit(audit)
     assert records == report["sends"]
@@ -479,7 +506,7 @@ def test_hostile_loop_is_stopped_by_cpu_limit(run, plugins, tmp_path):
     assert_exit(proc, EXIT_STOPPED)
     report = run_report(proc)
     assert report["stopped"].startswith("cpu_ms"), report
-    assert (report["output"], report["error"], report["accepted"], report["sends"]) == (None, None, 0, [])
+    assert (report["output"], report["plugin_error"], report["accepted"], report["sends"]) == (None, None, 0, [])
 
 
 def test_hostile_spoofed_from_is_denied(run, plugins, smtpd, tmp_path):
@@ -493,7 +520,7 @@ def test_hostile_spoofed_from_is_denied(run, plugins, smtpd, tmp_path):
     assert_exit(proc, EXIT_PLUGIN_ERROR)
     report = run_report(proc)
     assert report["stopped"] is None and report["output"] is None
-    assert "policy-denied" in report["error"], report
+    assert "policy-denied" in report["plugin_error"], report
     assert report["accepted"] == 0
     [record] = read_audit(audit)
     assert record == report["sends"][0]
@@ -598,7 +625,7 @@ def test_inspect_hello_can_run(run, plugins):
 def test_inspect_netgrab_cannot_run(run, plugins):
     proc = run(["inspect", plugins["netgrab"]])
 
-    assert_exit(proc, EXIT_OK)
+    assert_exit(proc, EXIT_REFUSED)
     imports, exports, [verdict] = inspect_lines(proc)
     denied = [line for line in imports if line.startswith("DENY")]
     assert denied, describe(proc)
@@ -705,7 +732,7 @@ def test_relay_auth_wrong_password_fails_without_leaking(run, plugins, smtpd, tm
 
     assert_exit(proc, EXIT_PLUGIN_ERROR)
     report = run_report(proc)
-    assert "auth" in report["error"], report
+    assert "auth" in report["plugin_error"], report
     [record] = read_audit(audit)
     assert record["outcome"] == "error" and record["reason"].startswith("auth"), record
     assert server.messages == []

@@ -8,11 +8,12 @@ use crate::bindings::exports::wasmail::mail::transport::{
     self as wt, AuthMechanism, Envelope as WitEnvelope, Guest as TransportGuest, Relay, Rendered as WitRendered,
     TlsMode as WitTlsMode,
 };
-use crate::bindings::wasi::clocks::wall_clock;
+use crate::bindings::wasi::clocks::{monotonic_clock, wall_clock};
+use crate::bindings::wasmail::mail::transcript::{self, Direction};
 use crate::bindings::wasi::io::streams::{InputStream, StreamError};
 use crate::bindings::wasi::random::random;
 use crate::bindings::wasmail::mail::types as wit;
-use crate::bindings::wasmail::mail::{blobs, credentials};
+use crate::bindings::wasmail::mail::{blobs, credentials, limits};
 use crate::mime::address::Address;
 use crate::mime::encode::{BASE64_LINE_BYTES, base64_lines};
 use crate::mime::{self, Attachment, BuildContext, Content, Draft, Priority, RawMailbox, Rendered, Segment};
@@ -20,7 +21,7 @@ use crate::net::{Net, Timeouts};
 use crate::smtp::auth::{Choice, Secret};
 use crate::smtp::command::ClientName;
 use crate::smtp::ehlo::Mechanism;
-use crate::smtp::session::{Config, Delivery, Outgoing, Session, Source, TlsMode};
+use crate::smtp::session::{Chunk, Config, Delivery, Outgoing, Session, Source, TlsMode};
 use crate::smtp::{Reply, SmtpError, Stage};
 use std::cell::RefCell;
 
@@ -40,8 +41,6 @@ struct Settings {
 #[derive(Default)]
 struct State {
     settings: Option<Settings>,
-    /// The policy's size limit, from `set-limits`.
-    max_message_bytes: Option<u64>,
     session: Option<Session<Net>>,
 }
 
@@ -149,7 +148,7 @@ fn build(msg: wit::Message, streams: &mut Streams) -> Result<Rendered, wit::Send
     let now = wall_clock::now();
     let ctx = BuildContext { unix_time: now.seconds, random: random::get_random_u64() };
     let rendered = draft.build(&ctx).map_err(invalid)?;
-    if let Some(max) = STATE.with_borrow(|st| st.max_message_bytes) {
+    if let Some(max) = limits::max_message_bytes() {
         let size = rendered.size();
         if size > max {
             return Err(wit::SendError::PolicyDenied(format!(
@@ -169,16 +168,19 @@ struct SegmentSource<'a> {
     /// Bytes left in the current stream segment.
     left: u64,
     carry: Vec<u8>,
+    /// Attachment bytes base64-encoded so far, and the time spent on it.
+    encoded: u64,
+    encode_ns: u64,
 }
 
 impl<'a> SegmentSource<'a> {
     fn new(segments: &'a [Segment], streams: &'a Streams) -> Self {
-        Self { segments, streams, next: 0, left: 0, carry: Vec::with_capacity(STREAM_CHUNK) }
+        Self { segments, streams, next: 0, left: 0, carry: Vec::with_capacity(STREAM_CHUNK), encoded: 0, encode_ns: 0 }
     }
 }
 
 impl Source for SegmentSource<'_> {
-    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, SmtpError> {
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
         loop {
             if self.left > 0 {
                 let Some(Segment::Base64Stream { index, .. }) = self.segments.get(self.next - 1) else {
@@ -205,20 +207,23 @@ impl Source for SegmentSource<'_> {
                     }
                 }
                 if self.carry.len() == STREAM_CHUNK || self.left == 0 {
+                    let t = monotonic_clock::now();
                     base64_lines(&self.carry, out);
+                    self.encode_ns += monotonic_clock::now().saturating_sub(t);
+                    self.encoded += self.carry.len() as u64;
                     self.carry.clear();
-                    return Ok(true);
+                    return Ok(Chunk::Base64);
                 }
                 continue;
             }
             let Some(seg) = self.segments.get(self.next) else {
-                return Ok(false);
+                return Ok(Chunk::Last);
             };
             self.next += 1;
             match seg {
                 Segment::Bytes(b) => {
                     out.extend_from_slice(b);
-                    return Ok(self.next < self.segments.len());
+                    return Ok(if self.next < self.segments.len() { Chunk::Text } else { Chunk::Last });
                 }
                 Segment::Base64Stream { len, .. } => self.left = *len,
             }
@@ -254,18 +259,24 @@ impl State {
     /// to have been closed by the server before anything was accepted.
     fn transact(&mut self, out: &Outgoing<'_>, rendered_segments: &[Segment], streams: &Streams) -> Result<Delivery, SmtpError> {
         let reused = self.session.is_some();
-        let result = {
-            let session = self.session()?;
-            session.send(out, &mut SegmentSource::new(rendered_segments, streams))
-        };
+        let mut source = SegmentSource::new(rendered_segments, streams);
+        let result = self.session().and_then(|s| s.send(out, &mut source));
         let result = match result {
-            Err(SmtpError::Connect(_)) if reused => {
+            Err(SmtpError::Connect(_)) if reused && source.encoded == 0 => {
                 self.session = None;
-                let session = self.session()?;
-                session.send(out, &mut SegmentSource::new(rendered_segments, streams))
+                source = SegmentSource::new(rendered_segments, streams);
+                self.session().and_then(|s| s.send(out, &mut source))
             }
             r => r,
         };
+        if source.encoded > 0 && self.settings.as_ref().is_some_and(|s| s.verbose) {
+            let secs = source.encode_ns as f64 / 1e9;
+            let mib = source.encoded as f64 / f64::from(1 << 20);
+            transcript::line(
+                Direction::Info,
+                &format!("attachments: {mib:.1} MiB base64-encoded in the mailer in {:.3} s ({:.0} MiB/s)", secs, mib / secs.max(1e-9)),
+            );
+        }
         if let Err(e) = &result {
             if e.kills_session() {
                 self.session = None;
@@ -295,7 +306,7 @@ impl SenderGuest for Mailer {
 fn expand(r: &Rendered, streams: &Streams) -> Result<Vec<u8>, SmtpError> {
     let mut bytes = Vec::with_capacity(r.size() as usize);
     let mut src = SegmentSource::new(&r.segments, streams);
-    while src.next_chunk(&mut bytes)? {}
+    while src.next_chunk(&mut bytes)? != Chunk::Last {}
     Ok(bytes)
 }
 
@@ -350,10 +361,6 @@ impl TransportGuest for Mailer {
             st.settings = Some(settings);
         });
         Ok(())
-    }
-
-    fn set_limits(limits: wt::Limits) {
-        STATE.with_borrow_mut(|st| st.max_message_bytes = limits.max_message_bytes);
     }
 
     fn render(msg: wit::Message) -> Result<WitRendered, wit::SendError> {

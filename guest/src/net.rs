@@ -81,6 +81,11 @@ pub struct Net {
     verbose: bool,
 }
 
+/// `name (message)` of a wasi:sockets error code, e.g. `access-denied (...)`.
+fn code(e: crate::bindings::wasi::sockets::network::ErrorCode) -> String {
+    format!("{} ({})", e.name(), e.message())
+}
+
 fn io_err(stage: Stage, e: StreamError) -> SmtpError {
     match e {
         StreamError::Closed => SmtpError::Connect(format!("the connection was closed at {stage}")),
@@ -94,7 +99,7 @@ fn socket_addresses(network: &Network, host: &str, port: u16, deadline: u64) -> 
         vec![to_wasi_ip(ip)]
     } else {
         let stream = ip_name_lookup::resolve_addresses(network, host)
-            .map_err(|e| SmtpError::Connect(format!("cannot resolve {host}: {e:?}")))?;
+            .map_err(|e| SmtpError::Connect(format!("cannot resolve {host}: {}", code(e))))?;
         let p = stream.subscribe();
         let mut ips = Vec::new();
         loop {
@@ -106,7 +111,7 @@ fn socket_addresses(network: &Network, host: &str, port: u16, deadline: u64) -> 
                         return Err(SmtpError::Timeout(Stage::Connect));
                     }
                 }
-                Err(e) => return Err(SmtpError::Connect(format!("cannot resolve {host}: {e:?}"))),
+                Err(e) => return Err(SmtpError::Connect(format!("cannot resolve {host}: {}", code(e)))),
             }
         }
         ips
@@ -163,9 +168,9 @@ impl Net {
                 IpSocketAddress::Ipv4(_) => IpAddressFamily::Ipv4,
                 IpSocketAddress::Ipv6(_) => IpAddressFamily::Ipv6,
             };
-            let socket = create_tcp_socket(family).map_err(|e| SmtpError::Connect(format!("socket: {e:?}")))?;
+            let socket = create_tcp_socket(family).map_err(|e| SmtpError::Connect(format!("socket: {}", code(e))))?;
             if let Err(e) = socket.start_connect(&network, addr) {
-                last = format!("connect to {host}:{port}: {e:?}");
+                last = format!("connect to {host}:{port}: {}", code(e));
                 continue;
             }
             let p = socket.subscribe();
@@ -201,7 +206,7 @@ impl Net {
                     }
                     return Ok(net);
                 }
-                Err(e) => last = format!("connect to {host}:{port}: {e:?}"),
+                Err(e) => last = format!("connect to {host}:{port}: {}", code(e)),
             }
         }
         Err(SmtpError::Connect(last))
@@ -259,17 +264,12 @@ impl Transport for Net {
             output.write(&bytes[..n]).map_err(|e| io_err(stage, e))?;
             bytes = &bytes[n..];
         }
+        // Start the flush and return: the reply we read next is the
+        // acknowledgement, and a failed write shows up there as a broken
+        // connection. Waiting for the flush here would cost one more poll
+        // per turn.
         output.flush().map_err(|e| io_err(stage, e))?;
-        let p = output.subscribe();
-        loop {
-            // Flushed once the stream accepts writes again.
-            if output.check_write().map_err(|e| io_err(stage, e))? > 0 {
-                return Ok(());
-            }
-            if !wait(&p, deadline) {
-                return Err(SmtpError::Timeout(stage));
-            }
-        }
+        Ok(())
     }
 
     fn start_reply(&mut self, stage: Stage) {

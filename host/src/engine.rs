@@ -13,8 +13,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// lower, configured limit through `StoreLimits`.
 pub const MAX_MEMORY_BYTES: usize = 1 << 30;
 /// Instances the pooling allocator keeps slots for (a plugin and a mailer
-/// per concurrent run).
-pub const POOL_INSTANCES: u32 = 64;
+/// per concurrent run). Each slot costs start-up time (guard pages), so
+/// this stays small.
+pub const POOL_INSTANCES: u32 = 32;
 /// The wasm stack size for every instance.
 pub const MAX_WASM_STACK: usize = 1 << 20;
 /// How often the epoch ticker advances, i.e. the CPU-limit granularity.
@@ -41,6 +42,7 @@ pub fn engine() -> Result<Engine> {
     config.max_wasm_stack(MAX_WASM_STACK);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_INSTANCES);
+    pool.total_stacks(POOL_INSTANCES);
     pool.total_core_instances(POOL_INSTANCES * 4);
     pool.total_memories(POOL_INSTANCES * 2);
     pool.total_tables(POOL_INSTANCES * 4);

@@ -4,7 +4,7 @@
 //!
 //! The module layout mirrors the WIT: `bindings` is generated from it once,
 //! and each imported interface has its host side in a module of its own
-//! (`credentials`, `blobs`, `transcript`, `sender`).
+//! (`credentials`, `limits`, `blobs`, `transcript`, `sender`).
 
 pub mod audit;
 pub mod bindings;
@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod config;
 pub mod credentials;
 pub mod engine;
+pub mod limits;
 pub mod mailer;
 pub mod outbox;
 pub mod output;

@@ -4,7 +4,7 @@
 //! `credentials`, `blobs` and `transcript` imports. Deny by default: no
 //! files, no environment, no UDP, no name lookups.
 
-use crate::bindings::transport::{Envelope, Limits, Relay, Rendered};
+use crate::bindings::transport::{Envelope, Relay, Rendered};
 use crate::bindings::types::{Message, Receipt, SendError};
 use crate::bindings::{Mailer as MailerBindings, MailerPre};
 use crate::blobs::BlobAccess;
@@ -39,6 +39,7 @@ pub struct MailerState {
     pub(crate) table: ResourceTable,
     pub(crate) secret: Secret,
     pub(crate) blobs: BlobAccess,
+    pub(crate) max_message_bytes: Option<u64>,
     pub(crate) transcript: Option<Sink>,
     limits: StoreLimits,
 }
@@ -74,9 +75,10 @@ impl MailerFactory {
         let mut tls_opts = wasmtime_wasi_tls::p2::LinkOptions::default();
         tls_opts.tls(true);
         wasmtime_wasi_tls::p2::add_to_linker(&mut linker, &tls_opts).anyhow().context("linking wasi:tls")?;
-        use crate::bindings::wasmail::mail::{blobs, credentials, transcript, types};
+        use crate::bindings::wasmail::mail::{blobs, credentials, limits, transcript, types};
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         credentials::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
+        limits::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         blobs::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         transcript::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         let pre = linker.instantiate_pre(&component).anyhow().context("linking the mailer component")?;
@@ -92,6 +94,8 @@ pub struct MailerGrant {
     pub secret: Secret,
     /// Attachment files it may open.
     pub blobs: BlobAccess,
+    /// The policy's size limit on every message.
+    pub max_message_bytes: Option<u64>,
     /// Where `-v` lines go.
     pub transcript: Option<Sink>,
     /// The TLS trust.
@@ -142,6 +146,7 @@ impl Mailer {
             table: ResourceTable::new(),
             secret: grant.secret,
             blobs: grant.blobs,
+            max_message_bytes: grant.max_message_bytes,
             transcript: grant.transcript,
             limits: StoreLimitsBuilder::new().memory_size(MAILER_MEMORY_BYTES).build(),
         };
@@ -161,16 +166,6 @@ impl Mailer {
             .anyhow()
             .context("calling the mailer's configure")?
             .map_err(|e| anyhow::anyhow!("relay settings refused: {e}"))
-    }
-
-    /// Set the policy's limits on every message.
-    pub async fn set_limits(&mut self, limits: Limits) -> Result<()> {
-        self.bindings
-            .wasmail_mail_transport()
-            .call_set_limits(&mut self.store, limits)
-            .await
-            .anyhow()
-            .context("calling the mailer's set-limits")
     }
 
     /// Assemble and send one message over the kept-open session.

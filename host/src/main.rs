@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMAIL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wasmail: cannot start the async runtime: {e}");
@@ -59,9 +59,9 @@ fn main() -> ExitCode {
             Command::Send(args) => send::run(&runtime, *args).await,
             Command::Run(args) => run::run(&runtime, args).await,
             Command::Inspect { plugin: path } => match plugin::inspect(&runtime, &path) {
-                Ok(text) => {
+                Ok((text, can_run)) => {
                     print!("{text}");
-                    exit::OK
+                    if can_run { exit::OK } else { exit::NOPERM }
                 }
                 Err(e) => {
                     eprintln!("wasmail: {e:#}");

@@ -5,7 +5,6 @@
 //! mailer's.
 
 use crate::audit::{AuditLog, Record};
-use crate::bindings::transport::Limits;
 use crate::blobs::BlobAccess;
 use crate::config::{Config, PluginConfig};
 use crate::credentials::Secret;
@@ -237,9 +236,15 @@ impl<'a> PluginHost<'a> {
     async fn mailer_for(&self, cfg: &PluginConfig) -> Result<(Mailer, Delivery)> {
         let blobs = cfg.folder.clone().map_or(BlobAccess::Deny, BlobAccess::Folder);
         let Some(r) = &self.config.relay else {
-            let grant = MailerGrant { relay_addrs: vec![], secret: Secret::none(), blobs, transcript: None, tls: self.tls.clone() };
-            let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
-            mailer.set_limits(Limits { max_message_bytes: Some(cfg.max_message_bytes) }).await?;
+            let grant = MailerGrant {
+                relay_addrs: vec![],
+                secret: Secret::none(),
+                blobs,
+                max_message_bytes: Some(cfg.max_message_bytes),
+                transcript: None,
+                tls: self.tls.clone(),
+            };
+            let mailer = Mailer::new(&self.rt.mailer, grant).await?;
             let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::outbox::DEFAULT_OUTBOX));
             return Ok((mailer, Delivery::Outbox(dir)));
         };
@@ -265,20 +270,19 @@ impl<'a> PluginHost<'a> {
             relay_addrs: addresses,
             secret,
             blobs,
+            max_message_bytes: Some(cfg.max_message_bytes),
             transcript: self.options.transcript.clone(),
             tls: self.tls.clone(),
         };
         let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
         mailer.configure(&settings.to_wit()).await?;
-        mailer.set_limits(Limits { max_message_bytes: Some(cfg.max_message_bytes) }).await?;
         Ok((mailer, Delivery::Relay))
     }
 
-    /// Run `plugin` once with `input`. Host failures before the plugin
-    /// starts are errors; everything after is in the report.
-    pub async fn run(&self, plugin: &Plugin, input: &str) -> Result<RunReport> {
-        let cfg = self.policy_for(&plugin.name)?;
-        let (mailer, delivery) = self.mailer_for(&cfg).await?;
+    /// A fresh store for one run of `plugin`: its mailer (one SMTP session
+    /// for the run), WASI context, limits and CPU meter.
+    async fn store_for(&self, plugin: &Plugin, cfg: &PluginConfig) -> Result<(Store<PluginState>, [PrefixedOutput; 2])> {
+        let (mailer, delivery) = self.mailer_for(cfg).await?;
         let sink = self.options.output.clone().unwrap_or_else(stderr_lines);
         let stdout = PrefixedOutput::new(&plugin.name, "stdout", cfg.max_output_bytes, sink.clone());
         let stderr = PrefixedOutput::new(&plugin.name, "stderr", cfg.max_output_bytes, sink);
@@ -323,7 +327,24 @@ impl<'a> PluginHost<'a> {
             }
             Ok(UpdateDeadline::Yield(1))
         });
+        Ok((store, [stdout, stderr]))
+    }
 
+    /// Instantiate a fresh plugin+mailer pair without running it (what
+    /// `make bench` measures as instantiation). Dropping the result frees
+    /// both instances.
+    pub async fn instantiate_pair(&self, plugin: &Plugin) -> Result<impl Drop + use<>> {
+        let cfg = self.policy_for(&plugin.name)?;
+        let (mut store, _) = self.store_for(plugin, &cfg).await?;
+        plugin.pre.instantiate_async(&mut store).await.anyhow()?;
+        Ok(store)
+    }
+
+    /// Run `plugin` once with `input`. Host failures before the plugin
+    /// starts are errors; everything after is in the report.
+    pub async fn run(&self, plugin: &Plugin, input: &str) -> Result<RunReport> {
+        let cfg = self.policy_for(&plugin.name)?;
+        let (mut store, [stdout, stderr]) = self.store_for(plugin, &cfg).await?;
         let wall = Duration::from_millis(cfg.wall_ms);
         let outcome = tokio::time::timeout(wall, async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
@@ -405,7 +426,7 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
 
 /// `wasmail inspect`: what a component imports and exports, and whether it
 /// can run here.
-pub fn inspect(rt: &Runtime, path: &Path) -> Result<String> {
+pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, bool)> {
     use std::fmt::Write;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (component, _) = engine::load_component(&rt.engine, &bytes, "plugin")?;
@@ -425,7 +446,8 @@ pub fn inspect(rt: &Runtime, path: &Path) -> Result<String> {
     for (name, _) in ty.exports(&rt.engine) {
         let _ = writeln!(out, "  {name}");
     }
-    match check_component(&rt.engine, &component) {
+    let verdict = check_component(&rt.engine, &component);
+    match &verdict {
         Ok(()) => {
             let _ = writeln!(out, "verdict: can run here; it may send mail through wasmail:mail/sender under its policy");
         }
@@ -433,7 +455,7 @@ pub fn inspect(rt: &Runtime, path: &Path) -> Result<String> {
             let _ = writeln!(out, "verdict: cannot run here: {e}");
         }
     }
-    Ok(out)
+    Ok((out, verdict.is_ok()))
 }
 
 fn describe_import(name: &str) -> &'static str {

@@ -87,7 +87,7 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
             "plugin": report.plugin,
             "sha256": plugin.sha256,
             "output": report.output.as_ref().and_then(|o| o.as_ref().ok()),
-            "error": report.output.as_ref().and_then(|o| o.as_ref().err()),
+            "plugin_error": report.output.as_ref().and_then(|o| o.as_ref().err()),
             "stopped": report.stopped,
             "accepted": accepted,
             "sends": report.records,

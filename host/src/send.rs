@@ -283,7 +283,7 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
         timeout: a.timeout.map(Duration::from_secs_f64),
         verbose: a.verbose,
     };
-    let grant = MailerGrant { relay_addrs: addresses, secret, blobs, transcript: sink, tls: provider };
+    let grant = MailerGrant { relay_addrs: addresses, secret, blobs, max_message_bytes: None, transcript: sink, tls: provider };
     let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     mailer.configure(&settings.to_wit()).await.map_err(|e| early(exit::CONFIG, "config", format!("{e:#}")))?;
@@ -304,7 +304,7 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
 async fn to_outbox(rt: &Runtime, a: &SendArgs, msg: &Message, blobs: BlobAccess) -> Result<u8, Early> {
     let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
     let provider = tls::Provider::new(None).map_err(internal)?;
-    let grant = MailerGrant { relay_addrs: vec![], secret: Secret::none(), blobs, transcript: None, tls: provider };
+    let grant = MailerGrant { relay_addrs: vec![], secret: Secret::none(), blobs, max_message_bytes: None, transcript: None, tls: provider };
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     let rendered = match mailer.render(msg).await.map_err(internal)? {
         Ok(r) => r,

@@ -75,7 +75,7 @@ impl Forwarder {
         let approved = match self.policy.check(&mut msg) {
             Ok(a) => a,
             Err(Ok(denied)) => {
-                let mut r = Self::base(None, Outcome::Denied, Some(denied.0.clone()));
+                let mut r = Self::base(None, Outcome::Denied, Some(format!("policy-denied: {}", denied.0)));
                 r.from = msg.from.as_ref().map(|m| m.address.clone());
                 r.recipients = msg.to.iter().chain(&msg.cc).chain(&msg.bcc).map(|m| m.address.clone()).collect();
                 self.record(r)?;
@@ -124,7 +124,11 @@ impl Forwarder {
                     SendError::PolicyDenied(_) => Outcome::Denied,
                     _ => Outcome::Error,
                 };
-                Self::base(Some(&approved), outcome, Some(format!("{}: {}", report::kind(e), report::describe(e))))
+                let mut r = Self::base(Some(&approved), outcome, Some(format!("{}: {}", report::kind(e), report::describe(e))));
+                if let SendError::Rejected(rej) = e {
+                    r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
+                }
+                r
             }
         };
         self.record(record)?;

@@ -234,6 +234,7 @@ async fn mailer_reaches_no_address_but_the_relay() {
         relay_addrs: vec![allowed],
         secret: Secret::none(),
         blobs: BlobAccess::Deny,
+        max_message_bytes: None,
         transcript: None,
         tls: wasmail::tls::Provider::new(None).unwrap(),
     };

@@ -11,26 +11,22 @@ pub const MAX_LINE: usize = 998;
 pub fn check_lines(bytes: &[u8], headers: bool) -> Result<(), String> {
     let mut in_headers = headers;
     let mut line_start = 0;
-    let mut i = 0;
     let mut line_no = 1;
-    while i < bytes.len() {
+    // Jump from special byte to special byte (SIMD memchr); everything in
+    // between is plain line content.
+    let mut pos = 0;
+    while let Some(off) = memchr::memchr3(b'\r', b'\n', 0, &bytes[pos..]) {
+        let i = pos + off;
         match bytes[i] {
             0 => return Err(format!("line {line_no}: NUL byte")),
-            b'\r' => {
-                if bytes.get(i + 1) != Some(&b'\n') {
-                    return Err(format!("line {line_no}: bare CR"));
-                }
-                let line = &bytes[line_start..i];
-                check_line(line, line_no, &mut in_headers)?;
-                i += 2;
-                line_start = i;
-                line_no += 1;
-                continue;
-            }
             b'\n' => return Err(format!("line {line_no}: bare LF")),
+            _ if bytes.get(i + 1) != Some(&b'\n') => return Err(format!("line {line_no}: bare CR")),
             _ => {}
         }
-        i += 1;
+        check_line(&bytes[line_start..i], line_no, &mut in_headers)?;
+        pos = i + 2;
+        line_start = pos;
+        line_no += 1;
     }
     if line_start < bytes.len() {
         check_line(&bytes[line_start..], line_no, &mut in_headers)?;

@@ -28,41 +28,81 @@ pub fn base64_encoded_len(n: u64) -> u64 {
 /// Append `data` as base64 in 76-column CRLF lines. `data` should be a whole
 /// number of 57-byte lines except for the final call, so that streamed chunks
 /// join into the same text as one call over the whole input.
+///
+/// The encoding itself is base64-simd (wasm SIMD in the component); the
+/// result is then cut into lines. The output can never contain a `.` at a
+/// line start, a bare CR or a bare LF (see [`crate::smtp::dot`]).
 pub fn base64_lines(data: &[u8], out: &mut Vec<u8>) {
-    let mut line = [0u8; BASE64_LINE];
-    for chunk in data.chunks(BASE64_LINE_BYTES) {
-        let n = STANDARD.encode_slice(chunk, &mut line).unwrap_or(0);
-        out.extend_from_slice(&line[..n]);
-        out.extend_from_slice(b"\r\n");
+    use base64_simd::AsOut;
+    let encoded_len = base64_simd::STANDARD.encoded_length(data.len());
+    let start = out.len();
+    // Encode in place at the end of `out`, then spread the lines out from the
+    // back so each byte moves once.
+    let lines = encoded_len.div_ceil(BASE64_LINE);
+    out.resize(start + encoded_len + 2 * lines, 0);
+    let encoded = base64_simd::STANDARD.encode(data, out[start..start + encoded_len].as_out()).len();
+    debug_assert_eq!(encoded, encoded_len);
+    let mut src_end = start + encoded_len;
+    let mut dst_end = out.len();
+    for line in (0..lines).rev() {
+        let len = if line + 1 == lines { encoded_len - line * BASE64_LINE } else { BASE64_LINE };
+        out[dst_end - 2..dst_end].copy_from_slice(b"\r\n");
+        out.copy_within(src_end - len..src_end, dst_end - 2 - len);
+        src_end -= len;
+        dst_end -= len + 2;
     }
 }
 
-/// True when text can go as 7bit: ASCII, no NUL, no bare CR, lines within
-/// `max_line` octets.
-pub fn is_7bit_text(text: &str, max_line: usize) -> bool {
-    text.is_ascii()
-        && !text.contains('\0')
-        && text.split('\n').all(|l| l.trim_end_matches('\r').len() <= max_line && !l.trim_end_matches('\r').contains('\r'))
+/// Append `text` to `out` as 7bit content with CRLF line ends, if it can
+/// go as 7bit: ASCII, no NUL, lines within `max_line` octets. Returns false
+/// (and leaves `out` as it was) otherwise. One pass, SIMD-assisted.
+pub fn seven_bit_text(text: &str, max_line: usize, out: &mut Vec<u8>) -> bool {
+    let b = text.as_bytes();
+    if !b.is_ascii() || memchr::memchr(0, b).is_some() {
+        return false;
+    }
+    let start = out.len();
+    out.reserve(b.len() + b.len() / 32 + 2);
+    let mut i = 0;
+    while i < b.len() {
+        let run = memchr::memchr2(b'\r', b'\n', &b[i..]).unwrap_or(b.len() - i);
+        if run > max_line {
+            out.truncate(start);
+            return false;
+        }
+        out.extend_from_slice(&b[i..i + run]);
+        i += run;
+        if i < b.len() {
+            if b[i] == b'\r' && b.get(i + 1) == Some(&b'\n') {
+                i += 1;
+            }
+            out.extend_from_slice(b"\r\n");
+            i += 1;
+        }
+    }
+    true
 }
 
 /// Normalise line ends in builder-generated text to CRLF: CRLF, lone LF and
 /// lone CR each become one CRLF.
 pub fn crlf_lines(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 32);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {
-                if chars.peek() == Some(&'\n') {
-                    chars.next();
-                }
-                out.push_str("\r\n");
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len() + b.len() / 32 + 2);
+    let mut i = 0;
+    while i < b.len() {
+        let run = memchr::memchr2(b'\r', b'\n', &b[i..]).unwrap_or(b.len() - i);
+        out.extend_from_slice(&b[i..i + run]);
+        i += run;
+        if i < b.len() {
+            if b[i] == b'\r' && b.get(i + 1) == Some(&b'\n') {
+                i += 1;
             }
-            '\n' => out.push_str("\r\n"),
-            c => out.push(c),
+            out.extend_from_slice(b"\r\n");
+            i += 1;
         }
     }
-    out
+    // Only ASCII CR and LF were inserted or removed: still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Quoted-printable encode text (line ends become hard CRLF line breaks).
@@ -212,6 +252,19 @@ mod tests {
     #[test]
     fn crlf_normalisation() {
         assert_eq!(crlf_lines("a\nb\rc\r\nd\n\re"), "a\r\nb\r\nc\r\nd\r\n\r\ne");
+        assert_eq!(crlf_lines("ü\n"), "ü\r\n");
+    }
+
+    #[test]
+    fn seven_bit() {
+        let mut out = b"x".to_vec();
+        assert!(seven_bit_text("ab\r\ncd\nef\rg", 2, &mut out));
+        assert_eq!(out, b"xab\r\ncd\r\nef\r\ng");
+        let mut out = b"x".to_vec();
+        assert!(!seven_bit_text("abc", 2, &mut out));
+        assert!(!seven_bit_text("a\0b", 10, &mut out));
+        assert!(!seven_bit_text("é", 10, &mut out));
+        assert_eq!(out, b"x", "a refusal leaves the output alone");
     }
 
     #[test]

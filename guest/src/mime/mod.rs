@@ -11,7 +11,7 @@ pub mod encode;
 pub mod header;
 
 use address::{Address, AddressError, Mailbox, check_no_controls};
-use encode::{base64_lines, is_7bit_text, mime_parameter, quoted_printable};
+use encode::{base64_lines, mime_parameter, quoted_printable, seven_bit_text};
 use header::{HeaderWriter, format_date};
 
 /// The most recipients (To + Cc + Bcc) one message may have. RFC 5321
@@ -411,7 +411,7 @@ impl Draft {
         let mut seed = ctx.random;
         let boundary = loop {
             let b = format!("=_wm_{:016x}", seed);
-            if !c.text_bodies_contain(&b) {
+            if matches!(tree, Node::Text { .. }) || !c.text_bodies_contain(&b) {
                 break b;
             }
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -486,12 +486,11 @@ impl Out {
 fn write_node(node: &Node<'_>, out: &mut Out, boundary_base: &str, counter: &mut usize) {
     match node {
         Node::Text { subtype, text } => {
-            let seven = is_7bit_text(text, encode::HEADER_FOLD);
             out.cur.extend_from_slice(format!("Content-Type: text/{subtype}; charset=utf-8\r\n").as_bytes());
-            if seven {
-                out.cur.extend_from_slice(b"Content-Transfer-Encoding: 7bit\r\n\r\n");
-                out.cur.extend_from_slice(encode::crlf_lines(text).as_bytes());
-            } else {
+            const SEVEN: &[u8] = b"Content-Transfer-Encoding: 7bit\r\n\r\n";
+            out.cur.extend_from_slice(SEVEN);
+            if !seven_bit_text(text, encode::HEADER_FOLD, &mut out.cur) {
+                out.cur.truncate(out.cur.len() - SEVEN.len());
                 out.cur.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n");
                 quoted_printable(text, &mut out.cur);
             }

@@ -25,37 +25,49 @@ impl DotStuffer {
         Self { at_line_start: true, after_cr: false }
     }
 
-    /// Append the stuffed, CRLF-normalised form of `input` to `out`.
+    /// Append the stuffed, CRLF-normalised form of `input` to `out`. One
+    /// pass: runs without CR or LF are copied whole (found with SIMD memchr).
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 2);
         let mut i = 0;
         while i < input.len() {
-            // Copy a run of ordinary bytes in one go.
-            let run = input[i..].iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(input.len() - i);
-            if run > 0 {
+            if self.after_cr {
                 self.after_cr = false;
-                if self.at_line_start && input[i] == b'.' {
-                    out.push(b'.');
+                if input[i] == b'\n' {
+                    i += 1;
+                    continue;
                 }
-                out.extend_from_slice(&input[i..i + run]);
-                self.at_line_start = false;
-                i += run;
-                continue;
             }
-            match input[i] {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\r' => {
-                    out.extend_from_slice(b"\r\n");
-                    self.after_cr = true;
-                    self.at_line_start = true;
-                }
-                _ => {
-                    out.extend_from_slice(b"\r\n");
-                    self.after_cr = false;
-                    self.at_line_start = true;
-                }
+            if self.at_line_start && input[i] == b'.' {
+                out.push(b'.');
+            }
+            let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+            out.extend_from_slice(&input[i..i + run]);
+            i += run;
+            if i == input.len() {
+                self.at_line_start = run == 0 && self.at_line_start;
+                break;
+            }
+            // Every CR, LF or CRLF becomes exactly one CRLF.
+            out.extend_from_slice(b"\r\n");
+            self.at_line_start = true;
+            if input[i] == b'\r' {
+                self.after_cr = true;
             }
             i += 1;
+        }
+    }
+
+    /// Append base64 lines as produced by
+    /// [`crate::mime::encode::base64_lines`] without scanning them: they are
+    /// CRLF-only and no line can start with `.` (the base64 alphabet has no
+    /// dot). Falls back to [`DotStuffer::encode`] unless the stuffer is at a
+    /// line start and the input ends a line.
+    pub fn encode_base64_lines(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.at_line_start && !self.after_cr && input.ends_with(b"\r\n") && input.first() != Some(&b'.') {
+            out.extend_from_slice(input);
+        } else {
+            self.encode(input, out);
         }
     }
 
@@ -137,7 +149,8 @@ mod tests {
                 }
             }
             let back = unstuff(&wire).unwrap();
-            let normalised = crate::mime::encode::crlf_lines(&String::from_utf8_lossy(&body));
+            let lossy = String::from_utf8_lossy(&body);
+            let normalised = crate::mime::encode::crlf_lines(&lossy);
             assert_eq!(back, normalised.as_bytes(), "{seq:?}");
         }
     }

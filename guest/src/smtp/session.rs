@@ -92,22 +92,33 @@ pub struct Outgoing<'a> {
     pub smtputf8: bool,
 }
 
+/// What a [`Source`] appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Message text; more follows.
+    Text,
+    /// Lines from [`crate::mime::encode::base64_lines`], which need no
+    /// dot-stuffing; more follows.
+    Base64,
+    /// The last piece of message text.
+    Last,
+}
+
 /// Produces the message data in chunks (CRLF lines, not stuffed).
 pub trait Source {
-    /// Append the next piece to `out`; return `Ok(false)` once everything has
-    /// been produced.
-    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, SmtpError>;
+    /// Append the next piece to `out` and say what it is.
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError>;
 }
 
 /// A message already in memory.
 pub struct SliceSource<'a>(pub Option<&'a [u8]>);
 
 impl Source for SliceSource<'_> {
-    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<bool, SmtpError> {
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
         if let Some(b) = self.0.take() {
             out.extend_from_slice(b);
         }
-        Ok(false)
+        Ok(Chunk::Last)
     }
 }
 
@@ -524,10 +535,13 @@ impl<T: Transport> Session<T> {
         self.wbuf.clear();
         loop {
             chunk.clear();
-            let more = source.next_chunk(&mut chunk)?;
-            stuffer.encode(&chunk, &mut self.wbuf);
+            let kind = source.next_chunk(&mut chunk)?;
+            match kind {
+                Chunk::Base64 => stuffer.encode_base64_lines(&chunk, &mut self.wbuf),
+                Chunk::Text | Chunk::Last => stuffer.encode(&chunk, &mut self.wbuf),
+            }
             sent += chunk.len() as u64;
-            if !more {
+            if kind == Chunk::Last {
                 stuffer.finish(&mut self.wbuf);
                 if self.io.verbose() {
                     self.io.transcript(Direction::Client, &format!("<{sent} octets of message data>"));

@@ -49,7 +49,8 @@ impl Guest for Report {
             return Err("bad report input: `to` lists no recipient".to_string());
         }
 
-        let total: f64 = input.rows.iter().map(|r| r.value).sum();
+        // `+ 0.0` turns the -0.0 of an empty sum into 0.
+        let total: f64 = input.rows.iter().map(|r| r.value).sum::<f64>() + 0.0;
         let msg = Message {
             from: None,
             reply_to: None,

@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""`make bench`: wasmail against its anchors, all in one run, on one
+Postfix smtp-sink on loopback. Every figure is the median of several runs and
+every comparison is a ratio taken in this run (these machines are noisy).
+
+Writes target/bench/results.json, results.md and throughput.svg. This is a
+benchmark, not a test: it asserts nothing and never fails on a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "target" / "bench"
+WASMAIL = ROOT / "target" / "release" / "wasmail"
+PLUGINS = ROOT / "target" / "wasm32-wasip2" / "release"
+LETTRE = ROOT / "target" / "release" / "lettre-anchor"
+MICRO = ROOT / "target" / "release" / "microbench"
+
+#: Runs per figure; the median is reported.
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+#: The bulk plugin's run: 20,000 messages of 2 KB over one session.
+BULK_COUNT = int(os.environ.get("BENCH_BULK", "20000"))
+MESSAGE_BYTES = 2048
+#: Anchors that are much slower get fewer messages (their rate is what counts).
+SMTPLIB_COUNT = 5000
+LETTRE_COUNT = 200
+#: One-shot latency: runs per tool.
+ONESHOT_RUNS = 15
+#: Instantiation rounds.
+INSTANTIATE_ROUNDS = 2000
+#: The large attachment.
+ATTACHMENT_MIB = int(os.environ.get("BENCH_ATTACHMENT_MIB", "1024"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def sink_binary() -> str:
+    for cand in (shutil.which("smtp-sink"), "/usr/sbin/smtp-sink"):
+        if cand and Path(cand).exists():
+            return cand
+    raise SystemExit("smtp-sink not found: make setup installs postfix")
+
+
+def timed(cmd: list[str], **kw) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    return time.perf_counter() - t
+
+
+def median(f, runs: int = RUNS) -> float:
+    return statistics.median(f() for _ in range(runs))
+
+
+SMTPLIB_SCRIPT = """
+import smtplib, sys, time
+port, count, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+line = "x" * 70 + "\\r\\n"
+body = (line * (size // len(line) + 1))[:size]
+msg = "From: bench@example.com\\r\\nTo: sink@example.com\\r\\nSubject: smtplib\\r\\n\\r\\n" + body
+s = smtplib.SMTP("127.0.0.1", port)
+t = time.perf_counter()
+for i in range(count):
+    s.sendmail("bench@example.com", ["sink@example.com"], msg)
+print(count / (time.perf_counter() - t))
+s.quit()
+"""
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="wasmail-bench-"))
+    port = free_port()
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    sink = subprocess.Popen([sink_binary(), *user, f"127.0.0.1:{port}", "1000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        results = run_all(work, port)
+    finally:
+        sink.terminate()
+        sink.wait(timeout=5)
+        shutil.rmtree(work, ignore_errors=True)
+    write_outputs(results)
+
+
+def run_all(work: Path, port: int) -> dict:
+    env = dict(os.environ, WASMAIL_CACHE_DIR=str(work / "cache"))
+    server = f"127.0.0.1:{port}"
+    config = work / "bench.toml"
+    config.write_text(f"""
+audit = "{work / 'audit.jsonl'}"
+[relay]
+server = "{server}"
+tls = "none"
+[plugins.bulk]
+allowed_from = ["*"]
+default_from = "bulk@example.com"
+allowed_recipients = ["*"]
+allowed_headers = ["X-Mailer"]
+max_messages = 1000000
+cpu_ms = 600000
+wall_ms = 600000
+[plugins.hello]
+allowed_from = ["*"]
+default_from = "hello@example.com"
+allowed_recipients = ["*"]
+allowed_headers = ["X-Mailer"]
+""")
+    body = work / "body.txt"
+    line = "x" * 70 + "\n"
+    body.write_text((line * (MESSAGE_BYTES // len(line) + 1))[:MESSAGE_BYTES])
+    bulk = PLUGINS / "wasmail_plugin_bulk.wasm"
+    # Warm the compile cache once (start-up without compiling is what we measure).
+    subprocess.run([str(WASMAIL), "inspect", str(bulk)], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(WASMAIL), "send", "--from", "a@example.com", "--to", "b@example.com", "--text", "warm",
+                    "--outbox", str(work / "outbox")], env=env, check=True, stdout=subprocess.DEVNULL)
+
+    tp: dict[str, float] = {}
+    n = BULK_COUNT
+    bulk_input = json.dumps({"count": n, "to": "sink@example.com", "size": MESSAGE_BYTES})
+    tp["wasmail_run"] = median(lambda: n / timed(
+        [str(WASMAIL), "run", str(bulk), "--config", str(config), "--input-text", bulk_input], env=env))
+    tp["wasmail_send"] = median(lambda: n / timed(
+        [str(WASMAIL), "send", "--server", server, "--tls", "none", "--from", "bench@example.com",
+         "--to", "sink@example.com", "--subject", "send", "--body", str(body), "--repeat", str(n)], env=env))
+    tp["smtp_source"] = median(lambda: n / timed(
+        ["smtp-source", "-d", "-m", str(n), "-l", str(MESSAGE_BYTES), "-f", "bench@example.com",
+         "-t", "sink@example.com", server]))
+    tp["python_smtplib"] = median(lambda: float(subprocess.run(
+        [sys.executable, "-c", SMTPLIB_SCRIPT, str(port), str(SMTPLIB_COUNT), str(MESSAGE_BYTES)],
+        check=True, capture_output=True, text=True).stdout))
+    tp["lettre"] = median(lambda: float(subprocess.run(
+        [str(LETTRE), "127.0.0.1", str(port), str(LETTRE_COUNT), str(MESSAGE_BYTES)],
+        check=True, capture_output=True, text=True).stdout))
+
+    oneshot: dict[str, float] = {}
+    msg = f"From: bench@example.com\r\nTo: sink@example.com\r\nSubject: one\r\n\r\n{body.read_text()}"
+    oneshot["wasmail_send"] = 1000 * statistics.median(timed(
+        [str(WASMAIL), "send", "--server", server, "--tls", "none", "--from", "bench@example.com",
+         "--to", "sink@example.com", "--subject", "one", "--body", str(body)], env=env) for _ in range(ONESHOT_RUNS))
+    if shutil.which("msmtp"):
+        oneshot["msmtp"] = 1000 * statistics.median(timed(
+            ["msmtp", "--host=127.0.0.1", f"--port={port}", "--auth=off", "--tls=off",
+             "--from=bench@example.com", "sink@example.com"], input=msg.encode()) for _ in range(ONESHOT_RUNS))
+    if shutil.which("swaks"):
+        oneshot["swaks"] = 1000 * statistics.median(timed(
+            ["swaks", "--server", server, "--from", "bench@example.com", "--to", "sink@example.com",
+             "--body", str(body), "--silent", "2"]) for _ in range(ONESHOT_RUNS))
+
+    instantiate = float(subprocess.run(
+        [str(MICRO), "instantiate", str(PLUGINS / "wasmail_plugin_hello.wasm"), str(INSTANTIATE_ROUNDS)],
+        env=env, check=True, capture_output=True, text=True).stdout)
+
+    # The large attachment goes to a discard sink (microbench sink) so the
+    # figure is the mailer's, not smtp-sink's parser's; the mailer's -v
+    # transcript reports its own base64 time.
+    big = work / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(ATTACHMENT_MIB << 20)
+    discard_port = free_port()
+    discard = subprocess.Popen([str(MICRO), "sink", str(discard_port)], stdout=subprocess.DEVNULL)
+    att_runs = []
+    try:
+        wait_port(discard_port)
+        for _ in range(max(1, RUNS - 1)):
+            t = time.perf_counter()
+            proc = subprocess.run(
+                ["/usr/bin/time", "-f", "%M", str(WASMAIL), "send", "--server", f"127.0.0.1:{discard_port}",
+                 "--tls", "none", "--from", "bench@example.com", "--to", "sink@example.com", "--subject", "big",
+                 "--text", "attached", "--attach", str(big), "--timeout", "600", "-v"],
+                env=env, check=True, capture_output=True, text=True)
+            secs = time.perf_counter() - t
+            lines = proc.stderr.strip().splitlines()
+            rss_kib = int(lines[-1])
+            note = next(l for l in lines if "base64-encoded in the mailer" in l)
+            guest = float(note.rsplit("(", 1)[1].split()[0])
+            att_runs.append((secs, rss_kib / 1024, guest))
+    finally:
+        discard.terminate()
+        discard.wait(timeout=5)
+    att_secs = statistics.median(r[0] for r in att_runs)
+    native = median(lambda: float(subprocess.run([str(MICRO), "base64", str(ATTACHMENT_MIB)],
+                                                 check=True, capture_output=True, text=True).stdout))
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "runs": RUNS,
+        "message_bytes": MESSAGE_BYTES,
+        "bulk_count": n,
+        "throughput_msgs_per_s": {k: round(v, 1) for k, v in tp.items()},
+        "oneshot_wall_ms": {k: round(v, 2) for k, v in oneshot.items()},
+        "instantiate_us_p50": round(instantiate, 2),
+        "attachment_1gib": {
+            "mib": ATTACHMENT_MIB,
+            "peak_rss_mib": round(max(r[1] for r in att_runs), 1),
+            "send_seconds": round(att_secs, 2),
+            "end_to_end_mb_s": round(ATTACHMENT_MIB / att_secs, 1),
+            "guest_b64_mb_s": round(statistics.median(r[2] for r in att_runs), 1),
+            "native_b64_mb_s": round(native, 1),
+        },
+    }
+
+
+def ratios(r: dict) -> dict:
+    tp, one, att = r["throughput_msgs_per_s"], r["oneshot_wall_ms"], r["attachment_1gib"]
+    out = {
+        "run_vs_smtp_source": tp["wasmail_run"] / tp["smtp_source"],
+        "send_vs_smtp_source": tp["wasmail_send"] / tp["smtp_source"],
+        "guest_vs_native_b64": att["guest_b64_mb_s"] / att["native_b64_mb_s"],
+    }
+    if "msmtp" in one:
+        out["oneshot_vs_msmtp"] = one["wasmail_send"] / one["msmtp"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def svg(r: dict) -> str:
+    """Two horizontal bar charts: throughput (higher is better) and one-shot
+    latency (lower is better)."""
+    rows = [("throughput, msg/s (higher is better)", r["throughput_msgs_per_s"]),
+            ("one message from the CLI, ms (lower is better)", r["oneshot_wall_ms"])]
+    width, bar_h, gap, left = 720, 22, 8, 170
+    parts, y = [], 20
+    for title, data in rows:
+        parts.append(f'<text x="10" y="{y}" font-weight="bold">{title}</text>')
+        y += 10
+        top = max(data.values()) or 1
+        for name, value in data.items():
+            w = (width - left - 90) * value / top
+            colour = "#2b7bb9" if name.startswith("wasmail") else "#999"
+            parts.append(f'<text x="10" y="{y + 16}">{name}</text>')
+            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}"/>')
+            parts.append(f'<text x="{left + w + 6:.1f}" y="{y + 16}">{value:,.1f}</text>')
+            y += bar_h + gap
+        y += 20
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" '
+            f'font-family="sans-serif" font-size="13">{"".join(parts)}</svg>\n')
+
+
+def table(r: dict, q: dict) -> str:
+    tp, one, att = r["throughput_msgs_per_s"], r["oneshot_wall_ms"], r["attachment_1gib"]
+    lines = [f"Measured {r['date']} on {r['machine']}; median of {r['runs']} runs, "
+             f"{r['message_bytes']}-byte messages, one smtp-sink on loopback.", "",
+             "| throughput | msg/s | × smtp-source |", "|---|---:|---:|"]
+    for k, v in tp.items():
+        lines.append(f"| {k} | {v:,.0f} | {v / tp['smtp_source']:.2f} |")
+    lines += ["", "| one message from the command line | wall ms |", "|---|---:|"]
+    for k, v in one.items():
+        lines.append(f"| {k} | {v:.1f} |")
+    lines += ["", "| other | figure |", "|---|---:|",
+              f"| plugin+mailer instantiation, p50 | {r['instantiate_us_p50']:.1f} µs |",
+              f"| {att['mib']} MiB attachment: peak RSS of wasmail | {att['peak_rss_mib']:.1f} MiB |",
+              f"| {att['mib']} MiB attachment: base64 inside the mailer | {att['guest_b64_mb_s']:.0f} MiB/s |",
+              f"| {att['mib']} MiB attachment: file to socket, end to end | {att['end_to_end_mb_s']:.0f} MiB/s |",
+              f"| native `base64` crate, same data | {att['native_b64_mb_s']:.0f} MiB/s |",
+              "", "| ratio (this run) | value | target |", "|---|---:|---:|",
+              f"| wasmail run / smtp-source | {q['run_vs_smtp_source']:.2f} | ≥ 1.5 |",
+              f"| wasmail send (one-shot) / msmtp | {q.get('oneshot_vs_msmtp', float('nan')):.2f} | ≤ 0.25 |",
+              f"| guest base64 / native base64 | {q['guest_vs_native_b64']:.2f} | ≥ 0.5 |",
+              f"| instantiate p50 | {r['instantiate_us_p50']:.1f} µs | ≤ 20 µs |",
+              f"| peak RSS with a {att['mib']} MiB attachment | {att['peak_rss_mib']:.1f} MiB | ≤ 64 MiB |"]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(r: dict) -> None:
+    q = ratios(r)
+    r["ratios"] = q
+    (OUT / "results.json").write_text(json.dumps(r, indent=2) + "\n")
+    (OUT / "throughput.svg").write_text(svg(r))
+    md = table(r, q)
+    (OUT / "results.md").write_text(md)
+    print(md)
+    print(f"wrote {OUT / 'results.json'}, {OUT / 'results.md'} and {OUT / 'throughput.svg'}")
+
+
+if __name__ == "__main__":
+    main()
