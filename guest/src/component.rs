@@ -105,8 +105,35 @@ fn raw_mailbox(m: wit::Mailbox) -> RawMailbox {
     RawMailbox { name: m.name, address: m.address }
 }
 
-/// Open attachment streams are kept here, indexed by `Content::Stream`.
-type Streams = Vec<InputStream>;
+/// Open attachment streams, indexed by `Content::Stream`, with the paths
+/// they were opened from (to reopen them for a kept copy).
+#[derive(Default)]
+struct Streams {
+    open: Vec<InputStream>,
+    paths: Vec<String>,
+}
+
+impl Streams {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn get(&self, i: usize) -> Option<&InputStream> {
+        self.open.get(i)
+    }
+
+    /// The same files, opened afresh.
+    fn reopen(&self) -> Result<Self, SmtpError> {
+        let mut fresh = Self::new();
+        for path in &self.paths {
+            let (_, stream) = blobs::open(path)
+                .map_err(|e| SmtpError::InvalidMessage(format!("attachment {path}: {e}")))?;
+            fresh.open.push(stream);
+            fresh.paths.push(path.clone());
+        }
+        Ok(fresh)
+    }
+}
 
 fn draft(msg: wit::Message, streams: &mut Streams) -> Result<Draft, wit::SendError> {
     let mut attachments = Vec::with_capacity(msg.attachments.len());
@@ -116,8 +143,9 @@ fn draft(msg: wit::Message, streams: &mut Streams) -> Result<Draft, wit::SendErr
             wit::Content::File(path) => {
                 let (len, stream) = blobs::open(&path)
                     .map_err(|e| invalid(format!("attachments[{i}].content: {path}: {e}")))?;
-                streams.push(stream);
-                Content::Stream { index: streams.len() - 1, len }
+                streams.open.push(stream);
+                streams.paths.push(path);
+                Content::Stream { index: streams.open.len() - 1, len }
             }
         };
         attachments.push(Attachment { filename: a.filename, content_type: a.content_type, content, content_id: a.content_id });
@@ -286,20 +314,48 @@ impl State {
     }
 }
 
+/// Build and send; on failure, the rendered message and its streams too.
+fn send_rendered(msg: wit::Message) -> Result<wit::Receipt, (wit::SendError, Option<(Rendered, Streams)>)> {
+    let mut streams = Streams::new();
+    let r = build(msg, &mut streams).map_err(|e| (e, None))?;
+    let size = r.size();
+    let out = Outgoing {
+        from: &r.envelope.from,
+        recipients: &r.envelope.recipients,
+        size,
+        eight_bit: r.eight_bit(),
+        smtputf8: r.smtputf8,
+    };
+    match STATE.with_borrow_mut(|st| st.transact(&out, &r.segments, &streams)) {
+        Ok(delivery) => Ok(receipt(r.message_id, size, delivery)),
+        Err(e) => Err((e.into(), Some((r, streams)))),
+    }
+}
+
+/// True when a retry may succeed, or the outcome is unknown: worth keeping.
+fn worth_keeping(e: &wit::SendError) -> bool {
+    match e {
+        wit::SendError::Connect(_) | wit::SendError::Timeout(_) | wit::SendError::OutcomeUnknown(_) => true,
+        wit::SendError::Rejected(r) => r.transient,
+        wit::SendError::Auth(r) => (400..500).contains(&r.code),
+        _ => false,
+    }
+}
+
+fn wit_rendered(r: &Rendered, bytes: Vec<u8>) -> WitRendered {
+    WitRendered {
+        message_id: r.message_id.clone(),
+        envelope: WitEnvelope {
+            from: r.envelope.from.to_string(),
+            recipients: r.envelope.recipients.iter().map(ToString::to_string).collect(),
+        },
+        bytes,
+    }
+}
+
 impl SenderGuest for Mailer {
     fn send(msg: wit::Message) -> Result<wit::Receipt, wit::SendError> {
-        let mut streams = Streams::new();
-        let r = build(msg, &mut streams)?;
-        let size = r.size();
-        let out = Outgoing {
-            from: &r.envelope.from,
-            recipients: &r.envelope.recipients,
-            size,
-            eight_bit: r.eight_bit(),
-            smtputf8: r.smtputf8,
-        };
-        let delivery = STATE.with_borrow_mut(|st| st.transact(&out, &r.segments, &streams))?;
-        Ok(receipt(r.message_id, size, delivery))
+        send_rendered(msg).map_err(|(e, _)| e)
     }
 }
 
@@ -367,13 +423,19 @@ impl TransportGuest for Mailer {
         let mut streams = Streams::new();
         let r = build(msg, &mut streams)?;
         let bytes = expand(&r, &streams)?;
-        Ok(WitRendered {
-            message_id: r.message_id,
-            envelope: WitEnvelope {
-                from: r.envelope.from.to_string(),
-                recipients: r.envelope.recipients.iter().map(ToString::to_string).collect(),
-            },
-            bytes,
+        Ok(wit_rendered(&r, bytes))
+    }
+
+    fn deliver(msg: wit::Message) -> Result<wit::Receipt, wt::Undelivered> {
+        send_rendered(msg).map_err(|(error, rendered)| {
+            let kept = match rendered {
+                Some((r, streams)) if worth_keeping(&error) => {
+                    // The attachment streams were consumed: read them again.
+                    streams.reopen().and_then(|fresh| expand(&r, &fresh)).ok().map(|bytes| wit_rendered(&r, bytes))
+                }
+                _ => None,
+            };
+            wt::Undelivered { error, kept }
         })
     }
 

@@ -52,6 +52,9 @@ pub struct Record {
     /// Where it was written, for the outbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<String>,
+    /// Where it was kept for `wasmail retry`, when it was not delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
 }
 
 /// An append-only JSON-lines file, shared by every run in the process.

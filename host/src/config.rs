@@ -18,6 +18,8 @@ pub struct Config {
     pub outbox: Option<PathBuf>,
     /// The audit log (JSON lines), default `wasmail-audit.jsonl`.
     pub audit: Option<PathBuf>,
+    /// Where undelivered messages are kept, default `dead-letter`.
+    pub dead_letter: Option<PathBuf>,
     /// One table per plugin, by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
@@ -186,6 +188,7 @@ impl Config {
         }
         c.outbox.as_mut().map(fix);
         c.audit.as_mut().map(fix);
+        c.dead_letter.as_mut().map(fix);
         for p in c.plugins.values_mut() {
             p.path.as_mut().map(fix);
             p.folder.as_mut().map(fix);

@@ -4,7 +4,7 @@
 //! `credentials`, `blobs` and `transcript` imports. Deny by default: no
 //! files, no environment, no UDP, no name lookups.
 
-use crate::bindings::transport::{Envelope, Relay, Rendered};
+use crate::bindings::transport::{Envelope, Relay, Rendered, Undelivered};
 use crate::bindings::types::{Message, Receipt, SendError};
 use crate::bindings::{Mailer as MailerBindings, MailerPre};
 use crate::blobs::BlobAccess;
@@ -171,6 +171,17 @@ impl Mailer {
     /// Assemble and send one message over the kept-open session.
     pub async fn send(&mut self, msg: &Message) -> Result<Result<Receipt, SendError>> {
         self.bindings.wasmail_mail_sender().call_send(&mut self.store, msg).await.anyhow().context("calling the mailer's send")
+    }
+
+    /// Send one message; a failure a retry may fix comes back with the exact
+    /// message, for the dead-letter folder.
+    pub async fn deliver(&mut self, msg: &Message) -> Result<Result<Receipt, Undelivered>> {
+        self.bindings
+            .wasmail_mail_transport()
+            .call_deliver(&mut self.store, msg)
+            .await
+            .anyhow()
+            .context("calling the mailer's deliver")
     }
 
     /// Assemble without sending (the outbox).

@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use wasmail::report::exit;
-use wasmail::{Runtime, plugin, run, send};
+use wasmail::{Runtime, plugin, retry, run, send};
 
 #[derive(Parser)]
 #[command(name = "wasmail", version, about = "Let untrusted code send email, safely")]
@@ -19,6 +19,8 @@ enum Command {
     Send(Box<send::SendArgs>),
     /// Run a plugin under its policy and limits.
     Run(run::RunArgs),
+    /// Resend the messages kept in the dead-letter folder.
+    Retry(Box<retry::RetryArgs>),
     /// Show what a plugin imports and exports, and whether it can run here.
     Inspect {
         /// The plugin component.
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Send(args) => send::run(&runtime, *args).await,
             Command::Run(args) => run::run(&runtime, args).await,
+            Command::Retry(args) => retry::run(&runtime, *args).await,
             Command::Inspect { plugin: path } => match plugin::inspect(&runtime, &path) {
                 Ok((text, can_run)) => {
                     print!("{text}");

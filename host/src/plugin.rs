@@ -9,10 +9,9 @@ use crate::blobs::BlobAccess;
 use crate::config::{Config, PluginConfig};
 use crate::credentials::Secret;
 use crate::engine::{self, AnyhowExt, CacheOutcome};
-use crate::mailer::{Mailer, MailerGrant, resolve_relay};
+use crate::mailer::{Mailer, MailerGrant};
 use crate::output::{LineSink, PrefixedOutput};
 use crate::policy::Policy;
-use crate::relay::{self, RelaySettings, split_server};
 use crate::report::exit;
 use crate::sender::{self, Delivery, Forwarder};
 use crate::transcript::Sink;
@@ -248,31 +247,18 @@ impl<'a> PluginHost<'a> {
             let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::outbox::DEFAULT_OUTBOX));
             return Ok((mailer, Delivery::Outbox(dir)));
         };
-        let (host, port) = split_server(&r.server, r.tls).map_err(|e| anyhow::anyhow!("relay.server: {e}"))?;
-        let secret = match (&r.password_env, &r.password_file) {
-            (Some(v), _) => Secret::from_env(v)?,
-            (None, Some(f)) => Secret::from_file(f)?,
-            (None, None) => Secret::none(),
-        };
-        let addresses = resolve_relay(&host, port).await?;
-        let settings = RelaySettings {
-            name: r.tls_name.clone().unwrap_or(host),
-            addresses: addresses.clone(),
-            port,
-            tls: r.tls,
-            ehlo: r.ehlo.clone().unwrap_or_else(relay::default_ehlo),
-            user: r.user.clone(),
-            auth: r.auth,
-            timeout: r.timeout_secs.map(Duration::from_secs_f64),
-            verbose: self.options.transcript.is_some(),
-        };
+        let (settings, secret, tls) = crate::relay::RelayArgs::from_config(r)
+            .resolve(self.options.transcript.is_some())
+            .await
+            .map_err(|e| anyhow::anyhow!("relay: {}", e.message))?
+            .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
         let grant = MailerGrant {
-            relay_addrs: addresses,
+            relay_addrs: settings.addresses.clone(),
             secret,
             blobs,
             max_message_bytes: Some(cfg.max_message_bytes),
             transcript: self.options.transcript.clone(),
-            tls: self.tls.clone(),
+            tls,
         };
         let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
         mailer.configure(&settings.to_wit()).await?;
@@ -311,6 +297,9 @@ impl<'a> PluginHost<'a> {
             delivery,
             mailer,
             audit: self.audit.clone(),
+            dead_letters: crate::deadletter::DeadLetters::new(
+                self.config.dead_letter.clone().unwrap_or_else(|| PathBuf::from(crate::deadletter::DEFAULT_DEAD_LETTER)),
+            ),
             records: vec![],
         };
         let state = PluginState { wasi: wasi.build(), table, limits, forwarder, cpu_ticks: 0 };

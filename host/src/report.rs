@@ -157,3 +157,32 @@ pub fn receipt_json(r: &Receipt) -> Value {
         "reply": reply_json(&r.reply),
     })
 }
+
+/// A failure of the CLI itself (usage, files, configuration): an exit code,
+/// a JSON kind and a message.
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code.
+    pub code: u8,
+    /// `error.kind` in JSON.
+    pub kind: &'static str,
+    /// What went wrong, naming the field or file.
+    pub message: String,
+}
+
+impl CliError {
+    /// A new error.
+    pub fn new(code: u8, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { code, kind, message: message.into() }
+    }
+
+    /// Print it (as JSON with `json`) and return the exit code.
+    pub fn print(&self, json: bool) -> u8 {
+        if json {
+            println!("{}", other_error_json(self.kind, &self.message));
+        } else {
+            eprintln!("wasmail: {}", self.message);
+        }
+        self.code
+    }
+}

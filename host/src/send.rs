@@ -6,12 +6,12 @@ use crate::Runtime;
 use crate::bindings::types::{Attachment, Content, Mailbox, Message, Priority as WitPriority, Receipt, SendError};
 use crate::blobs::BlobAccess;
 use crate::credentials::Secret;
-use crate::mailer::{Mailer, MailerGrant, resolve_relay};
-use crate::relay::{self, Auth, RelaySettings, Tls};
-use crate::report::{self, exit};
+use crate::mailer::{Mailer, MailerGrant};
+use crate::deadletter::{self, DeadLetters};
+use crate::relay::RelayArgs;
+use crate::report::{self, CliError, exit};
 use crate::{outbox, tls, transcript};
 use std::path::PathBuf;
-use std::time::Duration;
 use wasmail_mailer::mime::address;
 
 /// `--priority`.
@@ -75,39 +75,15 @@ pub struct SendArgs {
     /// An extra header, `Name: value` (repeatable).
     #[arg(long, value_name = "NAME: VALUE")]
     pub header: Vec<String>,
-    /// The relay, `HOST[:PORT]`. Without it the message goes to the outbox.
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub server: Option<String>,
-    /// How to secure the connection.
-    #[arg(long, value_enum, default_value_t)]
-    pub tls: Tls,
-    /// The name the server's certificate must carry (default: the server's host).
-    #[arg(long, value_name = "NAME")]
-    pub tls_name: Option<String>,
-    /// Extra trusted CA certificates (PEM).
-    #[arg(long, value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
-    /// The AUTH user.
-    #[arg(long)]
-    pub user: Option<String>,
-    /// Read the password from this environment variable.
-    #[arg(long, value_name = "VAR", conflicts_with = "password_file")]
-    pub password_env: Option<String>,
-    /// Read the password from the first line of this file.
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-    /// The AUTH mechanism.
-    #[arg(long, value_enum, default_value_t)]
-    pub auth: Auth,
-    /// The EHLO name.
-    #[arg(long)]
-    pub ehlo: Option<String>,
-    /// Cap every SMTP timeout at this many seconds.
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
+    /// Where and how to send; without `--server` the message goes to the outbox.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// The outbox folder.
     #[arg(long, value_name = "DIR", default_value = outbox::DEFAULT_OUTBOX)]
     pub outbox: PathBuf,
+    /// Where undelivered messages are kept for `wasmail retry`.
+    #[arg(long, value_name = "DIR", default_value = deadletter::DEFAULT_DEAD_LETTER)]
+    pub dead_letter: PathBuf,
     /// Send the same message this many times over one session.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub repeat: u32,
@@ -119,15 +95,10 @@ pub struct SendArgs {
     pub verbose: bool,
 }
 
-/// A failure before the mailer runs: a message and an exit code.
-struct Early {
-    code: u8,
-    kind: &'static str,
-    message: String,
-}
+type Early = CliError;
 
 fn early(code: u8, kind: &'static str, message: impl Into<String>) -> Early {
-    Early { code, kind, message: message.into() }
+    CliError::new(code, kind, message)
 }
 
 fn mailbox(field: &str, s: &str) -> Result<Mailbox, Early> {
@@ -210,24 +181,6 @@ fn message(a: &SendArgs) -> Result<Message, Early> {
     })
 }
 
-fn secret(a: &SendArgs) -> Result<Secret, Early> {
-    let s = match (&a.password_env, &a.password_file) {
-        (Some(var), _) => Secret::from_env(var),
-        (None, Some(f)) => Secret::from_file(f),
-        (None, None) => Ok(Secret::none()),
-    };
-    s.map_err(|e| early(exit::CONFIG, "config", format!("{e:#}")))
-}
-
-fn print_error(json: bool, code: u8, kind: &str, message: &str) -> u8 {
-    if json {
-        println!("{}", report::other_error_json(kind, message));
-    } else {
-        eprintln!("wasmail: {message}");
-    }
-    code
-}
-
 fn print_send_error(json: bool, e: &SendError) -> u8 {
     if json {
         println!("{}", report::error_json(e));
@@ -252,47 +205,41 @@ fn print_receipt(json: bool, r: &Receipt) {
 pub async fn run(rt: &Runtime, a: SendArgs) -> u8 {
     match run_inner(rt, &a).await {
         Ok(code) => code,
-        Err(e) => print_error(a.json, e.code, e.kind, &e.message),
+        Err(e) => e.print(a.json),
     }
 }
 
 async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
     let msg = message(a)?;
     let blobs = BlobAccess::Files(a.attach.iter().chain(&a.inline).cloned().collect());
-    let sink = a.verbose.then(transcript::stderr_sink);
-    let Some(server) = &a.server else {
+    let Some((settings, secret, provider)) = a.relay.resolve(a.verbose).await? else {
         return to_outbox(rt, a, &msg, blobs).await;
     };
-    let (host, port) = relay::split_server(server, a.tls).map_err(|e| early(exit::USAGE, "usage", format!("--server: {e}")))?;
-    if a.user.is_some() && a.password_env.is_none() && a.password_file.is_none() {
-        return Err(early(exit::USAGE, "usage", "--user needs --password-env or --password-file"));
-    }
-    let secret = secret(a)?;
-    let provider = tls::Provider::new(a.ca_file.as_deref()).map_err(|e| early(exit::CONFIG, "config", format!("{e:#}")))?;
-    let addresses = resolve_relay(&host, port)
-        .await
-        .map_err(|e| early(exit::UNAVAILABLE, "connect", format!("{e:#}")))?;
-    let settings = RelaySettings {
-        name: a.tls_name.clone().unwrap_or(host),
-        addresses: addresses.clone(),
-        port,
-        tls: a.tls,
-        ehlo: a.ehlo.clone().unwrap_or_else(relay::default_ehlo),
-        user: a.user.clone(),
-        auth: a.auth,
-        timeout: a.timeout.map(Duration::from_secs_f64),
-        verbose: a.verbose,
+    let sink = a.verbose.then(transcript::stderr_sink);
+    let grant = MailerGrant {
+        relay_addrs: settings.addresses.clone(),
+        secret,
+        blobs,
+        max_message_bytes: None,
+        transcript: sink,
+        tls: provider,
     };
-    let grant = MailerGrant { relay_addrs: addresses, secret, blobs, max_message_bytes: None, transcript: sink, tls: provider };
     let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
-    mailer.configure(&settings.to_wit()).await.map_err(|e| early(exit::CONFIG, "config", format!("{e:#}")))?;
+    // A relay setting the mailer refuses (an EHLO name with a line break,
+    // say) is bad input: the message names the field.
+    mailer.configure(&settings.to_wit()).await.map_err(|e| early(exit::DATAERR, "invalid-message", format!("{e:#}")))?;
+    let dead = DeadLetters::new(&a.dead_letter);
     let mut code = exit::OK;
     for _ in 0..a.repeat.max(1) {
-        match mailer.send(&msg).await.map_err(internal)? {
+        match mailer.deliver(&msg).await.map_err(internal)? {
             Ok(r) => print_receipt(a.json, &r),
-            Err(e) => {
-                code = print_send_error(a.json, &e);
+            Err(undelivered) => {
+                code = print_send_error(a.json, &undelivered.error);
+                if let Some(kept) = &undelivered.kept {
+                    let path = dead.keep(kept, &undelivered.error, None).map_err(internal)?;
+                    eprintln!("wasmail: kept in {} for `wasmail retry`", path.display());
+                }
                 break;
             }
         }
@@ -304,7 +251,14 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
 async fn to_outbox(rt: &Runtime, a: &SendArgs, msg: &Message, blobs: BlobAccess) -> Result<u8, Early> {
     let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
     let provider = tls::Provider::new(None).map_err(internal)?;
-    let grant = MailerGrant { relay_addrs: vec![], secret: Secret::none(), blobs, max_message_bytes: None, transcript: None, tls: provider };
+    let grant = MailerGrant {
+        relay_addrs: vec![],
+        secret: Secret::none(),
+        blobs,
+        max_message_bytes: None,
+        transcript: None,
+        tls: provider,
+    };
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     let rendered = match mailer.render(msg).await.map_err(internal)? {
         Ok(r) => r,

@@ -5,6 +5,7 @@
 
 use crate::audit::{self, AuditLog, Outcome, Record};
 use crate::bindings::types::{Message, Receipt, Reply, SendError};
+use crate::deadletter::DeadLetters;
 use crate::mailer::Mailer;
 use crate::policy::{Approved, Policy};
 use crate::{outbox, report};
@@ -40,6 +41,8 @@ pub struct Forwarder {
     pub mailer: Mailer,
     /// The audit log.
     pub audit: AuditLog,
+    /// Where undelivered messages are kept.
+    pub dead_letters: DeadLetters,
     /// Every record of this run, in order.
     pub records: Vec<Record>,
 }
@@ -66,6 +69,7 @@ impl Forwarder {
             outcome,
             reason,
             outbox: None,
+            dead_letter: None,
         }
     }
 
@@ -86,8 +90,17 @@ impl Forwarder {
                 return Ok(Err(SendError::InvalidMessage(invalid)));
             }
         };
+        let mut kept_at = None;
         let result = match &self.delivery {
-            Delivery::Relay => self.mailer.send(&msg).await?,
+            Delivery::Relay => match self.mailer.deliver(&msg).await? {
+                Ok(receipt) => Ok(receipt),
+                Err(undelivered) => {
+                    if let Some(kept) = &undelivered.kept {
+                        kept_at = Some(self.dead_letters.keep(kept, &undelivered.error, Some(&self.plugin))?);
+                    }
+                    Err(undelivered.error)
+                }
+            },
             Delivery::Outbox(dir) => {
                 let dir = dir.clone();
                 match self.mailer.render(&msg).await? {
@@ -128,6 +141,7 @@ impl Forwarder {
                 if let SendError::Rejected(rej) = e {
                     r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
                 }
+                r.dead_letter = kept_at.map(|p| p.display().to_string());
                 r
             }
         };

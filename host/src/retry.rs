@@ -1,0 +1,114 @@
+//! `wasmail retry`: resend the dead-letter folder's messages, exactly as they
+//! were assembled, over one SMTP session (RFC 5321). Each is removed once the
+//! relay accepts it. A message whose outcome is unknown is left alone unless
+//! `--force`: the relay may already have delivered it.
+
+use crate::config::Config;
+use crate::deadletter::{self, DeadLetters};
+use crate::mailer::{Mailer, MailerGrant};
+use crate::relay::RelayArgs;
+use crate::report::{self, CliError, exit};
+use crate::{Runtime, blobs::BlobAccess, transcript};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// The flags of `wasmail retry`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetryArgs {
+    /// The relay (or `--config` for the config file's `[relay]`).
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    /// Take the relay and the folder from this config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The dead-letter folder.
+    #[arg(long, value_name = "DIR")]
+    pub dead_letter: Option<PathBuf>,
+    /// Resend messages whose outcome is unknown too (they may arrive twice).
+    #[arg(long)]
+    pub force: bool,
+    /// One JSON object per message.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the SMTP transcript.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// Run `wasmail retry`; returns the exit code: 0 when the folder is empty
+/// afterwards (or only holds skipped messages), 75 when some failed again.
+pub async fn run(rt: &Runtime, a: RetryArgs) -> u8 {
+    match run_inner(rt, &a).await {
+        Ok(code) => code,
+        Err(e) => e.print(a.json),
+    }
+}
+
+async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
+    let config = match &a.config {
+        Some(p) => Config::load(p).map_err(|e| CliError::new(exit::CONFIG, "config", format!("{e:#}")))?,
+        None => Config::default(),
+    };
+    let relay = match (&a.relay.server, &config.relay) {
+        (Some(_), _) => a.relay.clone(),
+        (None, Some(r)) => RelayArgs::from_config(r),
+        (None, None) => return Err(CliError::new(exit::USAGE, "usage", "retry needs --server or a config with [relay]")),
+    };
+    let dir = a
+        .dead_letter
+        .clone()
+        .or(config.dead_letter.clone())
+        .unwrap_or_else(|| PathBuf::from(deadletter::DEFAULT_DEAD_LETTER));
+    let dead = DeadLetters::new(dir);
+    let internal = |e: anyhow::Error| CliError::new(exit::SOFTWARE, "internal", format!("{e:#}"));
+    let letters = dead.list().map_err(internal)?;
+    if letters.is_empty() {
+        if !a.json {
+            println!("nothing to retry in {}", dead.dir().display());
+        }
+        return Ok(exit::OK);
+    }
+    let Some((settings, secret, provider)) = relay.resolve(a.verbose).await? else {
+        return Err(CliError::new(exit::USAGE, "usage", "retry needs a relay"));
+    };
+    let grant = MailerGrant {
+        relay_addrs: settings.addresses.clone(),
+        secret,
+        blobs: BlobAccess::Deny,
+        max_message_bytes: None,
+        transcript: a.verbose.then(transcript::stderr_sink),
+        tls: provider,
+    };
+    let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
+    mailer.configure(&settings.to_wit()).await.map_err(|e| CliError::new(exit::DATAERR, "invalid-message", format!("{e:#}")))?;
+    let mut failed = 0;
+    for mut letter in letters {
+        let id = letter.meta.message_id.clone();
+        if letter.meta.outcome_unknown && !a.force {
+            report_line(a.json, &id, "skipped", "the outcome of the last attempt is unknown; use --force to resend");
+            continue;
+        }
+        let bytes = std::fs::read(&letter.eml).map_err(|e| internal(anyhow::anyhow!("{}: {e}", letter.eml.display())))?;
+        match mailer.submit(&letter.envelope(), &bytes).await.map_err(internal)? {
+            Ok(receipt) => {
+                letter.remove().map_err(internal)?;
+                report_line(a.json, &id, "delivered", &format!("{} {}", receipt.reply.code, receipt.reply.text));
+            }
+            Err(e) => {
+                failed += 1;
+                letter.failed_again(&e).map_err(internal)?;
+                report_line(a.json, &id, "failed", &report::describe(&e));
+            }
+        }
+    }
+    mailer.close().await.map_err(internal)?;
+    Ok(if failed == 0 { exit::OK } else { exit::TEMPFAIL })
+}
+
+fn report_line(json: bool, id: &str, outcome: &str, detail: &str) {
+    if json {
+        println!("{}", json!({ "message_id": id, "outcome": outcome, "detail": detail }));
+    } else {
+        println!("{outcome} <{id}>: {detail}");
+    }
+}
