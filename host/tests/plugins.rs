@@ -259,3 +259,169 @@ async fn mailer_reaches_no_address_but_the_relay() {
     other.set_nonblocking(true).unwrap();
     assert!(other.accept().is_err(), "nothing may have connected to the other address");
 }
+
+/// A scripted SMTP peer on loopback, for the survival test: plays `steps`
+/// against one connection and returns what the client sent.
+mod peer {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    pub enum Step {
+        Send(Vec<u8>),
+        /// Read one line; it must start with this.
+        Expect(&'static str),
+        /// Read until the end-of-data line.
+        Data,
+        Sleep(u64),
+        Close,
+    }
+
+    pub fn serve(steps: Vec<Step>) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut writer = conn.try_clone().unwrap();
+            let mut reader = BufReader::new(conn);
+            let mut seen = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Send(b) => {
+                        if writer.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                    Step::Expect(prefix) => {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        seen.extend_from_slice(line.as_bytes());
+                        assert!(line.starts_with(prefix), "expected {prefix:?}, got {line:?}");
+                    }
+                    Step::Data => loop {
+                        let mut line = Vec::new();
+                        if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        seen.extend_from_slice(&line);
+                        if line == b".\r\n" {
+                            break;
+                        }
+                    },
+                    Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                    Step::Close => break,
+                }
+            }
+            let mut rest = Vec::new();
+            let _ = reader.get_mut().set_read_timeout(Some(Duration::from_millis(100)));
+            let _ = reader.read_to_end(&mut rest);
+            seen.extend_from_slice(&rest);
+            seen
+        });
+        (port, handle)
+    }
+}
+
+async fn mailer_to(port: u16) -> Mailer {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let grant = MailerGrant {
+        relay_addrs: vec![addr],
+        secret: Secret::none(),
+        blobs: BlobAccess::Deny,
+        max_message_bytes: None,
+        transcript: None,
+        tls: wasmail::tls::Provider::new(None).unwrap(),
+    };
+    let mut mailer = Mailer::new(&runtime().mailer, grant).await.unwrap();
+    let settings = RelaySettings {
+        name: "127.0.0.1".into(),
+        addresses: vec![addr],
+        port,
+        tls: Tls::None,
+        ehlo: "client.example".into(),
+        user: None,
+        auth: Auth::Auto,
+        timeout: Some(std::time::Duration::from_secs(2)),
+        verbose: false,
+    };
+    mailer.configure(&settings.to_wit()).await.unwrap();
+    mailer
+}
+
+/// One process through hostile plugins, hostile servers and smuggling
+/// bodies; afterwards a normal send still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_survives_everything() {
+    use peer::Step::*;
+    let f = fixture("survival");
+    let host = host(&f);
+    for mode in ["loop", "grow", "recurse", "panic", "resources", "flood", "spoof-from", "crlf-subject"] {
+        let r = run(&host, "hostile", mode).await;
+        assert!(r.stopped.is_some() || matches!(r.output, Some(Err(_))), "{mode}: {:?}", r.output);
+    }
+    assert!(host.load(&plugin("netgrab"), None).is_err());
+
+    let greet = || Send(b"220 mx ESMTP\r\n".to_vec());
+    let hostile: Vec<(&str, Vec<peer::Step>, fn(&SendError) -> bool)> = vec![
+        ("never greets", vec![Sleep(4000)], |e| matches!(e, SendError::Timeout(_))),
+        ("10 MB line", vec![Send(vec![b'2'; 10 << 20])], |e| matches!(e, SendError::Protocol(_))),
+        ("continuations", vec![greet(), Expect("EHLO"), Send(b"250-x\r\n".repeat(1_000_000))], |e| {
+            matches!(e, SendError::Protocol(_))
+        }),
+        ("code change", vec![greet(), Expect("EHLO"), Send(b"250-a\r\n251 b\r\n".to_vec())], |e| {
+            matches!(e, SendError::Protocol(_))
+        }),
+        ("banner", vec![Send(b"SSH-2.0-OpenSSH_9.2\r\n".to_vec())], |e| matches!(e, SendError::Protocol(_))),
+        ("421 at MAIL", vec![greet(), Expect("EHLO"), Send(b"250 mx\r\n".to_vec()), Expect("MAIL"), Send(b"421 4.3.2 bye\r\n".to_vec()), Close], |e| {
+            matches!(e, SendError::Rejected(r) if r.transient)
+        }),
+        ("gone after the dot", vec![
+            greet(), Expect("EHLO"), Send(b"250 mx\r\n".to_vec()), Expect("MAIL"), Send(b"250 ok\r\n".to_vec()),
+            Expect("RCPT"), Send(b"250 ok\r\n".to_vec()), Expect("DATA"), Send(b"354 go\r\n".to_vec()), Data, Close,
+        ], |e| matches!(e, SendError::OutcomeUnknown(_))),
+    ];
+    for (name, steps, expected) in hostile {
+        let (port, server) = peer::serve(steps);
+        let mut mailer = mailer_to(port).await;
+        let started = std::time::Instant::now();
+        let result = mailer.send(&message("b@example.com")).await.unwrap();
+        let err = result.err().unwrap_or_else(|| panic!("{name}: false success"));
+        assert!(expected(&err), "{name}: {err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(15), "{name}: took too long");
+        drop(mailer);
+        let _ = server.join();
+    }
+
+    // Smuggling bodies through a plugin-free send: the wire carries them stuffed.
+    let mut body = String::from("hello");
+    for seq in ["\n.\n", "\r.\r", "\r\n.\r", "\r\n\0.\r\n", "\r\r\n.\r\r\n"] {
+        body.push_str(seq);
+        body.push_str("MAIL FROM:<x@evil.example>\r\n");
+    }
+    let ok = b"250 ok\r\n".to_vec();
+    let (port, server) = peer::serve(vec![
+        greet(), Expect("EHLO"), Send(b"250 mx\r\n".to_vec()), Expect("MAIL"), Send(ok.clone()),
+        Expect("RCPT"), Send(ok.clone()), Expect("DATA"), Send(b"354 go\r\n".to_vec()), Data, Send(ok.clone()),
+        Expect("QUIT"), Send(b"221 bye\r\n".to_vec()),
+    ]);
+    let mut mailer = mailer_to(port).await;
+    let mut msg = message("b@example.com");
+    msg.text = Some(body);
+    let receipt = mailer.send(&msg).await.unwrap().expect("a normal send still works");
+    assert_eq!(receipt.accepted, vec!["b@example.com".to_owned()]);
+    mailer.close().await.unwrap();
+    let wire = server.join().unwrap();
+    assert_eq!(wire.windows(5).filter(|w| w == b"\r\n.\r\n").count(), 1);
+    // Commands are what comes before DATA and after the terminator: exactly
+    // one MAIL FROM; the smuggled ones stayed message text.
+    let data_at = wire.windows(6).position(|w| w == b"DATA\r\n").unwrap();
+    let end_at = wire.windows(5).position(|w| w == b"\r\n.\r\n").unwrap();
+    let commands = [&wire[..data_at], &wire[end_at + 5..]].concat();
+    assert_eq!(commands.windows(10).filter(|w| w == b"MAIL FROM:").count(), 1, "one MAIL FROM command only");
+    assert_eq!(&wire[end_at + 5..], b"QUIT\r\n");
+    assert!(!wire.contains(&0));
+    control(&host).await;
+}
