@@ -181,8 +181,14 @@ impl CliError {
         if json {
             println!("{}", other_error_json(self.kind, &self.message));
         } else {
-            eprintln!("wasmail: {}", self.message);
+            say(&self.message);
         }
         self.code
     }
+}
+
+/// Tell the operator something on standard error, prefixed `wasmail: `.
+pub fn say(message: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "wasmail: {message}");
 }

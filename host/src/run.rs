@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::plugin::{HostOptions, PluginHost, Refused};
-use crate::report::exit;
+use crate::report::{self, CliError, exit};
 use crate::{Runtime, transcript};
 use std::path::PathBuf;
 
@@ -33,13 +33,8 @@ pub struct RunArgs {
     pub verbose: bool,
 }
 
-fn fail(json: bool, code: u8, kind: &str, message: &str) -> u8 {
-    if json {
-        println!("{}", crate::report::other_error_json(kind, message));
-    } else {
-        eprintln!("wasmail: {message}");
-    }
-    code
+fn fail(json: bool, code: u8, kind: &'static str, message: &str) -> u8 {
+    CliError::new(code, kind, message).print(json)
 }
 
 /// Run `wasmail run`; returns the exit code.
@@ -76,33 +71,33 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
         Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
         Err(e) => return fail(a.json, exit::NOINPUT, "load", &format!("{e:#}")),
     };
-    let report = match host.run(&plugin, &input).await {
+    let ran = match host.run(&plugin, &input).await {
         Ok(r) => r,
         Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
         Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
     };
-    let accepted = report.records.iter().filter(|r| r.outcome == crate::audit::Outcome::Accepted).count();
+    let accepted = ran.records.iter().filter(|r| r.outcome == crate::audit::Outcome::Accepted).count();
     if a.json {
         let value = serde_json::json!({
-            "plugin": report.plugin,
+            "plugin": ran.plugin,
             "sha256": plugin.sha256,
-            "output": report.output.as_ref().and_then(|o| o.as_ref().ok()),
-            "plugin_error": report.output.as_ref().and_then(|o| o.as_ref().err()),
-            "stopped": report.stopped,
+            "output": ran.output.as_ref().and_then(|o| o.as_ref().ok()),
+            "plugin_error": ran.output.as_ref().and_then(|o| o.as_ref().err()),
+            "stopped": ran.stopped,
             "accepted": accepted,
-            "sends": report.records,
+            "sends": ran.records,
         });
         println!("{value}");
     } else {
-        match (&report.output, &report.stopped) {
-            (_, Some(why)) => eprintln!("wasmail: plugin {} stopped: {why}", report.plugin),
+        match (&ran.output, &ran.stopped) {
+            (_, Some(why)) => report::say(format_args!("plugin {} stopped: {why}", ran.plugin)),
             (Some(Ok(out)), None) => println!("{out}"),
-            (Some(Err(e)), None) => eprintln!("wasmail: plugin {} failed: {e}", report.plugin),
+            (Some(Err(e)), None) => report::say(format_args!("plugin {} failed: {e}", ran.plugin)),
             (None, None) => {}
         }
-        if report.stopped.is_some() || accepted > 0 {
-            eprintln!("wasmail: {accepted} message(s) accepted in this run (see {})", host.audit().path().display());
+        if ran.stopped.is_some() || accepted > 0 {
+            report::say(format_args!("{accepted} message(s) accepted in this run (see {})", host.audit().path().display()));
         }
     }
-    report.exit_code()
+    ran.exit_code()
 }

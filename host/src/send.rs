@@ -185,7 +185,7 @@ fn print_send_error(json: bool, e: &SendError) -> u8 {
     if json {
         println!("{}", report::error_json(e));
     } else {
-        eprintln!("wasmail: {}", report::describe(e));
+        report::say(report::describe(e));
     }
     report::exit_code(e)
 }
@@ -238,7 +238,7 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
                 code = print_send_error(a.json, &undelivered.error);
                 if let Some(kept) = &undelivered.kept {
                     let path = dead.keep(kept, &undelivered.error, None).map_err(internal)?;
-                    eprintln!("wasmail: kept in {} for `wasmail retry`", path.display());
+                    report::say(format_args!("kept in {} for `wasmail retry`", path.display()));
                 }
                 break;
             }
