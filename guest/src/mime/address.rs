@@ -82,7 +82,10 @@ pub struct Address {
 }
 
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+    // Non-ASCII is allowed (RFC 6532 UTF8-non-ascii), but not Unicode white
+    // space (U+00A0, U+2000..U+200A, U+202F, U+3000, ...): a reader or filter
+    // that splits on it would see two words where the server sees one address.
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_whitespace())
 }
 
 impl Address {
@@ -255,6 +258,9 @@ mod tests {
             "<a@example.com>",
             "a@example.com\0",
             "a\u{2028}@example.com",
+            "a\u{a0}b@example.com",
+            "a\u{202f}b@example.com",
+            "a\u{3000}@example.com",
             "a@example.com\u{85}",
             "@example.com",
             "a@",

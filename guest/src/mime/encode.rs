@@ -62,12 +62,22 @@ pub fn seven_bit_text(text: &str, max_line: usize, out: &mut Vec<u8>) -> bool {
         return false;
     }
     let start = out.len();
+    if push_crlf_lines(b, Some(max_line), out) {
+        true
+    } else {
+        out.truncate(start);
+        false
+    }
+}
+
+/// Append `b` to `out` with every CRLF, lone LF and lone CR as one CRLF.
+/// With `max_line`, stop and return false at a longer line.
+fn push_crlf_lines(b: &[u8], max_line: Option<usize>, out: &mut Vec<u8>) -> bool {
     out.reserve(b.len() + b.len() / 32 + 2);
     let mut i = 0;
     while i < b.len() {
         let run = memchr::memchr2(b'\r', b'\n', &b[i..]).unwrap_or(b.len() - i);
-        if run > max_line {
-            out.truncate(start);
+        if max_line.is_some_and(|max| run > max) {
             return false;
         }
         out.extend_from_slice(&b[i..i + run]);
@@ -86,21 +96,8 @@ pub fn seven_bit_text(text: &str, max_line: usize, out: &mut Vec<u8>) -> bool {
 /// Normalise line ends in builder-generated text to CRLF: CRLF, lone LF and
 /// lone CR each become one CRLF.
 pub fn crlf_lines(text: &str) -> String {
-    let b = text.as_bytes();
-    let mut out = Vec::with_capacity(b.len() + b.len() / 32 + 2);
-    let mut i = 0;
-    while i < b.len() {
-        let run = memchr::memchr2(b'\r', b'\n', &b[i..]).unwrap_or(b.len() - i);
-        out.extend_from_slice(&b[i..i + run]);
-        i += run;
-        if i < b.len() {
-            if b[i] == b'\r' && b.get(i + 1) == Some(&b'\n') {
-                i += 1;
-            }
-            out.extend_from_slice(b"\r\n");
-            i += 1;
-        }
-    }
+    let mut out = Vec::new();
+    push_crlf_lines(text.as_bytes(), None, &mut out);
     // Only ASCII CR and LF were inserted or removed: still UTF-8.
     String::from_utf8(out).unwrap_or_default()
 }

@@ -4,17 +4,9 @@
 //! `{"count": 250, "to": "sink@example.com", "size": 2048}`; every field is
 //! optional (count 100, to `bulk@example.com`, size 2048 octets of text body).
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wasmail:mail/plugin",
-    // Needed to parse the package: `world mailer` imports the gated wasi:tls.
-    features: ["tls"],
-    generate_all,
-});
 
 use serde::Deserialize;
-use wasmail::mail::sender::send;
-use wasmail::mail::types::{Mailbox, Message, Priority, Reply, SendError};
+use wasmail_plugin::{Mailbox, Message, Priority, describe, send};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,7 +83,7 @@ fn body(size: usize) -> String {
 
 struct Bulk;
 
-impl Guest for Bulk {
+impl wasmail_plugin::Guest for Bulk {
     fn run(input: String) -> Result<String, String> {
         let input = parse(&input)?;
         let text = body(input.size);
@@ -127,39 +119,9 @@ impl Guest for Bulk {
     }
 }
 
-export!(Bulk);
+wasmail_plugin::export!(Bulk);
 
-/// Renders a `send-error` as `<case>: <detail>`, the case named as in the WIT.
-fn describe(e: &SendError) -> String {
-    match e {
-        SendError::InvalidMessage(t) => format!("invalid-message: {t}"),
-        SendError::PolicyDenied(t) => format!("policy-denied: {t}"),
-        SendError::Connect(t) => format!("connect: {t}"),
-        SendError::Tls(t) => format!("tls: {t}"),
-        SendError::Auth(r) => format!("auth: {}", reply(r)),
-        SendError::Rejected(r) => format!(
-            "rejected ({}, stage {:?}): {}",
-            if r.transient {
-                "transient"
-            } else {
-                "permanent"
-            },
-            r.stage,
-            reply(&r.reply)
-        ),
-        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
-        SendError::Protocol(t) => format!("protocol: {t}"),
-        SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
-    }
-}
 
-/// Renders a server reply as `code [enhanced] text`.
-fn reply(r: &Reply) -> String {
-    match &r.enhanced {
-        Some(enhanced) => format!("{} {} {}", r.code, enhanced, r.text),
-        None => format!("{} {}", r.code, r.text),
-    }
-}
 
 #[cfg(test)]
 mod tests {

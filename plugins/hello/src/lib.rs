@@ -1,22 +1,14 @@
 //! The hello plugin: sends one short greeting to the address given as input.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wasmail:mail/plugin",
-    // Needed to parse the package: `world mailer` imports the gated wasi:tls.
-    features: ["tls"],
-    generate_all,
-});
 
-use wasmail::mail::sender::send;
-use wasmail::mail::types::{Mailbox, Message, Priority, Reply, SendError};
+use wasmail_plugin::{Mailbox, Message, Priority, describe, send};
 
 /// The recipient when the input is empty.
 const DEFAULT_TO: &str = "demo@example.com";
 
 struct Hello;
 
-impl Guest for Hello {
+impl wasmail_plugin::Guest for Hello {
     fn run(input: String) -> Result<String, String> {
         let to = match input.trim() {
             "" => DEFAULT_TO,
@@ -58,36 +50,6 @@ impl Guest for Hello {
     }
 }
 
-export!(Hello);
+wasmail_plugin::export!(Hello);
 
-/// Renders a `send-error` as `<case>: <detail>`, the case named as in the WIT.
-fn describe(e: &SendError) -> String {
-    match e {
-        SendError::InvalidMessage(t) => format!("invalid-message: {t}"),
-        SendError::PolicyDenied(t) => format!("policy-denied: {t}"),
-        SendError::Connect(t) => format!("connect: {t}"),
-        SendError::Tls(t) => format!("tls: {t}"),
-        SendError::Auth(r) => format!("auth: {}", reply(r)),
-        SendError::Rejected(r) => format!(
-            "rejected ({}, stage {:?}): {}",
-            if r.transient {
-                "transient"
-            } else {
-                "permanent"
-            },
-            r.stage,
-            reply(&r.reply)
-        ),
-        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
-        SendError::Protocol(t) => format!("protocol: {t}"),
-        SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
-    }
-}
 
-/// Renders a server reply as `code [enhanced] text`.
-fn reply(r: &Reply) -> String {
-    match &r.enhanced {
-        Some(enhanced) => format!("{} {} {}", r.code, enhanced, r.text),
-        None => format!("{} {}", r.code, r.text),
-    }
-}

@@ -7,27 +7,10 @@
 //! `many-recipients`, `big`, `flood`, `crlf-subject`, `crlf-address`,
 //! `header` (the policy and message checks); `send-ok` (a valid control).
 
-// The plugin world plus `wasi:clocks/monotonic-clock`, so the `resources`
-// mode can mint pollables (`subscribe-duration`) until the host's table is full.
-wit_bindgen::generate!({
-    path: "../../wit",
-    inline: "
-        package wasmail:hostile;
-        world hostile {
-            include wasmail:mail/plugin@0.1.0;
-            import wasi:clocks/monotonic-clock@0.2.12;
-        }
-    ",
-    world: "wasmail:hostile/hostile",
-    // Needed to parse the package: `world mailer` imports the gated wasi:tls.
-    features: ["tls"],
-    generate_all,
-});
 
 use std::hint::black_box;
 
-use wasmail::mail::sender::send;
-use wasmail::mail::types::{Mailbox, Message, Priority, Reply, SendError};
+use wasmail_plugin::{Mailbox, Message, Priority, describe, send};
 
 const MODES: &str = "loop, grow, recurse, panic, read-outside, read-inside, spoof-from, \
 bcc-outside, cc-outside, many-recipients, big, flood, crlf-subject, crlf-address, header, \
@@ -40,7 +23,7 @@ const VICTIM: &str = "victim@elsewhere.example";
 
 struct Hostile;
 
-impl Guest for Hostile {
+impl wasmail_plugin::Guest for Hostile {
     fn run(input: String) -> Result<String, String> {
         match input.trim() {
             "loop" => spin(),
@@ -95,7 +78,7 @@ impl Guest for Hostile {
     }
 }
 
-export!(Hostile);
+wasmail_plugin::export!(Hostile);
 
 /// Spins forever; only the host's CPU limit (fuel or epoch) ends it.
 fn spin() -> ! {
@@ -180,7 +163,7 @@ fn read_inside() -> Result<String, String> {
 fn resources() -> Result<String, String> {
     const MAX: u64 = 10_000_000;
     for _ in 0..MAX {
-        let pollable = wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000);
+        let pollable = wasmail_plugin::wasi::clocks::monotonic_clock::subscribe_duration(1_000_000_000);
         std::mem::forget(pollable);
     }
     Ok(format!("created {MAX} pollables and no limit stopped it"))
@@ -249,34 +232,4 @@ fn try_send(msg: &Message) -> Result<String, String> {
     }
 }
 
-/// Renders a `send-error` as `<case>: <detail>`, the case named as in the WIT.
-fn describe(e: &SendError) -> String {
-    match e {
-        SendError::InvalidMessage(t) => format!("invalid-message: {t}"),
-        SendError::PolicyDenied(t) => format!("policy-denied: {t}"),
-        SendError::Connect(t) => format!("connect: {t}"),
-        SendError::Tls(t) => format!("tls: {t}"),
-        SendError::Auth(r) => format!("auth: {}", reply(r)),
-        SendError::Rejected(r) => format!(
-            "rejected ({}, stage {:?}): {}",
-            if r.transient {
-                "transient"
-            } else {
-                "permanent"
-            },
-            r.stage,
-            reply(&r.reply)
-        ),
-        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
-        SendError::Protocol(t) => format!("protocol: {t}"),
-        SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
-    }
-}
 
-/// Renders a server reply as `code [enhanced] text`.
-fn reply(r: &Reply) -> String {
-    match &r.enhanced {
-        Some(enhanced) => format!("{} {} {}", r.code, enhanced, r.text),
-        None => format!("{} {}", r.code, r.text),
-    }
-}

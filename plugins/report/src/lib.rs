@@ -1,17 +1,9 @@
 //! The report plugin: mails a table of named values as a text table, an HTML
 //! table and a `report.csv` attachment, all in one message.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "wasmail:mail/plugin",
-    // Needed to parse the package: `world mailer` imports the gated wasi:tls.
-    features: ["tls"],
-    generate_all,
-});
 
 use serde::Deserialize;
-use wasmail::mail::sender::send;
-use wasmail::mail::types::{Attachment, Content, Mailbox, Message, Priority, Reply, SendError};
+use wasmail_plugin::{Attachment, Content, Mailbox, Message, Priority, describe, send};
 
 /// The plugin input, e.g.
 /// `{"to": ["a@example.com"], "title": "Sales", "rows": [{"name": "north", "value": 12.5}]}`.
@@ -38,7 +30,7 @@ fn default_title() -> String {
 
 struct Report;
 
-impl Guest for Report {
+impl wasmail_plugin::Guest for Report {
     fn run(input: String) -> Result<String, String> {
         let input: Input = serde_json::from_str(&input).map_err(|e| {
             format!(
@@ -91,7 +83,7 @@ impl Guest for Report {
     }
 }
 
-export!(Report);
+wasmail_plugin::export!(Report);
 
 /// The plain-text body: the title, then a two-column table and its total.
 fn text_table(title: &str, rows: &[Row], total: f64) -> String {
@@ -184,37 +176,7 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-/// Renders a `send-error` as `<case>: <detail>`, the case named as in the WIT.
-fn describe(e: &SendError) -> String {
-    match e {
-        SendError::InvalidMessage(t) => format!("invalid-message: {t}"),
-        SendError::PolicyDenied(t) => format!("policy-denied: {t}"),
-        SendError::Connect(t) => format!("connect: {t}"),
-        SendError::Tls(t) => format!("tls: {t}"),
-        SendError::Auth(r) => format!("auth: {}", reply(r)),
-        SendError::Rejected(r) => format!(
-            "rejected ({}, stage {:?}): {}",
-            if r.transient {
-                "transient"
-            } else {
-                "permanent"
-            },
-            r.stage,
-            reply(&r.reply)
-        ),
-        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
-        SendError::Protocol(t) => format!("protocol: {t}"),
-        SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
-    }
-}
 
-/// Renders a server reply as `code [enhanced] text`.
-fn reply(r: &Reply) -> String {
-    match &r.enhanced {
-        Some(enhanced) => format!("{} {} {}", r.code, enhanced, r.text),
-        None => format!("{} {}", r.code, r.text),
-    }
-}
 
 #[cfg(test)]
 mod tests {

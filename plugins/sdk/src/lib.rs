@@ -1,0 +1,84 @@
+//! The wasmail plugin SDK: bindings for `world wasmail:mail/plugin` (plus the
+//! monotonic clock) and small helpers, so a plugin is `impl Guest` and
+//! `wasmail_plugin::export!(MyPlugin)`. Errors read as in the WIT
+//! (`policy-denied: ...`), replies as RFC 5321 `code [enhanced] text`.
+
+/// The generated bindings (`Guest`, `wasi`, `wasmail`).
+pub mod bindings {
+    wit_bindgen::generate!({
+    path: "../../wit",
+    inline: "
+        package wasmail:sdk;
+        world plugin-sdk {
+            include wasmail:mail/plugin@0.1.0;
+            import wasi:clocks/monotonic-clock@0.2.12;
+        }
+    ",
+    world: "wasmail:sdk/plugin-sdk",
+    // The package also holds `world mailer`, which imports the gated wasi:tls.
+    features: ["tls"],
+    generate_all,
+    pub_export_macro: true,
+    default_bindings_module: "wasmail_plugin::bindings",
+    });
+}
+
+pub use bindings::{Guest, export, wasi};
+use bindings::wasmail;
+
+pub use wasmail::mail::sender::send;
+pub use wasmail::mail::types::{Attachment, Content, Mailbox, Message, Priority, Receipt, Reply, SendError};
+
+impl Mailbox {
+    /// A mailbox without a display name.
+    pub fn addr(address: &str) -> Self {
+        Self { name: None, address: address.to_owned() }
+    }
+}
+
+impl Message {
+    /// A plain-text message to `to`, From left to the host's policy.
+    pub fn text(to: &[&str], subject: &str, text: &str) -> Self {
+        Self {
+            from: None,
+            reply_to: None,
+            to: to.iter().map(|a| Mailbox::addr(a)).collect(),
+            cc: vec![],
+            bcc: vec![],
+            subject: subject.to_owned(),
+            text: Some(text.to_owned()),
+            html: None,
+            attachments: vec![],
+            priority: Priority::Normal,
+            headers: vec![],
+        }
+    }
+}
+
+/// A server reply as `code [enhanced] text`.
+pub fn reply(r: &Reply) -> String {
+    match &r.enhanced {
+        Some(enhanced) => format!("{} {} {}", r.code, enhanced, r.text),
+        None => format!("{} {}", r.code, r.text),
+    }
+}
+
+/// A `send-error` as `<case>: <detail>`, the case named as in the WIT.
+pub fn describe(e: &SendError) -> String {
+    match e {
+        SendError::InvalidMessage(t) => format!("invalid-message: {t}"),
+        SendError::PolicyDenied(t) => format!("policy-denied: {t}"),
+        SendError::Connect(t) => format!("connect: {t}"),
+        SendError::Tls(t) => format!("tls: {t}"),
+        SendError::Auth(r) => format!("auth: {}", reply(r)),
+        SendError::Rejected(r) => format!(
+            "rejected ({}, stage {:?}): {}",
+            if r.transient { "transient" } else { "permanent" },
+            r.stage,
+            reply(&r.reply)
+        ),
+        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
+        SendError::Protocol(t) => format!("protocol: {t}"),
+        SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
+    }
+}
