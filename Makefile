@@ -31,7 +31,7 @@ build: setup
 	$(CARGO) build -p wasmail
 
 test: build
-	$(CARGO) test -p wasmail-mailer -p wasmail
+	$(CARGO) test -p wasmail-mailer -p wasmail -p wasmail-plugin-report -p wasmail-plugin-bulk
 	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PYTHON) -m pytest -q tests
 
 bench: build
