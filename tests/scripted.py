@@ -11,6 +11,26 @@ accepts one connection and plays a list of steps against it:
     Hold(30)                       read and record until the client closes
                                    or the time is up (e.g. "never greets")
     Close()                        close the connection
+    SendSlowly(b"220 x\r\n", 1.0)   write bytes one at a time, a pause before
+                                   each (a trickling server)
+    Flood(b"220 ", b"a", 10**7)    write a head, then a chunk many times, then
+                                   an optional tail (huge lines or replies)
+    ReadData()                     read the message after a 354, up to and
+                                   including the first CRLF.CRLF; kept in
+                                   `data` (and its stream offset in
+                                   `data_offsets`)
+    RawSend(b"\x15...")            write bytes on the TCP socket under TLS,
+                                   bypassing it (a forged/garbage record)
+    TLSClose()                     send a TLS close_notify and leave TLS
+    Stall(10)                      neither read nor write for a while (a
+                                   tarpit: the client's writes block once the
+                                   socket buffers are full)
+    Serve(30)                      like Hold, but answer the end of a session:
+                                   RSET/NOOP get 250, QUIT gets 221 (and the
+                                   step ends), anything else 503
+
+A client that hangs up during SendSlowly or Flood ends the script with
+`error` set; `bytes_sent` tells how far the server got.
 
 Every byte the client sent is recorded (decrypted once TLS is on), and so is
 the first thing that went wrong in the script (`error`), so a test can assert
@@ -19,6 +39,7 @@ both what the client did and that the script ran as intended.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
@@ -69,7 +90,53 @@ class Close:
     pass
 
 
-Step = Union[Send, Expect, Sleep, StartTLS, Hold, Close]
+@dataclass(frozen=True)
+class SendSlowly:
+    data: bytes
+    interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Flood:
+    head: bytes
+    chunk: bytes
+    count: int
+    tail: bytes = b""
+    timeout: float = STEP_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class ReadData:
+    timeout: float = STEP_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class RawSend:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TLSClose:
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class Serve:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Stall:
+    seconds: float
+
+
+Step = Union[Send, Expect, Sleep, StartTLS, Hold, Close, SendSlowly, Flood, ReadData, RawSend,
+             TLSClose, Serve, Stall]
+
+# The end of the mail data (RFC 5321 4.1.1.4).
+DATA_END = b"\r\n.\r\n"
+# Bytes per write in a Flood.
+FLOOD_WRITE = 64 * 1024
 
 
 class ScriptError(Exception):
@@ -88,6 +155,14 @@ class ScriptedServer:
     finished: bool = False
     error: Optional[str] = None
     chunks: list[tuple[bool, bytes]] = field(default_factory=list)
+    # time.monotonic() when the client connected (for elapsed-time checks
+    # that must not count the client's start-up).
+    connected_at: Optional[float] = None
+    # Bytes written by the steps (Send, SendSlowly, Flood, RawSend).
+    bytes_sent: int = 0
+    # What ReadData captured, and where each capture starts in received().
+    data: list[bytes] = field(default_factory=list)
+    data_offsets: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -149,6 +224,7 @@ class ScriptedServer:
                 self.error = "the client never connected"
                 return
             self._conn = conn
+            self.connected_at = time.monotonic()
             self.connected = True
             for step in self.steps:
                 self._play(step)
@@ -191,9 +267,29 @@ class ScriptedServer:
             self._record(data)
         return data
 
+    def _received_len(self) -> int:
+        with self._lock:
+            return sum(len(d) for _, d in self.chunks)
+
     def _play(self, step: Step) -> None:
         if isinstance(step, Send):
             self._conn.sendall(step.data)
+            self.bytes_sent += len(step.data)
+        elif isinstance(step, SendSlowly):
+            self._send_slowly(step)
+        elif isinstance(step, Flood):
+            self._flood(step)
+        elif isinstance(step, ReadData):
+            self._read_data(step)
+        elif isinstance(step, RawSend):
+            self._raw_send(step.data)
+        elif isinstance(step, TLSClose):
+            self._tls_close(step)
+        elif isinstance(step, Serve):
+            self._serve(step.seconds)
+        elif isinstance(step, Stall):
+            # Like Sleep, but the test's teardown can cut it short.
+            self._stopping.wait(step.seconds)
         elif isinstance(step, Sleep):
             time.sleep(step.seconds)
         elif isinstance(step, Close):
@@ -242,3 +338,115 @@ class ScriptedServer:
                 continue
             except (ssl.SSLError, ConnectionError):
                 return
+
+    def _send_slowly(self, step: SendSlowly) -> None:
+        for i in range(len(step.data)):
+            deadline = time.monotonic() + step.interval
+            while time.monotonic() < deadline:
+                if self._stopping.is_set():
+                    raise ScriptError("stopped")
+                time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+            try:
+                self._conn.settimeout(STEP_TIMEOUT_S)
+                self._conn.sendall(step.data[i:i + 1])
+            except (BrokenPipeError, ConnectionError) as e:
+                raise ScriptError(f"client hung up after {i} slow bytes ({e})")
+            self.bytes_sent += 1
+
+    def _flood(self, step: Flood) -> None:
+        deadline = time.monotonic() + step.timeout
+        block = step.chunk * max(1, FLOOD_WRITE // max(1, len(step.chunk)))
+        per_block = len(block) // len(step.chunk)
+
+        def write(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                if self._stopping.is_set():
+                    raise ScriptError("stopped")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ScriptError(f"flood timed out after {self.bytes_sent} bytes")
+                self._conn.settimeout(min(remaining, POLL_S))
+                try:
+                    n = self._conn.send(view)
+                except socket.timeout:
+                    continue
+                except (BrokenPipeError, ConnectionError, ssl.SSLError) as e:
+                    raise ScriptError(f"client hung up after {self.bytes_sent} flood bytes ({e})")
+                self.bytes_sent += n
+                view = view[n:]
+
+        write(step.head)
+        left = step.count
+        while left > 0:
+            k = min(left, per_block)
+            write(block if k == per_block else step.chunk * k)
+            left -= k
+        write(step.tail)
+
+    def _read_data(self, step: ReadData) -> None:
+        start = self._received_len() - len(self._buffer)
+        deadline = time.monotonic() + step.timeout
+        while True:
+            # The data ends at CRLF.CRLF, or at once if it is an empty message.
+            if self._buffer.startswith(b".\r\n"):
+                end = 3
+                break
+            i = self._buffer.find(DATA_END)
+            if i >= 0:
+                end = i + len(DATA_END)
+                break
+            try:
+                data = self._recv(deadline)
+            except socket.timeout:
+                if time.monotonic() >= deadline:
+                    raise ScriptError(f"timed out in DATA after {len(self._buffer)} bytes")
+                continue
+            if not data:
+                raise ScriptError(f"client closed in DATA after {len(self._buffer)} bytes")
+            self._buffer += data
+        with self._lock:
+            self.data.append(self._buffer[:end])
+            self.data_offsets.append(start)
+        self._buffer = self._buffer[end:]
+
+    def _raw_send(self, data: bytes) -> None:
+        """Write under TLS (or plainly when TLS is off): a dup of the socket's
+        descriptor is a plain socket whatever the wrapper does."""
+        # Closing the duplicate closes only that descriptor: no FIN is sent.
+        with socket.socket(fileno=os.dup(self._conn.fileno())) as raw:
+            raw.settimeout(STEP_TIMEOUT_S)
+            raw.sendall(data)
+            self.bytes_sent += len(data)
+
+    def _tls_close(self, step: TLSClose) -> None:
+        """Send close_notify; do not insist on the client's answer."""
+        if not isinstance(self._conn, ssl.SSLSocket):
+            raise ScriptError("TLSClose outside TLS")
+        self._conn.settimeout(step.timeout)
+        try:
+            self._conn = self._conn.unwrap()
+        except (OSError, ssl.SSLError):
+            pass
+
+    def _serve(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            while b"\n" in self._buffer:
+                line, _, self._buffer = self._buffer.partition(b"\n")
+                verb = line.strip().split(b" ", 1)[0].upper()
+                if verb == b"QUIT":
+                    self._conn.sendall(b"221 2.0.0 Bye\r\n")
+                    return
+                reply = (b"250 2.0.0 OK\r\n" if verb in (b"RSET", b"NOOP")
+                         else b"503 5.5.1 Unexpected command\r\n")
+                self._conn.sendall(reply)
+            try:
+                data = self._recv(deadline)
+            except socket.timeout:
+                continue
+            except (ssl.SSLError, ConnectionError):
+                return
+            if not data:
+                return  # the client closed the connection
+            self._buffer += data

@@ -15,7 +15,8 @@ import pytest
 
 import oracle
 from cli import PASSWORD, USER
-from scripted import Expect, Hold, Send, StartTLS
+from scripted import (Expect, Flood, Hold, RawSend, ReadData, Send, SendSlowly, Serve,
+                      StartTLS, TLSClose)
 
 SMTPLIB_TIMEOUT_S = 10
 MESSAGE = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -163,6 +164,54 @@ def test_scripted_never_greets_and_times_out_the_client(scripted):
         smtplib.SMTP("127.0.0.1", server.port, timeout=1)
     assert server.wait()
     assert server.connected and server.received() == b""
+
+
+def test_scripted_captures_data_and_serves_quit(scripted):
+    server = scripted([
+        Send(b"220 fake ESMTP\r\n"), Expect("EHLO"), Send(b"250 fake\r\n"),
+        Expect("MAIL"), Send(b"250 ok\r\n"), Expect("RCPT"), Send(b"250 ok\r\n"),
+        Expect("DATA"), Send(b"354 go\r\n"), ReadData(), Send(b"250 queued\r\n"), Serve(10),
+    ])
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=SMTPLIB_TIMEOUT_S) as c:
+        c.ehlo("client.test")
+        c.sendmail("a@example.com", ["b@example.com"], MESSAGE + b".dot\r\n")
+        assert c.noop()[0] == 250
+    assert server.wait()
+    assert server.error is None, server.error
+    # smtplib dot-stuffs and terminates; the capture is exactly that.
+    assert server.data == [MESSAGE + b"..dot\r\n.\r\n"]
+    [start] = server.data_offsets
+    assert server.received()[start:start + len(server.data[0])] == server.data[0]
+    assert server.received().upper().endswith(b"NOOP\r\nQUIT\r\n")
+
+
+def test_scripted_sends_slowly_and_floods(scripted):
+    server = scripted([SendSlowly(b"220 x\r\n", 0.05), Flood(b"250-", b"y", 100_000, b"\r\n")])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=SMTPLIB_TIMEOUT_S) as c:
+        data = b""
+        while len(data) < 7 + 4 + 100_000 + 2:
+            chunk = c.recv(65536)
+            assert chunk, data[:40]
+            data += chunk
+    assert data == b"220 x\r\n250-" + b"y" * 100_000 + b"\r\n"
+    assert server.wait()
+    assert server.bytes_sent == len(data)
+
+
+@pytest.mark.parametrize("teardown", ["raw", "close-notify"])
+def test_scripted_breaks_tls(scripted, certs, teardown):
+    steps = [RawSend(b"\x15\x03\x03\x00\x02\x02\x28")] if teardown == "raw" else [TLSClose()]
+    server = scripted([StartTLS(certs.server_context()), Send(b"220 inside\r\n"), *steps,
+                       Hold(1)])
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=SMTPLIB_TIMEOUT_S)
+    with client_context(certs).wrap_socket(raw, server_hostname="localhost") as c:
+        assert c.recv(100) == b"220 inside\r\n"
+        if teardown == "raw":
+            with pytest.raises(ssl.SSLError):
+                c.recv(100)
+        else:
+            assert c.recv(100) == b""  # close_notify: a clean end of the TLS stream
+    assert server.wait()
 
 
 def test_oracle_reads_a_python_built_message():

@@ -8,7 +8,7 @@ use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError}
 use crate::bindings::wasi::sockets::instance_network::instance_network;
 use crate::bindings::wasi::sockets::ip_name_lookup;
 use crate::bindings::wasi::sockets::network::{IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network};
-use crate::bindings::wasi::sockets::tcp::TcpSocket;
+use crate::bindings::wasi::sockets::tcp::{ShutdownType, TcpSocket};
 use crate::bindings::wasi::sockets::tcp_create_socket::create_tcp_socket;
 use crate::bindings::wasi::tls::types::{ClientConnection, ClientHandshake};
 use crate::bindings::wasmail::mail::transcript::{self, Direction as WitDirection};
@@ -72,13 +72,15 @@ pub struct Net {
     /// `None` only after a failed TLS handshake consumed the plain streams.
     streams: Option<(InputStream, OutputStream)>,
     tls: Option<ClientConnection>,
-    /// Kept alive for its streams; dropped last.
-    _socket: TcpSocket,
+    /// Kept alive for its streams; dropped last (see `Drop`).
+    socket: Option<TcpSocket>,
     _network: Network,
     server_name: String,
     timeouts: Timeouts,
     deadline: u64,
     verbose: bool,
+    /// A write timed out: the server stopped reading.
+    stalled: bool,
 }
 
 /// `name (message)` of a wasi:sockets error code, e.g. `access-denied (...)`.
@@ -86,10 +88,17 @@ fn code(e: crate::bindings::wasi::sockets::network::ErrorCode) -> String {
     format!("{} ({})", e.name(), e.message())
 }
 
-fn io_err(stage: Stage, e: StreamError) -> SmtpError {
-    match e {
-        StreamError::Closed => SmtpError::Connect(format!("the connection was closed at {stage}")),
-        StreamError::LastOperationFailed(e) => SmtpError::Connect(format!("{} at {stage}", e.to_debug_string())),
+/// A stream error as an SMTP error. Once TLS is up, a failing stream is a
+/// TLS failure (a bad record, an alert), not an unreachable relay.
+fn io_err(stage: Stage, tls: bool, e: StreamError) -> SmtpError {
+    match (e, tls) {
+        (StreamError::Closed, _) => SmtpError::Connect(format!("the connection was closed at {stage}")),
+        (StreamError::LastOperationFailed(e), true) => {
+            SmtpError::Tls(format!("the TLS session failed at {stage}: {}", e.to_debug_string()))
+        }
+        (StreamError::LastOperationFailed(e), false) => {
+            SmtpError::Connect(format!("{} at {stage}", e.to_debug_string()))
+        }
     }
 }
 
@@ -191,12 +200,13 @@ impl Net {
                     let mut net = Self {
                         streams: Some((input, output)),
                         tls: None,
-                        _socket: socket,
+                        socket: Some(socket),
                         _network: network,
                         server_name: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
                         timeouts,
                         deadline: 0,
                         verbose,
+                        stalled: false,
                     };
                     if implicit_tls {
                         net.handshake()?;
@@ -247,28 +257,54 @@ impl Net {
     }
 }
 
+impl Drop for Net {
+    fn drop(&mut self) {
+        if self.stalled {
+            // The host finishes a pending write before it drops a stream, and
+            // this server stopped reading: dropping would wait for it without
+            // end. Abandon the connection instead (the host frees it with the
+            // store), so our deadline holds.
+            std::mem::forget(self.streams.take());
+            std::mem::forget(self.tls.take());
+            std::mem::forget(self.socket.take());
+            return;
+        }
+        if let Some(socket) = &self.socket {
+            let _ = socket.shutdown(ShutdownType::Both);
+        }
+        // Children before parents: streams, then the TLS connection, then
+        // the socket.
+        drop(self.streams.take());
+        drop(self.tls.take());
+        drop(self.socket.take());
+    }
+}
+
 impl Transport for Net {
     fn send(&mut self, mut bytes: &[u8], stage: Stage) -> Result<(), SmtpError> {
         let deadline = deadline_after(self.timeouts.for_stage(Stage::DataBlock));
+        let tls = self.tls.is_some();
         let (_, output) = self.streams(stage)?;
         while !bytes.is_empty() {
-            let permit = output.check_write().map_err(|e| io_err(stage, e))?;
+            let permit = output.check_write().map_err(|e| io_err(stage, tls, e))?;
             if permit == 0 {
                 let p = output.subscribe();
                 if !wait(&p, deadline) {
+                    drop(p);
+                    self.stalled = true;
                     return Err(SmtpError::Timeout(stage));
                 }
                 continue;
             }
             let n = (permit as usize).min(bytes.len());
-            output.write(&bytes[..n]).map_err(|e| io_err(stage, e))?;
+            output.write(&bytes[..n]).map_err(|e| io_err(stage, tls, e))?;
             bytes = &bytes[n..];
         }
         // Start the flush and return: the reply we read next is the
         // acknowledgement, and a failed write shows up there as a broken
         // connection. Waiting for the flush here would cost one more poll
         // per turn.
-        output.flush().map_err(|e| io_err(stage, e))?;
+        output.flush().map_err(|e| io_err(stage, tls, e))?;
         Ok(())
     }
 
@@ -277,6 +313,7 @@ impl Transport for Net {
     }
 
     fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
+        let tls = self.tls.is_some();
         let (input, _) = self.streams(stage)?;
         loop {
             match input.read(buf.len() as u64) {
@@ -291,7 +328,7 @@ impl Transport for Net {
                     }
                 }
                 Err(StreamError::Closed) => return Ok(0),
-                Err(e) => return Err(io_err(stage, e)),
+                Err(e) => return Err(io_err(stage, tls, e)),
             }
         }
     }

@@ -108,7 +108,7 @@ pub fn describe(e: &SendError) -> String {
     match e {
         SendError::InvalidMessage(m) => format!("invalid message: {m}"),
         SendError::PolicyDenied(m) => format!("denied by policy: {m}"),
-        SendError::Connect(m) => format!("cannot reach the relay: {m}"),
+        SendError::Connect(m) => format!("connection to the relay failed: {m}"),
         SendError::Tls(m) => format!("TLS failed: {m}"),
         SendError::Auth(r) if r.code == 0 => format!("authentication not possible: {}", r.text),
         SendError::Auth(r) => format!("authentication failed: {}", reply_line(r)),
@@ -142,9 +142,25 @@ pub fn error_json(e: &SendError) -> Value {
     json!({ "error": err })
 }
 
-/// An error that is not a `send-error` (usage, files, configuration).
+/// An error that is not a `send-error` (usage, files, configuration, or a
+/// malformed address caught before the mailer runs). Same shape as
+/// [`error_json`].
 pub fn other_error_json(kind: &str, message: &str) -> Value {
-    json!({ "error": { "kind": kind, "message": message } })
+    json!({ "error": { "kind": kind, "message": message, "transient": false } })
+}
+
+/// `s` safe for a terminal: control characters other than tab (ESC, BEL,
+/// C1, ...) that a server or a plugin sent are shown as `\u{..}` escapes,
+/// so they can neither rewrite the operator's screen nor fake output lines.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\t' && c != '\n') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| if c.is_control() && c != '\t' && c != '\n' { c.escape_unicode().to_string() } else { c.to_string() })
+            .collect(),
+    )
 }
 
 /// A receipt as JSON.
@@ -187,8 +203,22 @@ impl CliError {
     }
 }
 
-/// Tell the operator something on standard error, prefixed `wasmail: `.
+/// Tell the operator something on standard error, prefixed `wasmail: `,
+/// with control characters escaped (see [`printable`]).
 pub fn say(message: impl std::fmt::Display) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "wasmail: {message}");
+    let text = message.to_string();
+    let _ = writeln!(std::io::stderr().lock(), "wasmail: {}", printable(&text));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_terminal_controls() {
+        assert_eq!(printable("250 ok"), "250 ok");
+        assert_eq!(printable("bad \u{1b}]0;pwned\u{7}\u{9b}2J"), "bad \\u{1b}]0;pwned\\u{7}\\u{9b}2J");
+        assert_eq!(printable("a\tb\nc"), "a\tb\nc");
+    }
 }

@@ -91,7 +91,7 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
     } else {
         match (&ran.output, &ran.stopped) {
             (_, Some(why)) => report::say(format_args!("plugin {} stopped: {why}", ran.plugin)),
-            (Some(Ok(out)), None) => println!("{out}"),
+            (Some(Ok(out)), None) => println!("{}", report::printable(out)),
             (Some(Err(e)), None) => report::say(format_args!("plugin {} failed: {e}", ran.plugin)),
             (None, None) => {}
         }

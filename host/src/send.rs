@@ -103,7 +103,7 @@ fn early(code: u8, kind: &'static str, message: impl Into<String>) -> Early {
 
 fn mailbox(field: &str, s: &str) -> Result<Mailbox, Early> {
     let m = address::Mailbox::parse(s)
-        .map_err(|e| early(exit::DATAERR, "invalid-message", format!("{field}: {e}")))?;
+        .map_err(|e| early(exit::DATAERR, "invalid-message", format!("invalid message: {field}: {e}")))?;
     Ok(Mailbox { name: m.name, address: m.address.to_string() })
 }
 
@@ -115,7 +115,7 @@ fn read_text(field: &str, path: &PathBuf) -> Result<String, Early> {
         std::fs::read(path)
     }
     .map_err(|e| early(exit::NOINPUT, "io", format!("{field}: {}: {e}", path.display())))?;
-    String::from_utf8(bytes).map_err(|_| early(exit::DATAERR, "invalid-message", format!("{field}: {} is not UTF-8", path.display())))
+    String::from_utf8(bytes).map_err(|_| early(exit::DATAERR, "invalid-message", format!("invalid message: {field}: {} is not UTF-8", path.display())))
 }
 
 fn file_attachment(field: &str, path: &PathBuf, inline: bool) -> Result<Attachment, Early> {
@@ -195,9 +195,10 @@ fn print_receipt(json: bool, r: &Receipt) {
         println!("{}", report::receipt_json(r));
         return;
     }
-    println!("sent <{}> to {} recipient(s): {} {}", r.message_id, r.accepted.len(), r.reply.code, r.reply.text);
+    let text = report::printable(&r.reply.text);
+    println!("sent <{}> to {} recipient(s): {} {text}", r.message_id, r.accepted.len(), r.reply.code);
     for f in &r.rejected {
-        println!("rejected {}: {} {}", f.address, f.reply.code, f.reply.text);
+        println!("rejected {}: {} {}", f.address, f.reply.code, report::printable(&f.reply.text));
     }
 }
 
@@ -228,7 +229,10 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     // A relay setting the mailer refuses (an EHLO name with a line break,
     // say) is bad input: the message names the field.
-    mailer.configure(&settings.to_wit()).await.map_err(|e| early(exit::DATAERR, "invalid-message", format!("{e:#}")))?;
+    mailer
+        .configure(&settings.to_wit())
+        .await
+        .map_err(|e| early(exit::DATAERR, "invalid-message", format!("invalid message: {e:#}")))?;
     let dead = DeadLetters::new(&a.dead_letter);
     let mut code = exit::OK;
     for _ in 0..a.repeat.max(1) {

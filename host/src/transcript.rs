@@ -25,7 +25,7 @@ pub fn format_line(direction: Direction, text: &str) -> String {
         Direction::Server => "S: ",
         Direction::Info => "* ",
     };
-    format!("{prefix}{text}")
+    format!("{prefix}{}", crate::report::printable(text))
 }
 
 impl Host for MailerState {

@@ -184,15 +184,24 @@ pub fn mime_parameter(name: &str, value: &str) -> String {
         return format!(";\r\n {name}=\"{value}\"");
     }
     // RFC 2231 percent-encoding of every byte that is not attribute-char.
+    // A character's bytes stay in one section: some parsers (mail-parser
+    // among them) decode each section on its own.
     let mut encoded = Vec::new();
     let mut cur = String::new();
-    for b in value.bytes() {
-        let piece = if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            (b as char).to_string()
-        } else {
-            format!("%{b:02X}")
-        };
-        if cur.len() + piece.len() > CHUNK {
+    for c in value.chars() {
+        let mut buf = [0; 4];
+        let piece: String = c
+            .encode_utf8(&mut buf)
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if !cur.is_empty() && cur.len() + piece.len() > CHUNK {
             encoded.push(std::mem::take(&mut cur));
         }
         cur.push_str(&piece);
@@ -277,6 +286,20 @@ mod tests {
         }
     }
 
+    fn percent_decode(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut bytes = s.bytes();
+        while let Some(b) = bytes.next() {
+            if b == b'%' {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                out.push(u8::from_str_radix(std::str::from_utf8(&hex).unwrap(), 16).unwrap());
+            } else {
+                out.push(b);
+            }
+        }
+        out
+    }
+
     #[test]
     fn parameters() {
         assert_eq!(mime_parameter("filename", "report.pdf"), ";\r\n filename=report.pdf");
@@ -290,5 +313,12 @@ mod tests {
         assert!(long.contains("filename*0*=utf-8''%C3%BC"));
         assert!(long.contains("filename*1*=%C3%BC"));
         assert!(long.split("\r\n").all(|l| l.len() < 78));
+        // No section splits a character (mail-parser decodes each on its
+        // own): "aǝʝ" is 13 encoded bytes, so 48-byte sections would cut one.
+        let mixed = mime_parameter("filename", &"aǝʝ".repeat(30));
+        for section in mixed.split("\r\n").skip(1) {
+            let value = section.split_once('=').unwrap().1.trim_start_matches("utf-8''").trim_end_matches(';');
+            assert!(std::str::from_utf8(&percent_decode(value)).is_ok(), "{section}");
+        }
     }
 }

@@ -389,13 +389,49 @@ impl<T: Transport> Session<T> {
         if reply.code == 235 { Ok(()) } else { Err(SmtpError::Auth(reply)) }
     }
 
-    fn check_reply(&mut self, stage: Stage, reply: Reply, want: u16) -> Result<(), SmtpError> {
-        if reply.code == want {
-            Ok(())
+    /// Accept `reply` when `ok` says so; a 4xx/5xx is a rejection at `stage`,
+    /// anything else (a 2xx where 354 belongs, a 3xx where 250 does) breaks
+    /// the protocol.
+    fn expect(
+        stage: Stage,
+        reply: Reply,
+        ok: fn(&Reply) -> bool,
+        recipients: &[(Address, Reply)],
+    ) -> Result<Reply, SmtpError> {
+        if ok(&reply) {
+            Ok(reply)
         } else if reply.is_transient() || reply.is_permanent() {
-            Err(SmtpError::Rejected { stage, reply, recipients: vec![] })
+            Err(SmtpError::Rejected { stage, reply, recipients: recipients.to_vec() })
         } else {
             Err(SmtpError::Protocol(format!("unexpected reply at {stage}: {reply}")))
+        }
+    }
+
+    /// Sort one RCPT reply into accepted or refused.
+    fn recipient(
+        reply: Reply,
+        to: &Address,
+        accepted: &mut Vec<Address>,
+        rejected: &mut Vec<(Address, Reply)>,
+    ) -> Result<(), SmtpError> {
+        if reply.is_positive() {
+            accepted.push(to.clone());
+        } else if reply.code == 421 {
+            return Err(SmtpError::Rejected { stage: Stage::RcptTo, reply, recipients: rejected.clone() });
+        } else if reply.is_transient() || reply.is_permanent() {
+            rejected.push((to.clone(), reply));
+        } else {
+            return Err(SmtpError::Protocol(format!("unexpected reply to RCPT TO: {reply}")));
+        }
+        Ok(())
+    }
+
+    /// Without pipelining, a reply must be alone: bytes after it are replies
+    /// to nothing, and would put every later command one reply out of step.
+    fn expect_drained(&self, stage: Stage) -> Result<(), SmtpError> {
+        match self.parser.buffered() {
+            0 => Ok(()),
+            n => Err(SmtpError::Protocol(format!("{n} unexpected bytes after the reply at {stage}"))),
         }
     }
 
@@ -447,65 +483,56 @@ impl<T: Transport> Session<T> {
             self.send_commands(batch.as_bytes(), Stage::MailFrom)?;
             if rset {
                 let r = self.read_reply(Stage::Rset)?;
-                self.check_reply(Stage::Rset, r, 250)?;
+                Self::expect(Stage::Rset, r, Reply::is_positive, &[])?;
             }
             let mail_reply = self.read_reply(Stage::MailFrom)?;
-            for r in msg.recipients {
-                let reply = self.read_reply(Stage::RcptTo)?;
-                if reply.is_positive() {
-                    accepted.push(r.clone());
-                } else {
-                    rejected.push((r.clone(), reply));
-                }
+            let mut rcpt_replies = Vec::with_capacity(msg.recipients.len());
+            for _ in msg.recipients {
+                rcpt_replies.push(self.read_reply(Stage::RcptTo)?);
             }
             let data_reply = self.read_reply(Stage::Data)?;
-            if mail_reply.code != 250 {
+            if let Err(e) = Self::expect(Stage::MailFrom, mail_reply, Reply::is_positive, &[]) {
                 self.abort_data(&data_reply)?;
-                return Err(SmtpError::Rejected { stage: Stage::MailFrom, reply: mail_reply, recipients: rejected });
+                return Err(e);
+            }
+            for (to, reply) in msg.recipients.iter().zip(rcpt_replies) {
+                Self::recipient(reply, to, &mut accepted, &mut rejected)?;
             }
             if accepted.is_empty() {
                 self.abort_data(&data_reply)?;
                 return Err(Self::all_refused(rejected));
             }
-            if data_reply.code != 354 {
-                return Err(SmtpError::Rejected { stage: Stage::Data, reply: data_reply, recipients: rejected });
-            }
+            Self::expect(Stage::Data, data_reply, |r| r.code == 354, &rejected)?;
         } else {
             if rset {
                 self.send_commands(b"RSET\r\n", Stage::Rset)?;
                 let r = self.read_reply(Stage::Rset)?;
-                self.check_reply(Stage::Rset, r, 250)?;
+                self.expect_drained(Stage::Rset)?;
+                Self::expect(Stage::Rset, r, Reply::is_positive, &[])?;
             }
             self.send_commands(mail.as_bytes(), Stage::MailFrom)?;
             let r = self.read_reply(Stage::MailFrom)?;
-            self.check_reply(Stage::MailFrom, r, 250)?;
-            for r in msg.recipients {
-                self.send_commands(RcptTo(r).to_string().as_bytes(), Stage::RcptTo)?;
+            self.expect_drained(Stage::MailFrom)?;
+            Self::expect(Stage::MailFrom, r, Reply::is_positive, &[])?;
+            for to in msg.recipients {
+                self.send_commands(RcptTo(to).to_string().as_bytes(), Stage::RcptTo)?;
                 let reply = self.read_reply(Stage::RcptTo)?;
-                if reply.code == 421 {
-                    return Err(SmtpError::Rejected { stage: Stage::RcptTo, reply, recipients: rejected });
-                }
-                if reply.is_positive() {
-                    accepted.push(r.clone());
-                } else {
-                    rejected.push((r.clone(), reply));
-                }
+                self.expect_drained(Stage::RcptTo)?;
+                Self::recipient(reply, to, &mut accepted, &mut rejected)?;
             }
             if accepted.is_empty() {
                 return Err(Self::all_refused(rejected));
             }
             self.send_commands(b"DATA\r\n", Stage::Data)?;
             let r = self.read_reply(Stage::Data)?;
-            if r.code != 354 {
-                return Err(SmtpError::Rejected { stage: Stage::Data, reply: r, recipients: rejected });
-            }
+            self.expect_drained(Stage::Data)?;
+            Self::expect(Stage::Data, r, |r| r.code == 354, &rejected)?;
         }
 
         self.write_data(source)?;
         let reply = self.read_reply(Stage::DataEnd)?;
-        if reply.code != 250 {
-            return Err(SmtpError::Rejected { stage: Stage::DataEnd, reply, recipients: rejected });
-        }
+        let reply = Self::expect(Stage::DataEnd, reply, Reply::is_positive, &rejected)?;
+        self.expect_drained(Stage::DataEnd)?;
         Ok(Delivery { accepted, rejected, reply })
     }
 
@@ -547,14 +574,13 @@ impl<T: Transport> Session<T> {
                     self.io.transcript(Direction::Client, &format!("<{sent} octets of message data>"));
                     self.io.transcript(Direction::Client, ".");
                 }
-                let r = self.io.send(&self.wbuf, Stage::DataEnd);
+                // A failure here means the transport did not take all of the
+                // last chunk, so the terminator never left: nothing was
+                // delivered, and a retry is safe. Only a failure while waiting
+                // for the reply to the dot leaves the outcome unknown.
+                let r = self.io.send(&self.wbuf, Stage::DataBlock);
                 self.wbuf.clear();
-                return r.map_err(|e| match e {
-                    SmtpError::Timeout(_) | SmtpError::Connect(_) => SmtpError::OutcomeUnknown(format!(
-                        "the connection failed while sending the end of data ({e}); the message may have been delivered"
-                    )),
-                    e => e,
-                });
+                return r;
             }
             if self.wbuf.len() >= DATA_CHUNK {
                 self.io.send(&self.wbuf, Stage::DataBlock)?;
