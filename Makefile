@@ -44,5 +44,29 @@ demo: build
 	$(WASMAIL) run $(WASM_DIR)/wasmail_plugin_hello.wasm --input-text demo@example.com
 	@echo "The message is in ./outbox:" && ls -1t outbox | head -n 1
 
+# Fuzzing (docs/fuzzing.md): nightly + cargo-fuzz, not part of `make test`.
+# Each target runs FUZZ_SECONDS from the seeds in fuzz/corpus/<target> (read
+# only); what it learns goes to fuzz/target/corpus/<target>, crashes to
+# fuzz/artifacts/<target>. Nice'd: the machine is shared.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= reply_parser ehlo address mime_builder
+FUZZ_NICE    ?= nice -n 10
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(FUZZ_NICE) $(CARGO) install --locked cargo-fuzz
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	cd fuzz && $(FUZZ_NICE) $(CARGO) +nightly fuzz build
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  if (cd fuzz && $(FUZZ_NICE) $(CARGO) +nightly fuzz run $$t target/corpus/$$t corpus/$$t -- \
+	        -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1) > fuzz/target/$$t.log 2>&1; \
+	  then result=clean; else result="FAILED (see fuzz/target/$$t.log, fuzz/artifacts/$$t)"; failed="$$failed $$t"; fi; \
+	  execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' fuzz/target/$$t.log | tail -n 1); \
+	  echo "   $$t: $${execs:-?} executions, $$result"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz failures:$$failed"; exit 1; fi
+
 clean:
 	$(CARGO) clean

@@ -18,7 +18,9 @@ fn is_phrase_atext(c: char) -> bool {
 /// The display name as RFC 5322 phrase text: atoms, a quoted string, or
 /// encoded words.
 pub fn display_name(name: &str, room: usize) -> String {
-    if !name.is_ascii() || name.contains("=?") {
+    // Encoded words fold; atoms and quoted strings cannot, so a name too long
+    // for one line goes as encoded words too.
+    if !name.is_ascii() || name.contains("=?") || name.len() + 2 > room {
         encoded_words(name, room)
     } else if name.chars().all(is_phrase_atext) && !name.starts_with(' ') {
         name.to_owned()
@@ -151,6 +153,9 @@ mod tests {
         assert_eq!(display_name("Smith, Jo", 70), "\"Smith, Jo\"");
         assert_eq!(display_name("a \"b\" \\c", 70), "\"a \\\"b\\\" \\\\c\"");
         assert_eq!(display_name("Jürgen", 70), "=?utf-8?B?SsO8cmdlbg==?=");
+        let long = display_name(&"\"".repeat(500), 60);
+        assert!(long.starts_with("=?utf-8?B?"), "a name too long for a line is encoded");
+        assert!(long.split("\r\n").all(|l| l.len() <= 76));
     }
 
     #[test]

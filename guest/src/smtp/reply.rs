@@ -150,7 +150,7 @@ impl ReplyParser {
             }
             let raw = &pending[..nl];
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            let line = String::from_utf8_lossy(raw).into_owned();
+            let line = text_of(raw);
             self.pos += nl + 1;
             self.bytes += nl + 1;
             if self.bytes > MAX_REPLY_BYTES {
@@ -191,6 +191,15 @@ impl ReplyParser {
                 return Ok(Some(Reply { code, enhanced, lines }));
             }
         }
+    }
+}
+
+/// A reply line as text, one char per invalid byte (`?`), so the stored
+/// text is never longer than the bytes the caps counted.
+fn text_of(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(s) => s.to_owned(),
+        Err(_) => raw.iter().map(|&b| if b.is_ascii() { b as char } else { '?' }).collect(),
     }
 }
 
@@ -274,6 +283,16 @@ mod tests {
         assert_eq!(parse_all(many.as_bytes()), Err(ReplyError::TooManyLines));
         let big = format!("250-{}\r\n", "y".repeat(1500)).repeat(50);
         assert_eq!(parse_all(big.as_bytes()), Err(ReplyError::TooLarge));
+    }
+
+    #[test]
+    fn invalid_utf8_costs_no_more_than_its_bytes() {
+        let mut input = b"250 ".to_vec();
+        input.extend(std::iter::repeat_n(0xFF, 1000));
+        input.extend_from_slice(b"\r\n");
+        let r = &parse_all(&input).unwrap()[0];
+        assert_eq!(r.lines[0].len(), 1000);
+        assert!(r.lines[0].chars().all(|c| c == '?'));
     }
 
     #[test]
