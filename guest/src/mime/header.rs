@@ -88,6 +88,9 @@ impl HeaderWriter {
                     let room = HEADER_FOLD.saturating_sub(self.column() + 2);
                     format!("{} {addr}", display_name(n, room.max(30)))
                 }
+                // An address literal alone reads as group syntax to some
+                // parsers; in angle brackets it is unambiguous.
+                None if m.address.domain().starts_with('[') => addr,
                 None => m.address.to_string(),
             };
             let first_line = item.split("\r\n").next().map_or(0, str::len);
