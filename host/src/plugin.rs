@@ -196,8 +196,9 @@ impl<'a> PluginHost<'a> {
         let linker = plugin_linker(&rt.engine).anyhow().context("linking the plugin interfaces")?;
         let audit_path = config.audit.clone().unwrap_or_else(|| PathBuf::from(crate::audit::DEFAULT_AUDIT));
         let audit = AuditLog::open(&audit_path)?;
-        let ca = config.relay.as_ref().and_then(|r| r.ca_file.clone());
-        let tls = tls::Provider::new(ca.as_deref())?;
+        // For outbox runs only (they never connect); relay runs get the
+        // relay's trust from `RelayArgs::resolve`.
+        let tls = tls::Provider::new(None)?;
         Ok(Self { rt, config, linker, audit, tls, options })
     }
 
@@ -387,11 +388,9 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
         .split("memory fault at wasm address 0x")
         .nth(1)
         .and_then(|rest| u64::from_str_radix(rest.split(|c: char| !c.is_ascii_hexdigit()).next().unwrap_or(""), 16).ok())
-    {
-        if addr >= 0xF000_0000 {
+        && addr >= 0xF000_0000 {
             return "stack: the plugin overflowed its stack (unbounded recursion?)".into();
         }
-    }
     if text.contains("cpu_ms:") {
         return format!("cpu_ms: the plugin used more than {} ms of CPU", cfg.cpu_ms);
     }

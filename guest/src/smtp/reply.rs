@@ -166,11 +166,10 @@ impl ReplyParser {
                 Some(b'-') => false,
                 Some(_) => return Err(ReplyError::Malformed(truncate(&line))),
             };
-            if let Some(first) = self.code {
-                if first != code {
+            if let Some(first) = self.code
+                && first != code {
                     return Err(ReplyError::CodeChanged { first, then: code });
                 }
-            }
             self.code = Some(code);
             if self.lines.len() >= MAX_REPLY_LINES {
                 return Err(ReplyError::TooManyLines);

@@ -449,14 +449,13 @@ impl<T: Transport> Session<T> {
                 "message: 8-bit data needs 8BITMIME, which the server does not offer".into(),
             ));
         }
-        if let Some(max) = self.caps.size.filter(|&m| m > 0) {
-            if msg.size > max {
+        if let Some(max) = self.caps.size.filter(|&m| m > 0)
+            && msg.size > max {
                 return Err(SmtpError::InvalidMessage(format!(
                     "message: {} octets exceed the server's SIZE limit of {max}",
                     msg.size
                 )));
             }
-        }
         let mail = MailFrom {
             from: Some(msg.from),
             size: self.caps.size.map(|_| msg.size),
