@@ -147,6 +147,18 @@ async fn hostile_suite_in_one_process() {
     assert!(matches!(&r.output, Some(Ok(o)) if o.contains("report.csv")), "{:?}", r.output);
     control(&host).await;
 
+    // Attachments by reference: a file in the grant is streamed in; a path
+    // that leaves the grant is refused.
+    let r = run(&host, "hostile", "attach-file").await;
+    assert!(matches!(&r.output, Some(Ok(o)) if o.starts_with("sent")), "{:?}", r.output);
+    let eml = std::fs::read_to_string(r.records.last().unwrap().outbox.as_deref().unwrap()).unwrap();
+    assert!(eml.contains("filename=report.csv"), "{eml}");
+    assert!(eml.contains("YSxiCjEsMgo="), "the file's bytes, base64: {eml}");
+    let r = run(&host, "hostile", "attach-outside").await;
+    let e = output_err(&r);
+    assert!(e.starts_with("invalid-message: attachments[0].content") && e.contains("granted folder"), "{e}");
+    control(&host).await;
+
     // Policy: denied with the rule named, and audited.
     for (mode, expect) in [
         ("spoof-from", "policy-denied: allowed_from"),

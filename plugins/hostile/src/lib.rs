@@ -10,11 +10,11 @@
 
 use std::hint::black_box;
 
-use wasmail_plugin::{Mailbox, Message, Priority, describe, send};
+use wasmail_plugin::{Attachment, Content, Mailbox, Message, Priority, describe, send};
 
 const MODES: &str = "loop, grow, recurse, panic, read-outside, read-inside, spoof-from, \
 bcc-outside, cc-outside, many-recipients, big, flood, crlf-subject, crlf-address, header, \
-resources, send-ok";
+resources, send-ok, attach-file, attach-outside";
 
 /// The address the policy allows.
 const OK: &str = "ok@example.com";
@@ -73,6 +73,8 @@ impl wasmail_plugin::Guest for Hostile {
                 try_send(&msg)
             }
             "send-ok" => try_send(&message(OK, "hostile plugin control message")),
+            "attach-file" => try_send(&with_file(message(OK, "a file from the grant"), "report.csv")),
+            "attach-outside" => try_send(&with_file(message(OK, "a file outside the grant"), "../../etc/passwd")),
             other => Err(format!("unknown mode {other:?}; modes: {MODES}")),
         }
     }
@@ -208,6 +210,18 @@ fn message(to: &str, subject: &str) -> Message {
         priority: Priority::Normal,
         headers: Vec::new(),
     }
+}
+
+/// `msg` with the granted folder's file `path` attached by reference: the
+/// host streams it to the mailer.
+fn with_file(mut msg: Message, path: &str) -> Message {
+    msg.attachments.push(Attachment {
+        filename: path.rsplit('/').next().unwrap_or(path).to_string(),
+        content_type: None,
+        content: Content::File(path.to_string()),
+        content_id: None,
+    });
+    msg
 }
 
 /// `size` octets of ASCII text in lines of 64 characters plus `\n`.
