@@ -1,5 +1,6 @@
-//! Host bindings for the wasmail WIT package (`wasmail:mail@0.1.0`),
-//! generated once from the vendored WIT set.
+//! Host bindings for the wasmail WIT package (`wasmail:mail@0.1.0`, the
+//! mail API of RFC 5322 messages and RFC 5321 delivery), generated once from
+//! the vendored WIT set by the component model's `bindgen!`.
 //!
 //! The `mailer` world is the one bindgen! covers: its exports (`sender`,
 //! `transport`) are what the host calls, its imports (`credentials`, `blobs`,

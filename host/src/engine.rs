@@ -1,4 +1,5 @@
-//! The wasmtime engine (pooling allocator, epoch interruption, async) and an
+//! The wasmtime engine for WebAssembly components (component model, WASI
+//! 0.2): pooling allocator, epoch interruption, async; and an
 //! on-disk cache of compiled components, keyed by the component's SHA-256
 //! and the engine's compatibility hash, so a second run compiles nothing.
 

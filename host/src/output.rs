@@ -1,4 +1,4 @@
-//! A plugin's stdout and stderr (wasi:cli/stdout, wasi:cli/stderr): each
+//! A plugin's stdout and stderr (WASI 0.2 wasi:cli/stdout and stderr): each
 //! line is prefixed with the plugin's name and handed to a sink, with a cap
 //! on the total, so a plugin can neither flood nor forge the host's output.
 

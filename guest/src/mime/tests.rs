@@ -1,5 +1,6 @@
-//! Builder tests: golden bytes for the simple cases, and round trips through
-//! an independent parser (mail-parser) for the rest.
+//! Builder tests (RFC 5322, RFC 2045-2047, RFC 2231): golden bytes for the
+//! simple cases, and round trips through an independent parser (mail-parser)
+//! for the rest.
 
 use super::*;
 use mail_parser::{MessageParser, MimeHeaders};
