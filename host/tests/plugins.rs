@@ -242,27 +242,7 @@ async fn mailer_reaches_no_address_but_the_relay() {
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let other_addr = other.local_addr().unwrap();
     let allowed: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let grant = MailerGrant {
-        relay_addrs: vec![allowed],
-        secret: Secret::none(),
-        blobs: BlobAccess::Deny,
-        max_message_bytes: None,
-        transcript: None,
-        tls: wasmail::tls::Provider::new(None).unwrap(),
-    };
-    let mut mailer = Mailer::new(&runtime().mailer, grant).await.unwrap();
-    let settings = RelaySettings {
-        name: "127.0.0.1".into(),
-        addresses: vec![other_addr],
-        port: other_addr.port(),
-        tls: Tls::None,
-        ehlo: "test.example".into(),
-        user: None,
-        auth: Auth::Auto,
-        timeout: Some(std::time::Duration::from_secs(5)),
-        verbose: false,
-    };
-    mailer.configure(&settings.to_wit()).await.unwrap();
+    let mut mailer = mailer_between(allowed, other_addr).await;
     let err = mailer.send(&message("b@example.com")).await.unwrap().unwrap_err();
     match err {
         SendError::Connect(m) => assert!(m.to_lowercase().contains("access-denied") || m.contains("AccessDenied"), "{m}"),
@@ -337,10 +317,11 @@ mod peer {
     }
 }
 
-async fn mailer_to(port: u16) -> Mailer {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+/// A mailer whose socket check allows `allowed`, configured to connect to
+/// `target` (the same address, unless a test wants the check to refuse).
+async fn mailer_between(allowed: std::net::SocketAddr, target: std::net::SocketAddr) -> Mailer {
     let grant = MailerGrant {
-        relay_addrs: vec![addr],
+        relay_addrs: vec![allowed],
         secret: Secret::none(),
         blobs: BlobAccess::Deny,
         max_message_bytes: None,
@@ -350,8 +331,8 @@ async fn mailer_to(port: u16) -> Mailer {
     let mut mailer = Mailer::new(&runtime().mailer, grant).await.unwrap();
     let settings = RelaySettings {
         name: "127.0.0.1".into(),
-        addresses: vec![addr],
-        port,
+        addresses: vec![target],
+        port: target.port(),
         tls: Tls::None,
         ehlo: "client.example".into(),
         user: None,
@@ -361,6 +342,11 @@ async fn mailer_to(port: u16) -> Mailer {
     };
     mailer.configure(&settings.to_wit()).await.unwrap();
     mailer
+}
+
+async fn mailer_to(port: u16) -> Mailer {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    mailer_between(addr, addr).await
 }
 
 /// One process through hostile plugins, hostile servers and smuggling
