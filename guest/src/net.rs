@@ -69,6 +69,9 @@ fn wait(p: &Pollable, deadline: u64) -> bool {
 /// Field order is drop order: streams and the TLS connection are children
 /// of the socket and must go first.
 pub struct Net {
+    /// The input stream's pollable, kept between reads (a child of the
+    /// stream: dropped before it, and before a TLS handshake takes it).
+    input_ready: Option<Pollable>,
     /// `None` only after a failed TLS handshake consumed the plain streams.
     streams: Option<(InputStream, OutputStream)>,
     tls: Option<ClientConnection>,
@@ -77,6 +80,9 @@ pub struct Net {
     _network: Network,
     server_name: String,
     timeouts: Timeouts,
+    /// How long the current reply may take, and its deadline once waiting
+    /// has begun (0 until then).
+    reply_ms: u64,
     deadline: u64,
     verbose: bool,
     /// A write timed out: the server stopped reading.
@@ -198,12 +204,14 @@ impl Net {
             match streams {
                 Ok((input, output)) => {
                     let mut net = Self {
+                        input_ready: None,
                         streams: Some((input, output)),
                         tls: None,
                         socket: Some(socket),
                         _network: network,
                         server_name: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
                         timeouts,
+                        reply_ms: 0,
                         deadline: 0,
                         verbose,
                         stalled: false,
@@ -224,8 +232,9 @@ impl Net {
 
     fn handshake(&mut self) -> Result<(), SmtpError> {
         let deadline = deadline_after(self.timeouts.connect);
-        // The handshake takes the plain streams. No pollable of them is alive
-        // here: pollables are their children and would block the move.
+        // The handshake takes the plain streams; their pollables are children
+        // and would block the move.
+        drop(self.input_ready.take());
         let (input, output) = self.streams.take().ok_or_else(|| SmtpError::Tls("no connection".into()))?;
         let hs = ClientHandshake::new(&self.server_name, input, output);
         let fut = ClientHandshake::finish(hs);
@@ -264,6 +273,7 @@ impl Drop for Net {
             // this server stopped reading: dropping would wait for it without
             // end. Abandon the connection instead (the host frees it with the
             // store), so our deadline holds.
+            std::mem::forget(self.input_ready.take());
             std::mem::forget(self.streams.take());
             std::mem::forget(self.tls.take());
             std::mem::forget(self.socket.take());
@@ -272,8 +282,9 @@ impl Drop for Net {
         if let Some(socket) = &self.socket {
             let _ = socket.shutdown(ShutdownType::Both);
         }
-        // Children before parents: streams, then the TLS connection, then
-        // the socket.
+        // Children before parents: the pollable, the streams, then the TLS
+        // connection, then the socket.
+        drop(self.input_ready.take());
         drop(self.streams.take());
         drop(self.tls.take());
         drop(self.socket.take());
@@ -309,12 +320,16 @@ impl Transport for Net {
     }
 
     fn start_reply(&mut self, stage: Stage) {
-        self.deadline = deadline_after(self.timeouts.for_stage(stage));
+        // The clock is read only if we have to wait: pipelined replies are
+        // often already here.
+        self.reply_ms = self.timeouts.for_stage(stage);
+        self.deadline = 0;
     }
 
     fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
         let tls = self.tls.is_some();
-        let (input, _) = self.streams(stage)?;
+        let Self { streams, input_ready, deadline, reply_ms, .. } = self;
+        let (input, _) = streams.as_ref().ok_or_else(|| SmtpError::Connect(format!("no connection at {stage}")))?;
         loop {
             match input.read(buf.len() as u64) {
                 Ok(data) if !data.is_empty() => {
@@ -322,8 +337,12 @@ impl Transport for Net {
                     return Ok(data.len());
                 }
                 Ok(_) => {
-                    let p = input.subscribe();
-                    if !wait(&p, self.deadline) {
+                    if *deadline == 0 {
+                        *deadline = deadline_after(*reply_ms);
+                    }
+                    let p = input_ready.get_or_insert_with(|| input.subscribe());
+                    let timer = monotonic_clock::subscribe_instant(*deadline);
+                    if !poll::poll(&[&*p, &timer]).contains(&0) {
                         return Err(SmtpError::Timeout(stage));
                     }
                 }
