@@ -25,6 +25,11 @@ use crate::smtp::session::{Chunk, Config, Delivery, Outgoing, Session, Source, T
 use crate::smtp::{Reply, SmtpError, Stage};
 use std::cell::RefCell;
 
+/// The largest message `deliver` hands back for the dead-letter folder. A
+/// larger one (a huge streamed attachment) is not copied into memory; its
+/// caller still has the files.
+const MAX_KEPT_BYTES: u64 = 64 << 20;
+
 /// Raw bytes read from an attachment stream per base64 chunk: a whole number
 /// of 57-byte lines, about 56 KiB.
 const STREAM_CHUNK: usize = BASE64_LINE_BYTES * 1024;
@@ -429,7 +434,7 @@ impl TransportGuest for Mailer {
     fn deliver(msg: wit::Message) -> Result<wit::Receipt, wt::Undelivered> {
         send_rendered(msg).map_err(|(error, rendered)| {
             let kept = match rendered {
-                Some((r, streams)) if worth_keeping(&error) => {
+                Some((r, streams)) if worth_keeping(&error) && r.size() <= MAX_KEPT_BYTES => {
                     // The attachment streams were consumed: read them again.
                     streams.reopen().and_then(|fresh| expand(&r, &fresh)).ok().map(|bytes| wit_rendered(&r, bytes))
                 }
