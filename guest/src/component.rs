@@ -25,10 +25,11 @@ use crate::smtp::session::{Chunk, Config, Delivery, Outgoing, Session, Source, T
 use crate::smtp::{Reply, SmtpError, Stage};
 use std::cell::RefCell;
 
-/// The largest message `deliver` hands back for the dead-letter folder. A
-/// larger one (a huge streamed attachment) is not copied into memory; its
-/// caller still has the files.
-const MAX_KEPT_BYTES: u64 = 64 << 20;
+/// The largest message the mailer assembles whole in memory: for the outbox
+/// (`render`) and for the dead-letter folder (`deliver`). Larger messages
+/// (huge streamed attachments) are only ever streamed to a relay; a kept copy
+/// is skipped (the caller still has the files) and the outbox refuses them.
+const MAX_IN_MEMORY_BYTES: u64 = 64 << 20;
 
 /// Raw bytes read from an attachment stream per base64 chunk: a whole number
 /// of 57-byte lines, about 56 KiB.
@@ -427,6 +428,12 @@ impl TransportGuest for Mailer {
     fn render(msg: wit::Message) -> Result<WitRendered, wit::SendError> {
         let mut streams = Streams::new();
         let r = build(msg, &mut streams)?;
+        if r.size() > MAX_IN_MEMORY_BYTES {
+            return Err(invalid(format!(
+                "message: {} octets is too large for the outbox (at most {MAX_IN_MEMORY_BYTES}); send it to a relay",
+                r.size()
+            )));
+        }
         let bytes = expand(&r, &streams)?;
         Ok(wit_rendered(&r, bytes))
     }
@@ -434,7 +441,7 @@ impl TransportGuest for Mailer {
     fn deliver(msg: wit::Message) -> Result<wit::Receipt, wt::Undelivered> {
         send_rendered(msg).map_err(|(error, rendered)| {
             let kept = match rendered {
-                Some((r, streams)) if worth_keeping(&error) && r.size() <= MAX_KEPT_BYTES => {
+                Some((r, streams)) if worth_keeping(&error) && r.size() <= MAX_IN_MEMORY_BYTES => {
                     // The attachment streams were consumed: read them again.
                     streams.reopen().and_then(|fresh| expand(&r, &fresh)).ok().map(|bytes| wit_rendered(&r, bytes))
                 }
