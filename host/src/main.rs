@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("wasmail: cannot start the async runtime: {e}");
+            wasmail::report::say(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::from(exit::SOFTWARE);
         }
     };
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         let runtime = match Runtime::new() {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("wasmail: {e:#}");
+                wasmail::report::say(format_args!("{e:#}"));
                 return exit::SOFTWARE;
             }
         };
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                     if can_run { exit::OK } else { exit::NOPERM }
                 }
                 Err(e) => {
-                    eprintln!("wasmail: {e:#}");
+                    wasmail::report::say(format_args!("{e:#}"));
                     exit::NOINPUT
                 }
             },
