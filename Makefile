@@ -1,8 +1,22 @@
 # wasmail: build, test and demo. `make demo` and `make test` work on a fresh
-# machine: both depend on `setup`, which installs what is missing.
+# Debian/Ubuntu machine with Rust and Python 3, the distribution's own Python
+# included: each sets up what it is missing first, and only what it needs.
+#
+#   setup-build  the wasm32-wasip2 target: all `build` and `demo` need
+#   setup-test   smtp-sink (Postfix) and openssl from apt, and ./.venv with
+#                the pinned tests/requirements.txt: what `test` adds
+#   setup        both (tests/fresh-setup.sh checks it on a clean copy)
+#
+# Nothing is pip-installed into the system's Python (PEP 668 forbids it on
+# Debian 12+ and Ubuntu 23.04+): PYTHON only creates the venv, and every
+# Python tool runs from it ($(PY)). npm packages, if any, likewise go into a
+# project-local ./node_modules, never global installs.
 
 CARGO       ?= cargo
 PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+REQUIREMENTS := tests/requirements.txt
 WASM_TARGET := wasm32-wasip2
 WASM_DIR    := target/$(WASM_TARGET)/release
 MAILER      := $(WASM_DIR)/wasmail_mailer.wasm
@@ -10,33 +24,62 @@ PLUGINS     := hello report bulk hostile netgrab
 PLUGIN_PKGS := $(addprefix -p wasmail-plugin-,$(PLUGINS))
 WASMAIL     := target/debug/wasmail
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-SETUP_STAMP := target/.setup-done
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+BUILD_STAMP := target/.setup-build-done
+VENV_STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: setup build test demo bench fuzz clean
+.PHONY: setup setup-build setup-test setup-servers test-setup build test demo bench fuzz clean
 
-setup: $(SETUP_STAMP)
+setup: setup-build setup-test
 
-$(SETUP_STAMP):
+setup-build: $(BUILD_STAMP)
+
+$(BUILD_STAMP):
 	rustup target add $(WASM_TARGET)
-	@if ! command -v smtp-sink >/dev/null && [ ! -x /usr/sbin/smtp-sink ]; then \
-	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
-	  $(SUDO) apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postfix; \
-	fi
-	@$(PYTHON) -c "import aiosmtpd, pytest" 2>/dev/null || $(PYTHON) -m pip install -q aiosmtpd pytest
 	@mkdir -p target && touch $@
 
-build: setup
+setup-test: setup-servers $(VENV_STAMP)
+
+# smtp-sink (in Postfix, left unconfigured) and the openssl CLI, from apt.
+setup-servers:
+	@missing=""; \
+	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="postfix"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from apt:$$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections && \
+	  $(SUDO) apt-get update -qq && \
+	  $(APT_INSTALL) $$missing; \
+	fi
+
+# The venv, rebuilt from scratch whenever tests/requirements.txt changes.
+# Debian and Ubuntu leave `venv`'s ensurepip out of python3 (python3-venv).
+$(VENV_STAMP): $(REQUIREMENTS)
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { \
+	  echo "$(PYTHON) cannot make a venv: installing python3-venv"; \
+	  $(SUDO) apt-get update -qq && $(APT_INSTALL) python3-venv; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --require-virtualenv -r $(REQUIREMENTS)
+	@touch $@
+
+# The set-up itself, as on a fresh machine: `make setup` with the system's
+# /usr/bin/python3 in a clean copy of this tree (.ci/run runs it).
+test-setup:
+	bash tests/fresh-setup.sh
+
+build: setup-build
 	$(CARGO) build --target $(WASM_TARGET) --release -p wasmail-mailer $(PLUGIN_PKGS)
 	$(CARGO) build -p wasmail
 
-test: build
+test: setup-test build
 	$(CARGO) test -p wasmail-mailer -p wasmail -p wasmail-plugin-report -p wasmail-plugin-bulk
-	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PYTHON) -m pytest -q tests
+	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PY) -m pytest -q tests
 
-bench: build
+# bench.py needs only the standard library, so any python3 will do.
+bench: setup-servers build
 	@command -v msmtp >/dev/null && command -v swaks >/dev/null || \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq msmtp swaks
+	  $(APT_INSTALL) msmtp swaks
 	$(CARGO) build --release -p wasmail -p wasmail-bench
 	$(PYTHON) bench/bench.py
 
@@ -49,7 +92,7 @@ demo: build
 # only); what it learns goes to fuzz/target/corpus/<target>, crashes to
 # fuzz/artifacts/<target>. Nice'd: the machine is shared.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= reply_parser ehlo address mime_builder
+FUZZ_TARGETS ?= reply_parser ehlo address mime_builder policy
 FUZZ_NICE    ?= nice -n 10
 
 fuzz:
