@@ -111,12 +111,13 @@ fn raw_mailbox(m: wit::Mailbox) -> RawMailbox {
     RawMailbox { name: m.name, address: m.address }
 }
 
-/// Open attachment streams, indexed by `Content::Stream`, with the paths
-/// they were opened from (to reopen them for a kept copy).
+/// Attachment files, indexed by `Content::Stream`: their paths and the
+/// lengths they had when measured. A file is opened only when its part is
+/// streamed, so a message holds at most one file handle at a time.
 #[derive(Default)]
 struct Streams {
-    open: Vec<InputStream>,
     paths: Vec<String>,
+    lens: Vec<u64>,
 }
 
 impl Streams {
@@ -124,34 +125,40 @@ impl Streams {
         Self::default()
     }
 
-    fn get(&self, i: usize) -> Option<&InputStream> {
-        self.open.get(i)
-    }
-
-    /// The same files, opened afresh.
-    fn reopen(&self) -> Result<Self, SmtpError> {
-        let mut fresh = Self::new();
-        for path in &self.paths {
-            let (_, stream) = blobs::open(path)
-                .map_err(|e| SmtpError::InvalidMessage(format!("attachment {path}: {e}")))?;
-            fresh.open.push(stream);
-            fresh.paths.push(path.clone());
+    /// Open file `i` for streaming; it must still have the length it was
+    /// measured with.
+    fn open(&self, i: usize) -> Result<InputStream, SmtpError> {
+        let (Some(path), Some(&want)) = (self.paths.get(i), self.lens.get(i)) else {
+            return Err(SmtpError::InvalidMessage("attachment stream missing".into()));
+        };
+        let (len, stream) =
+            blobs::open(path).map_err(|e| SmtpError::InvalidMessage(format!("attachment {path}: {e}")))?;
+        if len != want {
+            return Err(SmtpError::InvalidMessage(format!(
+                "attachment {path}: it changed size from {want} to {len} octets while the message was being made"
+            )));
         }
-        Ok(fresh)
+        Ok(stream)
     }
 }
 
 fn draft(msg: wit::Message, streams: &mut Streams) -> Result<Draft, wit::SendError> {
+    // Counted before any file is opened, so a message cannot hold the host's
+    // file handles by the thousand.
+    if msg.attachments.len() > mime::MAX_ATTACHMENTS {
+        return Err(invalid(format!("attachments: {} is more than {}", msg.attachments.len(), mime::MAX_ATTACHMENTS)));
+    }
     let mut attachments = Vec::with_capacity(msg.attachments.len());
     for (i, a) in msg.attachments.into_iter().enumerate() {
         let content = match a.content {
             wit::Content::Bytes(b) => Content::Bytes(b),
             wit::Content::File(path) => {
-                let (len, stream) = blobs::open(&path)
+                // Measured now, opened again when streamed.
+                let (len, _stream) = blobs::open(&path)
                     .map_err(|e| invalid(format!("attachments[{i}].content: {path}: {e}")))?;
-                streams.open.push(stream);
                 streams.paths.push(path);
-                Content::Stream { index: streams.open.len() - 1, len }
+                streams.lens.push(len);
+                Content::Stream { index: streams.paths.len() - 1, len }
             }
         };
         attachments.push(Attachment { filename: a.filename, content_type: a.content_type, content, content_id: a.content_id });
@@ -199,6 +206,8 @@ struct SegmentSource<'a> {
     segments: &'a [Segment],
     streams: &'a Streams,
     next: usize,
+    /// The file of the current stream segment, while it is read.
+    current: Option<InputStream>,
     /// Bytes left in the current stream segment.
     left: u64,
     carry: Vec<u8>,
@@ -209,7 +218,7 @@ struct SegmentSource<'a> {
 
 impl<'a> SegmentSource<'a> {
     fn new(segments: &'a [Segment], streams: &'a Streams) -> Self {
-        Self { segments, streams, next: 0, left: 0, carry: Vec::with_capacity(STREAM_CHUNK), encoded: 0, encode_ns: 0 }
+        Self { segments, streams, next: 0, current: None, left: 0, carry: Vec::with_capacity(STREAM_CHUNK), encoded: 0, encode_ns: 0 }
     }
 }
 
@@ -217,15 +226,19 @@ impl Source for SegmentSource<'_> {
     fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
         loop {
             if self.left > 0 {
-                let Some(Segment::Base64Stream { index, .. }) = self.segments.get(self.next - 1) else {
-                    return Err(SmtpError::InvalidMessage("attachment stream out of order".into()));
+                if self.current.is_none() {
+                    let Some(Segment::Base64Stream { index, .. }) = self.segments.get(self.next - 1) else {
+                        return Err(SmtpError::InvalidMessage("attachment stream out of order".into()));
+                    };
+                    self.current = Some(self.streams.open(*index)?);
+                }
+                let Some(stream) = self.current.as_ref() else {
+                    return Err(SmtpError::InvalidMessage("attachment stream missing".into()));
                 };
-                let stream = self
-                    .streams
-                    .get(*index)
-                    .ok_or_else(|| SmtpError::InvalidMessage("attachment stream missing".into()))?;
-                let want = (STREAM_CHUNK - self.carry.len()).min(self.left as usize);
-                match stream.blocking_read(want as u64) {
+                // `left` may pass 4 GiB: compare as u64 before narrowing.
+                let want = (STREAM_CHUNK - self.carry.len()) as u64;
+                let want = want.min(self.left);
+                match stream.blocking_read(want) {
                     Ok(data) => {
                         self.left = self.left.saturating_sub(data.len() as u64);
                         self.carry.extend_from_slice(&data);
@@ -246,6 +259,9 @@ impl Source for SegmentSource<'_> {
                     self.encode_ns += monotonic_clock::now().saturating_sub(t);
                     self.encoded += self.carry.len() as u64;
                     self.carry.clear();
+                    if self.left == 0 {
+                        self.current = None;
+                    }
                     return Ok(Chunk::Base64);
                 }
                 continue;
@@ -311,10 +327,10 @@ impl State {
                 &format!("attachments: {mib:.1} MiB base64-encoded in the mailer in {:.3} s ({:.0} MiB/s)", secs, mib / secs.max(1e-9)),
             );
         }
-        if let Err(e) = &result {
-            if e.kills_session() {
-                self.session = None;
-            }
+        if let Err(e) = &result
+            && (e.kills_session() || self.session.as_ref().is_some_and(|s| !s.is_usable()))
+        {
+            self.session = None;
         }
         result
     }
@@ -442,8 +458,8 @@ impl TransportGuest for Mailer {
         send_rendered(msg).map_err(|(error, rendered)| {
             let kept = match rendered {
                 Some((r, streams)) if worth_keeping(&error) && r.size() <= MAX_IN_MEMORY_BYTES => {
-                    // The attachment streams were consumed: read them again.
-                    streams.reopen().and_then(|fresh| expand(&r, &fresh)).ok().map(|bytes| wit_rendered(&r, bytes))
+                    // The files are opened afresh for the kept copy.
+                    expand(&r, &streams).ok().map(|bytes| wit_rendered(&r, bytes))
                 }
                 _ => None,
             };

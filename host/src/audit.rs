@@ -1,6 +1,8 @@
 //! The audit log: one JSON object per line for every send attempt of every
-//! plugin, appended and flushed as it happens. It records envelopes and
-//! outcomes (RFC 5321 replies), never bodies or secrets.
+//! plugin, appended and flushed as it happens, each line at most
+//! [`MAX_RECORD_BYTES`]. It records envelopes and outcomes (RFC 5321
+//! replies), never bodies or secrets. A message that is delivered gets an
+//! `attempt` record before the first byte goes out and its outcome after.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -10,11 +12,21 @@ use std::sync::{Arc, Mutex};
 
 /// The default audit log path.
 pub const DEFAULT_AUDIT: &str = "wasmail-audit.jsonl";
+/// The longest line a record may take, newline included. Whatever a plugin
+/// sends, a record is cut to fit, and the cut is counted in `omitted`.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024;
+/// The most characters of one text field (reason, addresses, paths).
+pub const MAX_TEXT_CHARS: usize = 1024;
+/// The most entries of one list (recipients, rejected).
+pub const MAX_LISTED: usize = 64;
 
 /// What happened to an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// Written ahead: the message is in the spool and about to be
+    /// delivered. Its outcome follows in a record with the same `id`.
+    Attempt,
     /// The relay accepted it (maybe for some recipients only), or it went to the outbox.
     Accepted,
     /// The relay refused it.
@@ -30,6 +42,10 @@ pub enum Outcome {
 pub struct Record {
     /// Milliseconds since the Unix epoch.
     pub time_ms: u128,
+    /// The spool entry of the message, which ties its `attempt` record to
+    /// its outcome, and names its files in the dead-letter folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The plugin's name.
     pub plugin: String,
     /// SHA-256 of the plugin component.
@@ -55,6 +71,87 @@ pub struct Record {
     /// Where it was kept for `wasmail retry`, when it was not delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<String>,
+    /// How many characters and list entries were cut to keep the record
+    /// under [`MAX_RECORD_BYTES`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Record {
+    /// A record of `outcome` now, with nothing else known yet.
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            time_ms: now_ms(),
+            id: None,
+            plugin: String::new(),
+            sha256: String::new(),
+            from: None,
+            recipients: vec![],
+            rejected: vec![],
+            size: None,
+            message_id: None,
+            outcome,
+            reason: None,
+            outbox: None,
+            dead_letter: None,
+            omitted: 0,
+        }
+    }
+
+    fn clip_text(field: &mut String, max: usize, omitted: &mut u64) {
+        if let Some((at, _)) = field.char_indices().nth(max) {
+            *omitted += field[at..].chars().count() as u64;
+            field.truncate(at);
+        }
+    }
+
+    fn clip_list(list: &mut Vec<String>, omitted: &mut u64) {
+        if list.len() > MAX_LISTED {
+            *omitted += (list.len() - MAX_LISTED) as u64;
+            list.truncate(MAX_LISTED);
+        }
+        for item in list {
+            Self::clip_text(item, MAX_TEXT_CHARS, omitted);
+        }
+    }
+
+    /// The record as one JSON line of at most [`MAX_RECORD_BYTES`]: long
+    /// fields are cut, then list entries dropped, then the reason halved,
+    /// until it fits; `omitted` counts what went.
+    pub fn to_line(&self) -> Result<Vec<u8>> {
+        let mut r = self.clone();
+        let mut omitted = r.omitted;
+        for field in [&mut r.plugin, &mut r.sha256].into_iter().chain(
+            [&mut r.from, &mut r.message_id, &mut r.reason, &mut r.outbox, &mut r.dead_letter, &mut r.id].into_iter().flatten(),
+        ) {
+            Self::clip_text(field, MAX_TEXT_CHARS, &mut omitted);
+        }
+        Self::clip_list(&mut r.recipients, &mut omitted);
+        Self::clip_list(&mut r.rejected, &mut omitted);
+        loop {
+            r.omitted = omitted;
+            let mut line = serde_json::to_vec(&r).context("encoding an audit record")?;
+            if line.len() < MAX_RECORD_BYTES {
+                line.push(b'\n');
+                return Ok(line);
+            }
+            if r.rejected.pop().or_else(|| r.recipients.pop()).is_some() {
+                omitted += 1;
+            } else if let Some(reason) = r.reason.as_mut().filter(|t| !t.is_empty()) {
+                let half = reason.chars().count() / 2;
+                Self::clip_text(reason, half, &mut omitted);
+            } else {
+                for field in [&mut r.from, &mut r.message_id, &mut r.outbox, &mut r.dead_letter].into_iter().flatten() {
+                    Self::clip_text(field, 64, &mut omitted);
+                }
+                r.plugin.truncate(r.plugin.char_indices().nth(64).map_or(r.plugin.len(), |(i, _)| i));
+            }
+        }
+    }
 }
 
 /// An append-only JSON-lines file, shared by every run in the process.
@@ -85,8 +182,7 @@ impl AuditLog {
 
     /// Append one record as one `write` of one line.
     pub fn append(&self, record: &Record) -> Result<()> {
-        let mut line = serde_json::to_vec(record).context("encoding an audit record")?;
-        line.push(b'\n');
+        let line = record.to_line()?;
         let mut f = self.file.lock().map_err(|_| anyhow::anyhow!("audit log lock poisoned"))?;
         f.write_all(&line).with_context(|| format!("writing {}", self.path.display()))?;
         f.flush().with_context(|| format!("flushing {}", self.path.display()))
@@ -106,4 +202,33 @@ impl AuditLog {
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_fits_whatever_it_holds() {
+        let mut r = Record::new(Outcome::Denied);
+        r.plugin = "p".into();
+        r.reason = Some(format!("allowed_headers: {}", "\u{1}é".repeat(1 << 20)));
+        r.from = Some("x".repeat(1 << 16));
+        r.recipients = (0..10_000).map(|i| format!("user{i}@{}", "d".repeat(200))).collect();
+        r.rejected = r.recipients.clone();
+        let line = r.to_line().unwrap();
+        assert!(line.len() <= MAX_RECORD_BYTES, "{} bytes", line.len());
+        let back: Record = serde_json::from_slice(&line).unwrap();
+        assert!(back.omitted > 20_000, "{}", back.omitted);
+        assert!(back.reason.unwrap().starts_with("allowed_headers: "));
+    }
+
+    #[test]
+    fn a_small_record_is_kept_whole() {
+        let mut r = Record::new(Outcome::Accepted);
+        r.recipients = vec!["a@example.com".into()];
+        r.reason = Some("250 ok".into());
+        let back: Record = serde_json::from_slice(&r.to_line().unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
 }

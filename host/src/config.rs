@@ -62,6 +62,13 @@ pub struct PluginConfig {
     /// Allowed From addresses or patterns (`*@example.com`).
     #[serde(default)]
     pub allowed_from: Vec<String>,
+    /// Allowed Reply-To addresses or patterns; by default the `allowed_from`
+    /// patterns.
+    pub allowed_reply_to: Option<Vec<String>>,
+    /// Whether a display name may hold an `@` (or a look-alike), which can
+    /// pass for an address: `"ceo@bank.example" <bot@example.com>`.
+    #[serde(default)]
+    pub allow_address_in_display_name: bool,
     /// The From used when the plugin gives none, `Name <addr>`.
     pub default_from: Option<String>,
     /// Allowed recipient patterns, checked on To, Cc and Bcc alike.
@@ -73,6 +80,15 @@ pub struct PluginConfig {
     /// Most messages per run.
     #[serde(default = "defaults::max_messages")]
     pub max_messages: u32,
+    /// Most calls to `send` per run, refused ones included; past it the run
+    /// is stopped. Default: [`defaults::ATTEMPTS_PER_MESSAGE`] × `max_messages`.
+    pub max_attempts: Option<u64>,
+    /// Most attachments per message, checked before any file is opened.
+    #[serde(default = "defaults::max_attachments")]
+    pub max_attachments: usize,
+    /// Largest plugin component file, checked before it is read or compiled.
+    #[serde(default = "defaults::max_component_bytes")]
+    pub max_component_bytes: u64,
     /// Messages per minute (token bucket, burst = one minute's worth).
     pub rate_per_minute: Option<u32>,
     /// Largest message, in octets.
@@ -118,6 +134,22 @@ pub mod defaults {
     pub const MAX_RESOURCES: usize = 1_000;
     /// Output: 1 MiB.
     pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+    /// Attempts per run: this many per allowed message.
+    pub const ATTEMPTS_PER_MESSAGE: u64 = 3;
+    /// Attachments per message.
+    pub const MAX_ATTACHMENTS: usize = 100;
+    /// Component size: 64 MiB (a componentize-py plugin is about 18 MB).
+    pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+    /// The largest `max_message_bytes` a plugin may be given: its messages
+    /// are written ahead whole before delivery.
+    pub const MAX_SPOOLED_MESSAGE_BYTES: u64 = 64 << 20;
+
+    pub(super) fn max_attachments() -> usize {
+        MAX_ATTACHMENTS
+    }
+    pub(super) fn max_component_bytes() -> u64 {
+        MAX_COMPONENT_BYTES
+    }
 
     pub(super) fn max_recipients() -> usize {
         MAX_RECIPIENTS
@@ -153,10 +185,15 @@ impl PluginConfig {
         Self {
             path: None,
             allowed_from: vec!["*".into()],
+            allowed_reply_to: None,
+            allow_address_in_display_name: false,
             default_from: Some("wasmail plugin <plugin@localhost>".into()),
             allowed_recipients: vec!["*".into()],
             max_recipients: defaults::MAX_RECIPIENTS,
             max_messages: defaults::MAX_MESSAGES,
+            max_attempts: None,
+            max_attachments: defaults::MAX_ATTACHMENTS,
+            max_component_bytes: defaults::MAX_COMPONENT_BYTES,
             rate_per_minute: None,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             allowed_headers: vec!["X-Mailer".into()],
@@ -167,6 +204,29 @@ impl PluginConfig {
             max_output_bytes: defaults::MAX_OUTPUT_BYTES,
             folder: None,
         }
+    }
+}
+
+impl PluginConfig {
+    /// The attempt budget of a run.
+    pub fn max_attempts(&self) -> u64 {
+        self.max_attempts.unwrap_or(u64::from(self.max_messages).saturating_mul(defaults::ATTEMPTS_PER_MESSAGE).max(1))
+    }
+
+    /// The Reply-To patterns: `allowed_reply_to`, else `allowed_from`.
+    pub fn allowed_reply_to(&self) -> &[String] {
+        self.allowed_reply_to.as_deref().unwrap_or(&self.allowed_from)
+    }
+
+    /// Check values that parse but cannot work; the error names the key.
+    pub fn validate(&self, name: &str) -> Result<()> {
+        anyhow::ensure!(
+            self.max_message_bytes <= defaults::MAX_SPOOLED_MESSAGE_BYTES,
+            "plugins.{name}.max_message_bytes: {} is over {} (plugin mail is written ahead whole before delivery)",
+            self.max_message_bytes,
+            defaults::MAX_SPOOLED_MESSAGE_BYTES
+        );
+        Ok(())
     }
 }
 
@@ -189,9 +249,10 @@ impl Config {
         c.outbox.as_mut().map(fix);
         c.audit.as_mut().map(fix);
         c.dead_letter.as_mut().map(fix);
-        for p in c.plugins.values_mut() {
+        for (name, p) in &mut c.plugins {
             p.path.as_mut().map(fix);
             p.folder.as_mut().map(fix);
+            p.validate(name).with_context(|| format!("in {}", path.display()))?;
         }
         Ok(c)
     }

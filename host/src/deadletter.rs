@@ -1,7 +1,19 @@
-//! The dead-letter folder: messages the relay did not take (unreachable,
-//! timed out, 4xx) or whose fate is unknown (the connection died after the
-//! final dot, RFC 5321 4.1.1.4), kept as their exact bytes (`.eml`) with their
-//! envelope and the reason (`.json`), for `wasmail retry`.
+//! The dead-letter folder and its write-ahead spool: messages the relay did
+//! not take (unreachable, timed out, 4xx) or whose fate is unknown (the
+//! connection died after the final dot, RFC 5321 4.1.1.4), kept as their
+//! exact bytes (`.eml`) with their envelope and the reason (`.json`), for
+//! `wasmail retry`.
+//!
+//! A plugin's message is written to `pending/` before the first byte goes to
+//! the relay, and leaves it only when its outcome is known: removed when
+//! delivered or refused for good, moved up into the folder otherwise. A
+//! process that dies leaves its messages in `pending/`, where `retry` finds
+//! them as `outcome_unknown`. Files are renamed into place, never fsynced:
+//! this survives the process being killed, not the machine losing power.
+//!
+//! File names are made here (time, process, counter), never taken from a
+//! message: a Message-ID can be long or hostile. The Message-ID is in the
+//! `.json`.
 
 use crate::bindings::transport::{Envelope, Rendered};
 use crate::bindings::types::SendError;
@@ -12,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 /// The default folder, relative to the working directory.
 pub const DEFAULT_DEAD_LETTER: &str = "dead-letter";
+/// The write-ahead spool, inside the folder.
+pub const PENDING: &str = "pending";
 
 /// The envelope, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +51,14 @@ impl Reason {
     fn of(e: &SendError) -> Self {
         Self { kind: report::kind(e).to_owned(), message: report::describe(e), transient: report::is_transient(e) }
     }
+
+    fn pending() -> Self {
+        Self {
+            kind: "outcome-unknown".into(),
+            message: "written ahead; the process delivering it stopped before its outcome was known".into(),
+            transient: true,
+        }
+    }
 }
 
 /// The `.json` beside each `.eml`.
@@ -60,6 +82,10 @@ pub struct Meta {
     /// The plugin that sent it, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// For a message in `pending/`: the process delivering it. While that
+    /// process lives, `retry` leaves the message alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// One kept message.
@@ -121,24 +147,21 @@ impl DeadLetters {
     /// Keep `rendered` with the reason `error`. The `.eml` is written first,
     /// the `.json` last: a letter without its `.json` is never half-read.
     pub fn keep(&self, rendered: &Rendered, error: &SendError, plugin: Option<&str>) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        let eml = outbox::write(&self.dir, &rendered.message_id, &rendered.bytes)?;
-        let now = audit::now_ms();
-        let meta = Meta {
-            message_id: rendered.message_id.clone(),
-            envelope: StoredEnvelope {
-                from: rendered.envelope.from.clone(),
-                recipients: rendered.envelope.recipients.clone(),
-            },
-            reason: Reason::of(error),
-            outcome_unknown: matches!(error, SendError::OutcomeUnknown(_)),
-            attempts: 1,
-            first_failure_ms: now,
-            last_failure_ms: now,
-            plugin: plugin.map(str::to_owned),
-        };
-        write_json(&eml.with_extension("json"), &meta)?;
+        let mut meta = Meta::new(rendered, plugin, None);
+        meta.attempts = 1;
+        meta.reason = Reason::of(error);
+        meta.outcome_unknown = matches!(error, SendError::OutcomeUnknown(_));
+        let (eml, _) = write_letter(&self.dir, rendered, &meta)?;
         Ok(eml)
+    }
+
+    /// Write `rendered` ahead into `pending/` before it is delivered.
+    pub fn write_ahead(&self, rendered: &Rendered, plugin: Option<&str>) -> Result<Pending> {
+        let dir = self.dir.join(PENDING);
+        let meta = Meta::new(rendered, plugin, Some(std::process::id()));
+        let (eml, json) = write_letter(&dir, rendered, &meta)?;
+        let id = eml.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Pending { id, letter: Letter { eml, json, meta }, top: self.dir.clone() })
     }
 
     /// Every complete letter, oldest first.
@@ -149,7 +172,13 @@ impl DeadLetters {
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
         };
         let mut letters = Vec::new();
-        for entry in entries {
+        let pending = self.dir.join(PENDING);
+        let stale = match std::fs::read_dir(&pending) {
+            Ok(e) => e.collect::<Vec<_>>(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(e).with_context(|| format!("reading {}", pending.display())),
+        };
+        for entry in entries.chain(stale) {
             let json = entry?.path();
             if json.extension().is_none_or(|e| e != "json") {
                 continue;
@@ -160,9 +189,166 @@ impl DeadLetters {
             }
             let text = std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?;
             let meta: Meta = serde_json::from_slice(&text).with_context(|| format!("parsing {}", json.display()))?;
+            if meta.pid.is_some_and(process_alive) {
+                continue;
+            }
             letters.push(Letter { eml, json, meta });
         }
         letters.sort_by_key(|l| l.meta.first_failure_ms);
         Ok(letters)
+    }
+}
+
+impl Meta {
+    fn new(rendered: &Rendered, plugin: Option<&str>, pid: Option<u32>) -> Self {
+        let now = audit::now_ms();
+        Self {
+            message_id: rendered.message_id.clone(),
+            envelope: StoredEnvelope {
+                from: rendered.envelope.from.clone(),
+                recipients: rendered.envelope.recipients.clone(),
+            },
+            reason: Reason::pending(),
+            outcome_unknown: true,
+            attempts: 0,
+            first_failure_ms: now,
+            last_failure_ms: now,
+            plugin: plugin.map(str::to_owned),
+            pid,
+        }
+    }
+}
+
+/// True while process `pid` runs (Linux: `/proc/PID` exists).
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// A name for a new file: milliseconds, process, a counter. Bounded, unique
+/// within the machine, and sorted by time.
+pub fn fresh_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!("{:013}-{}-{:06}", audit::now_ms(), std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Write a letter: the `.eml`, then the `.json`, each renamed into place.
+fn write_letter(dir: &Path, rendered: &Rendered, meta: &Meta) -> Result<(PathBuf, PathBuf)> {
+    let eml = outbox::write(dir, &rendered.bytes)?;
+    let json = eml.with_extension("json");
+    write_json(&json, meta)?;
+    Ok((eml, json))
+}
+
+/// A message written ahead, not yet delivered.
+#[derive(Debug)]
+pub struct Pending {
+    /// Its id: the files' common name, also in its audit records.
+    pub id: String,
+    letter: Letter,
+    top: PathBuf,
+}
+
+impl Pending {
+    /// Delivered, or refused for good: nothing to keep.
+    pub fn done(self) -> Result<()> {
+        self.letter.remove()
+    }
+
+    /// Not delivered: keep it in the folder with the reason. Returns the
+    /// `.eml`'s new path.
+    pub fn keep(self, error: &SendError) -> Result<PathBuf> {
+        let mut meta = self.letter.meta.clone();
+        meta.attempts = 1;
+        meta.last_failure_ms = audit::now_ms();
+        meta.reason = Reason::of(error);
+        meta.outcome_unknown = matches!(error, SendError::OutcomeUnknown(_));
+        meta.pid = None;
+        self.settle(&meta)
+    }
+
+    /// The run stopped while it was being delivered: keep it as
+    /// `outcome_unknown`, with `why`.
+    pub fn keep_unknown(self, why: &str) -> Result<PathBuf> {
+        let mut meta = self.letter.meta.clone();
+        meta.attempts = 1;
+        meta.last_failure_ms = audit::now_ms();
+        meta.reason = Reason { kind: "outcome-unknown".into(), message: why.to_owned(), transient: true };
+        meta.outcome_unknown = true;
+        meta.pid = None;
+        self.settle(&meta)
+    }
+
+    fn settle(self, meta: &Meta) -> Result<PathBuf> {
+        write_json(&self.letter.json, meta)?;
+        let name = |p: &Path| p.file_name().map(|n| self.top.join(n)).context("a spool file without a name");
+        let (eml, json) = (name(&self.letter.eml)?, name(&self.letter.json)?);
+        std::fs::rename(&self.letter.eml, &eml).with_context(|| format!("moving {}", self.letter.eml.display()))?;
+        std::fs::rename(&self.letter.json, &json).with_context(|| format!("moving {}", self.letter.json.display()))?;
+        Ok(eml)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::transport::Envelope;
+
+    fn rendered(id: &str) -> Rendered {
+        Rendered {
+            message_id: id.into(),
+            envelope: Envelope { from: "a@example.com".into(), recipients: vec!["b@example.com".into()] },
+            bytes: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+        }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wasmail-dl-{tag}-{}", fresh_name()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_long_message_id_still_gets_a_short_file_name() {
+        let dir = scratch("long");
+        let d = DeadLetters::new(&dir);
+        let id = format!("{}@{}", "x".repeat(60), vec!["d".repeat(60); 4].join("."));
+        let eml = d.keep(&rendered(&id), &SendError::Connect("down".into()), None).unwrap();
+        assert!(eml.file_name().unwrap().len() < 64);
+        assert_eq!(d.list().unwrap()[0].meta.message_id, id);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn write_ahead_then_settle() {
+        let dir = scratch("ahead");
+        let d = DeadLetters::new(&dir);
+        let p = d.write_ahead(&rendered("1@x"), Some("p")).unwrap();
+        assert!(d.list().unwrap().is_empty(), "this process's pending mail is not for retry");
+        p.done().unwrap();
+        let p = d.write_ahead(&rendered("2@x"), Some("p")).unwrap();
+        p.keep(&SendError::Connect("down".into())).unwrap();
+        let p = d.write_ahead(&rendered("3@x"), Some("p")).unwrap();
+        p.keep_unknown("stopped").unwrap();
+        let letters = d.list().unwrap();
+        assert_eq!(letters.len(), 2);
+        assert!(!letters[0].meta.outcome_unknown && letters[1].meta.outcome_unknown);
+        assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_dead_process_leaves_its_pending_mail_for_retry() {
+        let dir = scratch("dead");
+        let d = DeadLetters::new(&dir);
+        let p = d.write_ahead(&rendered("4@x"), None).unwrap();
+        let mut meta = p.letter.meta.clone();
+        meta.pid = Some(u32::MAX);
+        write_json(&p.letter.json, &meta).unwrap();
+        let letters = d.list().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].meta.outcome_unknown);
+        letters[0].remove().unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

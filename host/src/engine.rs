@@ -56,7 +56,8 @@ pub fn engine() -> Result<Engine> {
 }
 
 /// Where compiled components are cached: `$WASMAIL_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/wasmail`, else `~/.cache/wasmail`.
+/// `$XDG_CACHE_HOME/wasmail`, else `~/.cache/wasmail`, else a per-user
+/// `wasmail-cache-<uid>` in the temp folder.
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("WASMAIL_CACHE_DIR") {
         return PathBuf::from(d);
@@ -66,8 +67,39 @@ pub fn cache_dir() -> PathBuf {
     }
     match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".cache").join("wasmail"),
-        None => std::env::temp_dir().join("wasmail-cache"),
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        None => std::env::temp_dir().join(format!("wasmail-cache-{}", unsafe { libc::geteuid() })),
     }
+}
+
+/// Why a cache folder or file may not be trusted: compiled code from it is
+/// run as is, so only this user may be able to write it.
+fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    anyhow::ensure!(meta.uid() == me, "{} belongs to uid {}, not to this user ({me})", path.display(), meta.uid());
+    anyhow::ensure!(
+        meta.mode() & 0o022 == 0,
+        "{} can be written by others (mode {:o})",
+        path.display(),
+        meta.mode() & 0o7777
+    );
+    Ok(())
+}
+
+/// The cache folder, created private (0700) if missing, and refused if
+/// another user owns it or others can write to it.
+fn private_cache_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = cache_dir();
+    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+        return Err(e).with_context(|| format!("creating {}", dir.display()));
+    }
+    let meta = std::fs::symlink_metadata(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{} is not a folder", dir.display());
+    check_private(&dir, &meta)?;
+    Ok(dir)
 }
 
 /// Whether a component came from the cache or was compiled now.
@@ -84,32 +116,54 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Load a component from `bytes`, using the compiled-code cache.
-pub fn load_component(engine: &Engine, bytes: &[u8], label: &str) -> Result<(Component, CacheOutcome)> {
+/// The cache file name for `bytes` under `engine`: the component's SHA-256
+/// and the engine's compatibility hash (its version and every setting that
+/// changes compiled code), so an artifact is only ever used for the exact
+/// bytes and configuration it was made from.
+pub fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-    let key = format!("{}-{:016x}.cwasm", sha256_hex(bytes), h.finish());
-    let dir = cache_dir();
-    let path = dir.join(&key);
-    if path.exists() {
-        // SAFETY: the file was written by `Component::serialize` of an engine
-        // with the same compatibility hash (it is in the file name), into a
-        // cache directory owned by this user. A corrupt or foreign file is
-        // rejected by wasmtime's header checks and we fall back to compiling.
-        match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(c) => return Ok((c, CacheOutcome::Hit)),
-            Err(e) => tracing::warn!("ignoring cached {label} at {}: {e:#}", path.display()),
+    format!("{}-{:016x}.cwasm", sha256_hex(bytes), h.finish())
+}
+
+/// Load a component from `bytes`, using the compiled-code cache when its
+/// folder is private to this user.
+pub fn load_component(engine: &Engine, bytes: &[u8], label: &str) -> Result<(Component, CacheOutcome)> {
+    let dir = match private_cache_dir() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!("not using the compile cache: {e:#}");
+            None
+        }
+    };
+    let path = dir.as_ref().map(|d| d.join(cache_key(engine, bytes)));
+    if let Some(path) = &path
+        && let Ok(meta) = std::fs::symlink_metadata(path)
+    {
+        match check_private(path, &meta) {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash (it is in the file
+            // name), for these exact bytes (their SHA-256 is too), in a
+            // folder and file only this user can write. A corrupt file is
+            // rejected by wasmtime's header checks and we compile instead.
+            Ok(()) if meta.is_file() => match unsafe { Component::deserialize_file(engine, path) } {
+                Ok(c) => return Ok((c, CacheOutcome::Hit)),
+                Err(e) => tracing::warn!("ignoring cached {label} at {}: {e:#}", path.display()),
+            },
+            Ok(()) => tracing::warn!("ignoring cached {label} at {}: not a regular file", path.display()),
+            Err(e) => tracing::warn!("ignoring cached {label}: {e:#}"),
         }
     }
     let component = Component::new(engine, bytes).anyhow().with_context(|| format!("compiling {label}"))?;
-    if let Err(e) = store(&dir, &path, &component) {
+    if let Some(path) = &path
+        && let Err(e) = store(path, &component)
+    {
         tracing::warn!("could not cache compiled {label}: {e:#}");
     }
     Ok((component, CacheOutcome::Compiled))
 }
 
-fn store(dir: &Path, path: &Path, component: &Component) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+fn store(path: &Path, component: &Component) -> Result<()> {
     let bytes = component.serialize().anyhow()?;
     // Write then rename, so a concurrent reader never sees half a file.
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
@@ -132,4 +186,23 @@ pub fn start_epoch_ticker(engine: &Engine) {
             }
         })
         .ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_cache_folder_others_can_write_is_refused() {
+        let dir = std::env::temp_dir().join(format!("wasmail-cache-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert!(check_private(&dir, &meta).unwrap_err().to_string().contains("written by others"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let meta = std::fs::metadata(&dir).unwrap();
+        assert!(check_private(&dir, &meta).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -23,8 +23,10 @@ pub mod relay;
 pub mod report;
 pub mod retry;
 pub mod run;
+pub mod sandbox;
 pub mod send;
 pub mod sender;
+pub mod text;
 pub mod tls;
 pub mod transcript;
 

@@ -28,9 +28,11 @@ pub const MAILER_WASM: &[u8] = include_bytes!(env!("WASMAIL_MAILER_WASM"));
 /// Memory the mailer may use. Attachments stream, so this does not grow
 /// with message size.
 pub const MAILER_MEMORY_BYTES: usize = 256 << 20;
-/// Epoch ticks the mailer may run between yields: effectively unlimited
-/// (the mailer is ours; its deadlines are SMTP timeouts).
-const MAILER_EPOCH_TICKS: u64 = 1 << 40;
+/// Epoch ticks the mailer runs between yields to the async runtime. It is
+/// never stopped for CPU (it is ours; its deadlines are SMTP timeouts), but
+/// it yields every tick, so the `wall_ms` of the plugin run it works for can
+/// stop it in the middle of assembling a large message.
+const MAILER_YIELD_TICKS: u64 = 1;
 
 /// The mailer's store data.
 pub struct MailerState {
@@ -152,7 +154,7 @@ impl Mailer {
         };
         let mut store = Store::new(factory.pre.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(MAILER_EPOCH_TICKS);
+        store.epoch_deadline_async_yield_and_update(MAILER_YIELD_TICKS);
         let bindings = factory.pre.instantiate_async(&mut store).await.anyhow().context("instantiating the mailer")?;
         Ok(Self { store, bindings })
     }

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use wasmail::report::exit;
 use wasmail::{Runtime, plugin, retry, run, send};
 
+/// How long the process waits at exit for blocking threads to finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 #[derive(Parser)]
 #[command(name = "wasmail", version, about = "Let untrusted code send email, safely")]
 struct Cli {
@@ -73,5 +76,8 @@ fn main() -> ExitCode {
             },
         }
     });
+    // A blocking thread can be stuck in the kernel (a plugin opening a FIFO
+    // in its grant, say) after a limit stopped its run: do not wait for it.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
     ExitCode::from(code)
 }

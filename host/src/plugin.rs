@@ -4,16 +4,17 @@
 //! session (RFC 5321). Each plugin gets its own store, separate from the
 //! mailer's.
 
-use crate::audit::{AuditLog, Record};
+use crate::audit::AuditLog;
 use crate::blobs::BlobAccess;
 use crate::config::{Config, PluginConfig};
 use crate::credentials::Secret;
 use crate::engine::{self, AnyhowExt, CacheOutcome};
 use crate::mailer::{Mailer, MailerGrant};
-use crate::output::{LineSink, PrefixedOutput};
+use crate::output::{LineSink, PluginOutput, Stream};
 use crate::policy::Policy;
 use crate::report::exit;
-use crate::sender::{self, Delivery, Forwarder};
+use crate::sandbox::{PluginLimiter, Stop};
+use crate::sender::{self, Counts, Delivery, Forwarder};
 use crate::transcript::Sink;
 use crate::{Runtime, tls};
 use anyhow::{Context, Result, bail};
@@ -21,15 +22,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasData, InstancePre, Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// The folder a plugin's grant is mounted at, read-only.
 pub const GRANT_MOUNT: &str = "/data";
-/// Most instances, tables and memories one plugin store may create.
-pub const MAX_INSTANCES: usize = 16;
-/// Most table elements (function references) one plugin table may hold.
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+pub use crate::sandbox::{MAX_INSTANCES, MAX_TABLE_ELEMENTS};
 
 /// Interfaces a plugin may import. Everything else (wasi:sockets, wasi:tls,
 /// wasi:http, the mailer's own interfaces, ...) is refused before it runs.
@@ -79,9 +77,10 @@ pub fn import_allowed(name: &str) -> bool {
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: PluginLimiter,
     forwarder: Forwarder,
     cpu_ticks: u64,
+    cpu_stop: Option<Stop>,
 }
 
 impl WasiView for PluginState {
@@ -148,8 +147,10 @@ pub struct RunReport {
     pub output: Option<Result<String, String>>,
     /// Why the run was stopped (a limit, a trap, a host failure).
     pub stopped: Option<String>,
-    /// Every send attempt of the run, in order.
-    pub records: Vec<Record>,
+    /// The limit that stopped it, when it was one of the host's.
+    pub stop: Option<Stop>,
+    /// What the run's sends came to; each record is in the audit log.
+    pub counts: Counts,
 }
 
 impl RunReport {
@@ -215,8 +216,9 @@ impl<'a> PluginHost<'a> {
 
     /// Read, check, compile (or load from the cache) and link a plugin.
     pub fn load(&self, path: &Path, name: Option<&str>) -> Result<Plugin> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading plugin {}", path.display()))?;
         let name = name.map_or_else(|| Self::name_for(path), str::to_owned);
+        let max = self.policy_for(&name)?.max_component_bytes;
+        let bytes = read_bounded(path, max)?;
         let (component, cache) = engine::load_component(&self.rt.engine, &bytes, &format!("plugin {name}"))?;
         check_component(&self.rt.engine, &component)?;
         let pre = self.linker.instantiate_pre(&component).anyhow().with_context(|| format!("linking plugin {name}"))?;
@@ -234,7 +236,10 @@ impl<'a> PluginHost<'a> {
     }
 
     async fn mailer_for(&self, cfg: &PluginConfig) -> Result<(Mailer, Delivery)> {
-        let blobs = cfg.folder.clone().map_or(BlobAccess::Deny, BlobAccess::Folder);
+        let blobs = match &cfg.folder {
+            None => BlobAccess::Deny,
+            Some(f) => BlobAccess::folder(f).with_context(|| format!("opening the granted folder {}", f.display()))?,
+        };
         let Some(r) = &self.config.relay else {
             let grant = MailerGrant {
                 relay_addrs: vec![],
@@ -268,13 +273,12 @@ impl<'a> PluginHost<'a> {
 
     /// A fresh store for one run of `plugin`: its mailer (one SMTP session
     /// for the run), WASI context, limits and CPU meter.
-    async fn store_for(&self, plugin: &Plugin, cfg: &PluginConfig) -> Result<(Store<PluginState>, [PrefixedOutput; 2])> {
+    async fn store_for(&self, plugin: &Plugin, cfg: &PluginConfig) -> Result<(Store<PluginState>, PluginOutput)> {
         let (mailer, delivery) = self.mailer_for(cfg).await?;
         let sink = self.options.output.clone().unwrap_or_else(stderr_lines);
-        let stdout = PrefixedOutput::new(&plugin.name, "stdout", cfg.max_output_bytes, sink.clone());
-        let stderr = PrefixedOutput::new(&plugin.name, "stderr", cfg.max_output_bytes, sink);
+        let output = PluginOutput::new(&plugin.name, cfg.max_output_bytes, sink);
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        wasi.stdout(output.stream(Stream::Stdout)).stderr(output.stream(Stream::Stderr)).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         if let Some(folder) = &cfg.folder {
             wasi.preopened_dir(folder, GRANT_MOUNT, FsPerms::ReadOnly)
                 .anyhow()
@@ -282,15 +286,7 @@ impl<'a> PluginHost<'a> {
         }
         let mut table = ResourceTable::new();
         table.set_max_capacity(cfg.max_resources);
-        let memory = usize::try_from(cfg.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(memory)
-            .table_elements(MAX_TABLE_ELEMENTS)
-            .instances(MAX_INSTANCES)
-            .tables(MAX_INSTANCES)
-            .memories(MAX_INSTANCES)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = PluginLimiter::new(cfg.memory_mib);
         let forwarder = Forwarder {
             plugin: plugin.name.clone(),
             sha256: plugin.sha256.clone(),
@@ -301,9 +297,11 @@ impl<'a> PluginHost<'a> {
             dead_letters: crate::deadletter::DeadLetters::new(
                 self.config.dead_letter.clone().unwrap_or_else(|| PathBuf::from(crate::deadletter::DEFAULT_DEAD_LETTER)),
             ),
-            records: vec![],
+            counts: Counts::default(),
+            in_flight: None,
+            stop: None,
         };
-        let state = PluginState { wasi: wasi.build(), table, limits, forwarder, cpu_ticks: 0 };
+        let state = PluginState { wasi: wasi.build(), table, limits, forwarder, cpu_ticks: 0, cpu_stop: None };
         let mut store = Store::new(&self.rt.engine, state);
         store.limiter(|s| &mut s.limits);
         let cpu_limit = (cfg.cpu_ms / engine::EPOCH_TICK.as_millis().max(1) as u64).max(1);
@@ -313,11 +311,14 @@ impl<'a> PluginHost<'a> {
             let s = ctx.data_mut();
             s.cpu_ticks += 1;
             if s.cpu_ticks > cpu_limit {
-                return Err(wasmtime::Error::msg(format!("cpu_ms: the plugin used more than {cpu_ms} ms of CPU")));
+                let stop = Stop::Cpu { ms: cpu_ms };
+                let e = wasmtime::Error::msg(stop.to_string());
+                s.cpu_stop = Some(stop);
+                return Err(e);
             }
             Ok(UpdateDeadline::Yield(1))
         });
-        Ok((store, [stdout, stderr]))
+        Ok((store, output))
     }
 
     /// Instantiate a fresh plugin+mailer pair without running it (what
@@ -334,7 +335,7 @@ impl<'a> PluginHost<'a> {
     /// starts are errors; everything after is in the report.
     pub async fn run(&self, plugin: &Plugin, input: &str) -> Result<RunReport> {
         let cfg = self.policy_for(&plugin.name)?;
-        let (mut store, [stdout, stderr]) = self.store_for(plugin, &cfg).await?;
+        let (mut store, output) = self.store_for(plugin, &cfg).await?;
         let wall = Duration::from_millis(cfg.wall_ms);
         let outcome = tokio::time::timeout(wall, async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
@@ -343,20 +344,54 @@ impl<'a> PluginHost<'a> {
             wasmtime::Result::Ok(out)
         })
         .await;
-        stdout.finish();
-        stderr.finish();
-        let (output, stopped) = match outcome {
-            Ok(Ok(out)) => (Some(out), None),
-            Ok(Err(e)) => (None, Some(explain(&e, &cfg))),
-            Err(_) => (None, Some(format!("wall_ms: the run took longer than {} ms", cfg.wall_ms))),
+        output.finish();
+        let state = store.data_mut();
+        let (returned, stop, stopped) = match outcome {
+            Ok(Ok(out)) => (Some(out), None, None),
+            Ok(Err(e)) => {
+                let stop = state.forwarder.stop.take().or_else(|| state.limits.hit.take()).or_else(|| state.cpu_stop.take());
+                let why = stop.as_ref().map_or_else(|| explain(&e, &cfg), ToString::to_string);
+                (None, stop, Some(why))
+            }
+            Err(_) => {
+                let stop = Stop::Wall { ms: cfg.wall_ms };
+                (None, Some(stop.clone()), Some(stop.to_string()))
+            }
         };
-        let forwarder = &mut store.data_mut().forwarder;
-        if let Err(e) = forwarder.mailer.close().await {
+        let forwarder = &mut state.forwarder;
+        // A mailer stopped in the middle of a call, or one that failed, is
+        // dropped, not called again: its connection closes with the store.
+        let mailer_busy = forwarder.in_flight.is_some() || matches!(stop, Some(Stop::Mailer(_)));
+        if let Some(why) = &stopped
+            && let Err(e) = forwarder.abandon(why)
+        {
+            tracing::error!("recording the message in flight when the run stopped: {e:#}");
+        }
+        if !mailer_busy && let Err(e) = forwarder.mailer.close().await {
             tracing::warn!("closing the mailer session: {e:#}");
         }
-        let records = std::mem::take(&mut forwarder.records);
-        Ok(RunReport { plugin: plugin.name.clone(), output, stopped, records })
+        let counts = forwarder.counts;
+        let output = returned.map(|r| r.map(|s| output.clip(&s)).map_err(|e| output.clip(&e)));
+        Ok(RunReport { plugin: plugin.name.clone(), output, stopped, stop, counts })
     }
+}
+
+/// Read a component file of at most `max` bytes: the size is checked before
+/// anything is read, and the read stops at the limit whatever the file does.
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("reading plugin {}", path.display()))?;
+    let too_big = || Refused(format!("{} is larger than max_component_bytes ({max} bytes)", path.display()));
+    let len = file.metadata().with_context(|| format!("reading plugin {}", path.display()))?.len();
+    if len > max {
+        bail!(too_big());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes).with_context(|| format!("reading plugin {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        bail!(too_big());
+    }
+    Ok(bytes)
 }
 
 /// Check what a component imports and exports before anything runs.
@@ -391,12 +426,6 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
         && addr >= 0xF000_0000 {
             return "stack: the plugin overflowed its stack (unbounded recursion?)".into();
         }
-    if text.contains("cpu_ms:") {
-        return format!("cpu_ms: the plugin used more than {} ms of CPU", cfg.cpu_ms);
-    }
-    if text.contains("growing memory") || text.contains("memory minimum size") || text.contains("exceeds memory limits") {
-        return format!("memory_mib: the plugin tried to grow its memory past {} MiB", cfg.memory_mib);
-    }
     if text.contains("resource table has no free keys") || text.contains("table is full") || text.contains("Full") {
         return format!("max_resources: the plugin holds more than {} resources", cfg.max_resources);
     }

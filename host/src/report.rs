@@ -149,19 +149,7 @@ pub fn other_error_json(kind: &str, message: &str) -> Value {
     json!({ "error": { "kind": kind, "message": message, "transient": false } })
 }
 
-/// `s` safe for a terminal: control characters other than tab (ESC, BEL,
-/// C1, ...) that a server or a plugin sent are shown as `\u{..}` escapes,
-/// so they can neither rewrite the operator's screen nor fake output lines.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(|c| c.is_control() && c != '\t' && c != '\n') {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    std::borrow::Cow::Owned(
-        s.chars()
-            .map(|c| if c.is_control() && c != '\t' && c != '\n' { c.escape_unicode().to_string() } else { c.to_string() })
-            .collect(),
-    )
-}
+pub use crate::text::printable;
 
 /// A receipt as JSON.
 pub fn receipt_json(r: &Receipt) -> Value {
@@ -209,16 +197,4 @@ pub fn say(message: impl std::fmt::Display) {
     use std::io::Write;
     let text = message.to_string();
     let _ = writeln!(std::io::stderr().lock(), "wasmail: {}", printable(&text));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_terminal_controls() {
-        assert_eq!(printable("250 ok"), "250 ok");
-        assert_eq!(printable("bad \u{1b}]0;pwned\u{7}\u{9b}2J"), "bad \\u{1b}]0;pwned\\u{7}\\u{9b}2J");
-        assert_eq!(printable("a\tb\nc"), "a\tb\nc");
-    }
 }

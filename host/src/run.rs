@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::plugin::{HostOptions, PluginHost, Refused};
 use crate::report::{self, CliError, exit};
-use crate::{Runtime, transcript};
+use crate::{Runtime, text, transcript};
 use std::path::PathBuf;
 
 /// The flags of `wasmail run`.
@@ -76,7 +76,7 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
         Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
         Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
     };
-    let accepted = ran.records.iter().filter(|r| r.outcome == crate::audit::Outcome::Accepted).count();
+    let accepted = ran.counts.accepted;
     if a.json {
         let value = serde_json::json!({
             "plugin": ran.plugin,
@@ -85,18 +85,39 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
             "plugin_error": ran.output.as_ref().and_then(|o| o.as_ref().err()),
             "stopped": ran.stopped,
             "accepted": accepted,
-            "sends": ran.records,
+            "counts": ran.counts,
+            "audit": host.audit().path(),
         });
         println!("{value}");
     } else {
+        let prefix = format!("[{}] ", text::printable(&ran.plugin));
         match (&ran.output, &ran.stopped) {
             (_, Some(why)) => report::say(format_args!("plugin {} stopped: {why}", ran.plugin)),
-            (Some(Ok(out)), None) => println!("{}", report::printable(out)),
-            (Some(Err(e)), None) => report::say(format_args!("plugin {} failed: {e}", ran.plugin)),
+            (Some(Ok(out)), None) => {
+                for line in text::prefixed_lines(&prefix, out) {
+                    println!("{line}");
+                }
+            }
+            (Some(Err(e)), None) => {
+                report::say(format_args!("plugin {} failed; its error:", ran.plugin));
+                for line in text::prefixed_lines(&prefix, e) {
+                    eprintln!("{line}");
+                }
+            }
             (None, None) => {}
         }
-        if ran.stopped.is_some() || accepted > 0 {
-            report::say(format_args!("{accepted} message(s) accepted in this run (see {})", host.audit().path().display()));
+        let c = ran.counts;
+        if ran.stopped.is_some() || c.attempts > 0 {
+            report::say(format_args!(
+                "{} message(s) accepted, {} denied, {} rejected, {} failed ({} kept for retry) in {} attempt(s) (see {})",
+                c.accepted,
+                c.denied,
+                c.rejected,
+                c.errors,
+                c.kept,
+                c.attempts,
+                host.audit().path().display()
+            ));
         }
     }
     ran.exit_code()

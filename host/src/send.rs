@@ -195,10 +195,10 @@ fn print_receipt(json: bool, r: &Receipt) {
         println!("{}", report::receipt_json(r));
         return;
     }
-    let text = report::printable(&r.reply.text);
+    let text = report::printable(&r.reply.text.replace('\n', " / ")).into_owned();
     println!("sent <{}> to {} recipient(s): {} {text}", r.message_id, r.accepted.len(), r.reply.code);
     for f in &r.rejected {
-        println!("rejected {}: {} {}", f.address, f.reply.code, report::printable(&f.reply.text));
+        println!("rejected {}: {} {}", f.address, f.reply.code, report::printable(&f.reply.text.replace('\n', " / ")));
     }
 }
 
@@ -268,7 +268,7 @@ async fn to_outbox(rt: &Runtime, a: &SendArgs, msg: &Message, blobs: BlobAccess)
         Ok(r) => r,
         Err(e) => return Ok(print_send_error(a.json, &e)),
     };
-    let path = outbox::write(&a.outbox, &rendered.message_id, &rendered.bytes)
+    let path = outbox::write(&a.outbox, &rendered.bytes)
         .map_err(|e| early(exit::CONFIG, "io", format!("{e:#}")))?;
     if a.json {
         println!(

@@ -1,13 +1,17 @@
 //! `wasmail:mail/sender` as a plugin sees it: the host's implementation of
-//! `send`, which checks the plugin's policy, hands the message to the run's
-//! mailer (SMTP, RFC 5321) or renders it into the outbox, writes an audit
-//! record, and copies the receipt or error back into the plugin's store.
+//! `send`. Each call is an attempt against the run's budget; a message that
+//! passes the policy is assembled by the run's mailer, written ahead to the
+//! spool with an `attempt` audit record, delivered over SMTP (RFC 5321) or
+//! written to the outbox, and its outcome recorded: nothing a plugin handed
+//! over is lost or unaudited, whatever stops the run.
 
-use crate::audit::{self, AuditLog, Outcome, Record};
+use crate::audit::{AuditLog, Outcome, Record};
+use crate::bindings::transport::Rendered;
 use crate::bindings::types::{Message, Receipt, Reply, SendError};
-use crate::deadletter::DeadLetters;
+use crate::deadletter::{DeadLetters, Pending};
 use crate::mailer::Mailer;
-use crate::policy::{Approved, Policy};
+use crate::policy::{Approved, Policy, Refusal};
+use crate::sandbox::Stop;
 use crate::{outbox, report};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -27,6 +31,32 @@ pub enum Delivery {
     Outbox(PathBuf),
 }
 
+/// What the run counted; the records themselves are in the audit log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Calls to `send`.
+    pub attempts: u64,
+    /// Messages the relay (or the outbox) took.
+    pub accepted: u64,
+    /// Messages the policy refused.
+    pub denied: u64,
+    /// Messages the relay refused.
+    pub rejected: u64,
+    /// Messages that failed otherwise (invalid, network, TLS, timeout).
+    pub errors: u64,
+    /// Messages kept in the dead-letter folder for `wasmail retry`.
+    pub kept: u64,
+}
+
+/// A send the run was in the middle of, for when a limit stops it there.
+#[derive(Debug)]
+pub enum InFlight {
+    /// The mailer was assembling it; nothing was written or sent yet.
+    Assembling(Approved),
+    /// It is in the spool and was being delivered.
+    Delivering(Approved, Pending, String),
+}
+
 /// Everything `send` needs during one run.
 pub struct Forwarder {
     /// The plugin's name, for the audit log.
@@ -41,112 +71,231 @@ pub struct Forwarder {
     pub mailer: Mailer,
     /// The audit log.
     pub audit: AuditLog,
-    /// Where undelivered messages are kept.
+    /// Where undelivered messages are kept, and the write-ahead spool.
     pub dead_letters: DeadLetters,
-    /// Every record of this run, in order.
-    pub records: Vec<Record>,
+    /// What the run counted.
+    pub counts: Counts,
+    /// The send in progress, if any.
+    pub in_flight: Option<InFlight>,
+    /// Why the host stopped the run from inside `send`, if it did.
+    pub stop: Option<Stop>,
+}
+
+fn base(approved: Option<&Approved>, outcome: Outcome, reason: Option<String>) -> Record {
+    let mut r = Record::new(outcome);
+    if let Some(a) = approved {
+        r.from = Some(a.from.clone());
+        r.recipients = a.recipients.clone();
+    }
+    r.reason = reason;
+    r
+}
+
+fn outcome_of(e: &SendError) -> Outcome {
+    match e {
+        SendError::Rejected(_) => Outcome::Rejected,
+        SendError::PolicyDenied(_) => Outcome::Denied,
+        _ => Outcome::Error,
+    }
 }
 
 impl Forwarder {
     fn record(&mut self, mut r: Record) -> Result<()> {
-        r.plugin = self.plugin.clone();
-        r.sha256 = self.sha256.clone();
-        self.audit.append(&r)?;
-        self.records.push(r);
-        Ok(())
-    }
-
-    fn base(approved: Option<&Approved>, outcome: Outcome, reason: Option<String>) -> Record {
-        Record {
-            time_ms: audit::now_ms(),
-            plugin: String::new(),
-            sha256: String::new(),
-            from: approved.map(|a| a.from.clone()),
-            recipients: approved.map(|a| a.recipients.clone()).unwrap_or_default(),
-            rejected: vec![],
-            size: None,
-            message_id: None,
-            outcome,
-            reason,
-            outbox: None,
-            dead_letter: None,
+        match r.outcome {
+            Outcome::Attempt => {}
+            Outcome::Accepted => self.counts.accepted += 1,
+            Outcome::Denied => self.counts.denied += 1,
+            Outcome::Rejected => self.counts.rejected += 1,
+            Outcome::Error => self.counts.errors += 1,
         }
+        if r.dead_letter.is_some() {
+            self.counts.kept += 1;
+        }
+        r.plugin.clone_from(&self.plugin);
+        r.sha256.clone_from(&self.sha256);
+        self.audit.append(&r).map_err(|e| self.stop(Stop::Host(format!("the audit log could not be written: {e:#}"))))
     }
 
-    /// The host side of `sender.send`. Errors are host failures (they trap
-    /// the plugin); refusals are `send-error`s.
+    /// Stop the run from inside `send`: remember why (typed), and return the
+    /// error that traps the plugin.
+    fn stop(&mut self, stop: Stop) -> anyhow::Error {
+        let e = anyhow::anyhow!("{stop}");
+        self.stop = Some(stop);
+        e
+    }
+
+    /// The host side of `sender.send`. `Err` stops the run (a trap);
+    /// refusals are `send-error`s.
     pub async fn send(&mut self, mut msg: Message) -> Result<Result<Receipt, SendError>> {
+        self.counts.attempts += 1;
+        match self.policy.attempt() {
+            Ok(Ok(())) => {}
+            Ok(Err(denied)) => {
+                self.record(base(None, Outcome::Denied, Some(format!("policy-denied: {denied}"))))?;
+                return Ok(Err(SendError::PolicyDenied(denied.to_string())));
+            }
+            Err(exhausted) => {
+                self.record(base(None, Outcome::Denied, Some(format!("stopped: {exhausted}"))))?;
+                return Err(self.stop(Stop::Budget(exhausted)));
+            }
+        }
         let approved = match self.policy.check(&mut msg) {
             Ok(a) => a,
-            Err(Ok(denied)) => {
-                let mut r = Self::base(None, Outcome::Denied, Some(format!("policy-denied: {}", denied.0)));
+            Err(Refusal::Denied(denied)) => {
+                let mut r = base(None, Outcome::Denied, Some(format!("policy-denied: {denied}")));
                 r.from = msg.from.as_ref().map(|m| m.address.clone());
-                r.recipients = msg.to.iter().chain(&msg.cc).chain(&msg.bcc).map(|m| m.address.clone()).collect();
                 self.record(r)?;
-                return Ok(Err(SendError::PolicyDenied(denied.0)));
+                return Ok(Err(SendError::PolicyDenied(denied.to_string())));
             }
-            Err(Err(invalid)) => {
-                self.record(Self::base(None, Outcome::Error, Some(format!("invalid-message: {invalid}"))))?;
+            Err(Refusal::Invalid(invalid)) => {
+                self.record(base(None, Outcome::Error, Some(format!("invalid-message: {invalid}"))))?;
                 return Ok(Err(SendError::InvalidMessage(invalid)));
             }
         };
-        let mut kept_at = None;
-        let result = match &self.delivery {
-            Delivery::Relay => match self.mailer.deliver(&msg).await? {
-                Ok(receipt) => Ok(receipt),
-                Err(undelivered) => {
-                    if let Some(kept) = &undelivered.kept {
-                        kept_at = Some(self.dead_letters.keep(kept, &undelivered.error, Some(&self.plugin))?);
-                    }
-                    Err(undelivered.error)
-                }
-            },
-            Delivery::Outbox(dir) => {
-                let dir = dir.clone();
-                match self.mailer.render(&msg).await? {
-                    Ok(rendered) => {
-                        let path = outbox::write(&dir, &rendered.message_id, &rendered.bytes)?;
-                        let mut r = Self::base(Some(&approved), Outcome::Accepted, None);
-                        r.size = Some(rendered.bytes.len() as u64);
-                        r.message_id = Some(rendered.message_id.clone());
-                        r.outbox = Some(path.display().to_string());
-                        self.record(r)?;
-                        return Ok(Ok(Receipt {
-                            message_id: rendered.message_id,
-                            accepted: rendered.envelope.recipients,
-                            rejected: vec![],
-                            size: rendered.bytes.len() as u64,
-                            reply: Reply { code: 250, enhanced: None, text: format!("written to {}", path.display()) },
-                        }));
-                    }
-                    Err(e) => Err(e),
-                }
+        self.in_flight = Some(InFlight::Assembling(approved.clone()));
+        let rendered = match self.mailer.render(&msg).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.in_flight = None;
+                let why = format!("{e:#}");
+                self.record(base(Some(&approved), Outcome::Error, Some(format!("mailer: {why}"))))?;
+                return Err(self.stop(Stop::Mailer(why)));
             }
         };
-        let record = match &result {
+        self.in_flight = None;
+        let rendered = match rendered {
+            Ok(r) => r,
+            Err(e) => {
+                self.record(base(Some(&approved), outcome_of(&e), Some(format!("{}: {}", report::kind(&e), report::describe(&e)))))?;
+                return Ok(Err(e));
+            }
+        };
+        match self.delivery.clone() {
+            Delivery::Outbox(dir) => self.to_outbox(&dir, approved, rendered),
+            Delivery::Relay => self.to_relay(approved, rendered).await,
+        }
+    }
+
+    fn to_outbox(&mut self, dir: &std::path::Path, approved: Approved, rendered: Rendered) -> Result<Result<Receipt, SendError>> {
+        let path = match outbox::write(dir, &rendered.bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("{e:#}");
+                let mut r = base(Some(&approved), Outcome::Error, Some(format!("outbox: {why}")));
+                r.message_id = Some(rendered.message_id);
+                self.record(r)?;
+                return Err(self.stop(Stop::Host(format!("the outbox could not keep a message: {why}"))));
+            }
+        };
+        let mut r = base(Some(&approved), Outcome::Accepted, None);
+        r.size = Some(rendered.bytes.len() as u64);
+        r.message_id = Some(rendered.message_id.clone());
+        r.outbox = Some(path.display().to_string());
+        self.record(r)?;
+        Ok(Ok(Receipt {
+            message_id: rendered.message_id,
+            accepted: rendered.envelope.recipients,
+            rejected: vec![],
+            size: rendered.bytes.len() as u64,
+            reply: Reply { code: 250, enhanced: None, text: format!("written to {}", path.display()) },
+        }))
+    }
+
+    async fn to_relay(&mut self, approved: Approved, rendered: Rendered) -> Result<Result<Receipt, SendError>> {
+        let pending = match self.dead_letters.write_ahead(&rendered, Some(&self.plugin)) {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("{e:#}");
+                let mut r = base(Some(&approved), Outcome::Error, Some(format!("spool: {why}; not sent")));
+                r.message_id = Some(rendered.message_id);
+                self.record(r)?;
+                return Err(self.stop(Stop::Host(format!("the spool could not keep a message: {why}"))));
+            }
+        };
+        let mut attempt = base(Some(&approved), Outcome::Attempt, None);
+        attempt.id = Some(pending.id.clone());
+        attempt.message_id = Some(rendered.message_id.clone());
+        attempt.size = Some(rendered.bytes.len() as u64);
+        self.record(attempt)?;
+        let id = pending.id.clone();
+        self.in_flight = Some(InFlight::Delivering(approved, pending, rendered.message_id.clone()));
+        let result = self.mailer.submit(&rendered.envelope, &rendered.bytes).await;
+        let Some(InFlight::Delivering(approved, pending, message_id)) = self.in_flight.take() else {
+            anyhow::bail!("the send in flight went missing");
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("{e:#}");
+                self.settle_unknown(approved, pending, message_id, &format!("the mailer failed during delivery: {why}"))?;
+                return Err(self.stop(Stop::Mailer(why)));
+            }
+        };
+        let mut r = match &result {
             Ok(receipt) => {
-                let mut r = Self::base(Some(&approved), Outcome::Accepted, Some(format!("{} {}", receipt.reply.code, receipt.reply.text)));
+                let mut r = base(Some(&approved), Outcome::Accepted, Some(format!("{} {}", receipt.reply.code, receipt.reply.text)));
                 r.size = Some(receipt.size);
-                r.message_id = Some(receipt.message_id.clone());
                 r.rejected = receipt.rejected.iter().map(|f| f.address.clone()).collect();
+                if let Err(e) = pending.done() {
+                    // Delivered; only the spool copy lingers, where `retry`
+                    // sees it as outcome unknown (`--force` only).
+                    tracing::error!("removing the spool copy of a delivered message: {e:#}");
+                }
                 r
             }
             Err(e) => {
-                let outcome = match e {
-                    SendError::Rejected(_) => Outcome::Rejected,
-                    SendError::PolicyDenied(_) => Outcome::Denied,
-                    _ => Outcome::Error,
-                };
-                let mut r = Self::base(Some(&approved), outcome, Some(format!("{}: {}", report::kind(e), report::describe(e))));
+                let mut r = base(Some(&approved), outcome_of(e), Some(format!("{}: {}", report::kind(e), report::describe(e))));
                 if let SendError::Rejected(rej) = e {
                     r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
                 }
-                r.dead_letter = kept_at.map(|p| p.display().to_string());
+                let kept = if report::is_transient(e) || matches!(e, SendError::OutcomeUnknown(_)) {
+                    pending.keep(e).map(|p| Some(p.display().to_string()))
+                } else {
+                    pending.done().map(|()| None)
+                };
+                match kept {
+                    Ok(path) => r.dead_letter = path,
+                    Err(keep_error) => {
+                        let why = format!("{keep_error:#}");
+                        r.reason = Some(format!("{}; the spool could not settle it: {why}", r.reason.unwrap_or_default()));
+                        r.id = Some(id);
+                        r.message_id = Some(message_id);
+                        self.record(r)?;
+                        return Err(self.stop(Stop::Host(format!("the spool could not keep a message: {why}"))));
+                    }
+                }
                 r
             }
         };
-        self.record(record)?;
+        r.id = Some(id);
+        r.message_id = Some(message_id);
+        self.record(r)?;
         Ok(result)
+    }
+
+    fn settle_unknown(&mut self, approved: Approved, pending: Pending, message_id: String, why: &str) -> Result<()> {
+        let mut r = base(Some(&approved), Outcome::Error, Some(format!("outcome-unknown: {why}")));
+        r.id = Some(pending.id.clone());
+        r.message_id = Some(message_id);
+        r.dead_letter = Some(pending.keep_unknown(why)?.display().to_string());
+        self.record(r)
+    }
+
+    /// The run was stopped (`why`) in the middle of a send: record what
+    /// became of that message. One being delivered is kept as
+    /// `outcome-unknown`; one being assembled was neither written nor sent.
+    pub fn abandon(&mut self, why: &str) -> Result<()> {
+        match self.in_flight.take() {
+            None => Ok(()),
+            Some(InFlight::Assembling(approved)) => self.record(base(
+                Some(&approved),
+                Outcome::Error,
+                Some(format!("stopped: {why}, while the message was assembled; nothing was sent")),
+            )),
+            Some(InFlight::Delivering(approved, pending, message_id)) => {
+                self.settle_unknown(approved, pending, message_id, &format!("the run was stopped during delivery ({why})"))
+            }
+        }
     }
 }
 

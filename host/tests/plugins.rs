@@ -17,6 +17,7 @@ use wasmail::engine::CacheOutcome;
 use wasmail::mailer::{Mailer, MailerGrant};
 use wasmail::plugin::{HostOptions, PluginHost, Refused, RunReport};
 use wasmail::relay::{RelaySettings, Tls, Auth};
+use wasmail::sandbox::Stop;
 
 fn plugin_dir() -> PathBuf {
     std::env::var_os("WASMAIL_PLUGINS").map(PathBuf::from).unwrap_or_else(|| {
@@ -68,10 +69,23 @@ mod tempdir {
 }
 
 fn fixture(tag: &str) -> Fixture {
+    fixture_with(tag, |_| {})
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+/// The fixture, with the hostile plugin's policy changed by `tweak`. The
+/// granted folder holds `report.csv` and a FIFO, `fifo`.
+fn fixture_with(tag: &str, tweak: impl FnOnce(&mut PluginConfig)) -> Fixture {
     let dir = tempdir::Dir::new(tag);
     let data = dir.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("report.csv"), "a,b\n1,2\n").unwrap();
+    mkfifo(&data.join("fifo"));
     let mut policy = PluginConfig::outbox_default();
     policy.allowed_from = vec!["*@example.com".into()];
     policy.default_from = Some("Hostile Test <plugin@example.com>".into());
@@ -89,8 +103,9 @@ fn fixture(tag: &str) -> Fixture {
     let outbox = dir.0.join("outbox");
     config.audit = Some(audit.clone());
     config.outbox = Some(outbox.clone());
-    config.plugins.insert("hostile".into(), policy.clone());
-    config.plugins.insert("hello".into(), policy);
+    config.plugins.insert("hello".into(), policy.clone());
+    tweak(&mut policy);
+    config.plugins.insert("hostile".into(), policy);
     Fixture { _dir: dir, config, audit, outbox, lines: Arc::default() }
 }
 
@@ -151,7 +166,9 @@ async fn hostile_suite_in_one_process() {
     // that leaves the grant is refused.
     let r = run(&host, "hostile", "attach-file").await;
     assert!(matches!(&r.output, Some(Ok(o)) if o.starts_with("sent")), "{:?}", r.output);
-    let eml = std::fs::read_to_string(r.records.last().unwrap().outbox.as_deref().unwrap()).unwrap();
+    assert_eq!(r.counts.accepted, 1);
+    let last = AuditLog::read(&f.audit).unwrap().pop().unwrap();
+    let eml = std::fs::read_to_string(last.outbox.as_deref().unwrap()).unwrap();
     assert!(eml.contains("filename=report.csv"), "{eml}");
     assert!(eml.contains("YSxiCjEsMgo="), "the file's bytes, base64: {eml}");
     let r = run(&host, "hostile", "attach-outside").await;
@@ -169,6 +186,13 @@ async fn hostile_suite_in_one_process() {
         ("header", "policy-denied: allowed_headers"),
         ("crlf-subject", "invalid-message: subject"),
         ("crlf-address", "invalid-message: to[0].address"),
+        ("reply-to-outside", "policy-denied: allowed_reply_to"),
+        ("display-at", "policy-denied: allow_address_in_display_name: to[0].name"),
+        ("percent-route", "invalid-message: to[0].address"),
+        ("big-bytes", "policy-denied: max_message_bytes"),
+        ("e-acute", "policy-denied: max_message_bytes"),
+        ("many-files", "policy-denied: max_attachments"),
+        ("attach-fifo", "invalid-message: attachments[0].content: fifo: not a regular file"),
     ] {
         let before = AuditLog::read(&f.audit).map(|v| v.len()).unwrap_or(0);
         let r = run(&host, "hostile", mode).await;
@@ -183,12 +207,14 @@ async fn hostile_suite_in_one_process() {
     }
 
     // The per-run maximum: 5 accepted, the 6th denied, the accepted stay.
+    let before = AuditLog::read(&f.audit).unwrap().len();
     let r = run(&host, "hostile", "flood").await;
     let e = output_err(&r);
     assert!(e.contains("accepted 5") && e.contains("max_messages"), "{e}");
-    assert_eq!(r.records.iter().filter(|x| x.outcome == Outcome::Accepted).count(), 5);
-    assert_eq!(r.records.iter().filter(|x| x.outcome == Outcome::Denied).count(), 1);
-    for rec in r.records.iter().filter(|x| x.outcome == Outcome::Accepted) {
+    assert_eq!((r.counts.attempts, r.counts.accepted, r.counts.denied), (6, 5, 1));
+    let records = AuditLog::read(&f.audit).unwrap().split_off(before);
+    assert_eq!(records.len(), 6);
+    for rec in records.iter().filter(|x| x.outcome == Outcome::Accepted) {
         assert!(Path::new(rec.outbox.as_deref().unwrap()).exists());
     }
     control(&host).await;
@@ -422,4 +448,140 @@ async fn host_survives_everything() {
     assert_eq!(&wire[end_at + 5..], b"QUIT\r\n");
     assert!(!wire.contains(&0));
     control(&host).await;
+}
+
+/// Refused calls cost the plugin: every call is an attempt, the budget stops
+/// the run, and the audit log grows by a bounded record per attempt, however
+/// large what the plugin sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_of_refused_calls_is_stopped_and_the_audit_log_stays_bounded() {
+    let f = fixture_with("deny-loop", |p| p.max_messages = 40);
+    let host = host(&f);
+    let mut lines = 0;
+    for mode in ["deny-loop", "huge-header-loop"] {
+        let r = run(&host, "hostile", mode).await;
+        assert!(matches!(&r.stop, Some(Stop::Budget(e)) if e.key == "max_attempts" && e.limit == 120), "{mode}: {:?}", r.stopped);
+        assert_eq!(r.exit_code(), 70);
+        assert_eq!((r.counts.attempts, r.counts.denied), (121, 121), "{mode}");
+        let text = std::fs::read_to_string(&f.audit).unwrap();
+        let all: Vec<&str> = text.lines().collect();
+        assert_eq!(all.len() - lines, 121, "{mode}: one record per attempt");
+        let longest = all.iter().map(|l| l.len()).max().unwrap();
+        assert!(longest < wasmail::audit::MAX_RECORD_BYTES, "{mode}: a record of {longest} bytes");
+        let last = AuditLog::read(&f.audit).unwrap().pop().unwrap();
+        assert!(last.reason.as_deref().unwrap().starts_with("stopped: max_attempts"), "{last:?}");
+        control(&host).await;
+        lines = AuditLog::read(&f.audit).unwrap().len();
+    }
+    let size = std::fs::metadata(&f.audit).unwrap().len();
+    assert!(size < 2 * 121 * 1024, "the audit log is {size} bytes after 242 refused calls");
+}
+
+/// A component with four core instances, each with its own 20 MiB memory:
+/// under `memory_mib = 64` the store, not each memory, is what is limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_limited_per_plugin_whatever_its_shape() {
+    let f = fixture_with("shape", |p| p.memory_mib = 64);
+    let host = host(&f);
+    let wat = r#"
+        (component
+          (core module $m
+            (memory (export "mem") 320)
+            (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 1024)
+            (func (export "run") (param i32 i32) (result i32) unreachable))
+          (core instance $a (instantiate $m))
+          (core instance $b (instantiate $m))
+          (core instance $c (instantiate $m))
+          (core instance $d (instantiate $m))
+          (func (export "run") (param "input" string) (result (result string (error string)))
+            (canon lift (core func $a "run") (memory (core memory $a "mem")) (realloc (core func $a "realloc")))))
+    "#;
+    let path = f._dir.0.join("four-memories.wasm");
+    std::fs::write(&path, wat::parse_str(wat).expect("the test component")).unwrap();
+    let p = host.load(&path, Some("hostile")).expect("load");
+    let r = host.run(&p, "").await.expect("run");
+    assert_eq!(r.stop, Some(Stop::Memory { mib: 64 }), "{:?}", r.stopped);
+    control(&host).await;
+}
+
+/// `wall_ms` covers host time spent for the plugin: a message the mailer
+/// takes long to assemble is stopped in the middle, and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_clock_covers_the_mailers_work() {
+    let f = fixture_with("wall", |p| {
+        p.memory_mib = 192;
+        p.cpu_ms = 20_000;
+        p.max_message_bytes = 64 << 20;
+        p.wall_ms = 1_500;
+    });
+    let host = host(&f);
+    let started = std::time::Instant::now();
+    let r = run(&host, "hostile", "qp-heavy").await;
+    let took = started.elapsed();
+    assert_eq!(r.stop, Some(Stop::Wall { ms: 1_500 }), "{:?} {:?}", r.stopped, r.output);
+    assert!(took < std::time::Duration::from_secs(10), "stopped after {took:?}");
+    let last = AuditLog::read(&f.audit).unwrap().pop().expect("the stopped send is audited");
+    assert!(last.reason.as_deref().unwrap_or("").contains("while the message was assembled"), "{last:?}");
+    control(&host).await;
+}
+
+/// A FIFO in the granted folder: as an attachment it is refused without
+/// blocking; read by the plugin itself, it blocks only the plugin, which
+/// `wall_ms` stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_the_grant_cannot_hang_the_host() {
+    let f = fixture_with("fifo", |p| p.wall_ms = 500);
+    let host = host(&f);
+    let r = run(&host, "hostile", "attach-fifo").await;
+    assert!(output_err(&r).contains("not a regular file"), "{:?}", r.output);
+    let r = run(&host, "hostile", "read-fifo").await;
+    assert_eq!(r.stop, Some(Stop::Wall { ms: 500 }), "{:?} {:?}", r.stopped, r.output);
+    control(&host).await;
+    // Release the thread still blocked in open(2), so the test ends.
+    let fifo = f._dir.0.join("data/fifo");
+    drop(std::fs::OpenOptions::new().write(true).open(fifo).unwrap());
+}
+
+/// One cap covers everything a plugin prints and returns; no line of it can
+/// pass for the host's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_output_cannot_flood_or_forge() {
+    let f = fixture_with("output", |p| p.max_output_bytes = 100_000);
+    let host = host(&f);
+    let r = run(&host, "hostile", "print-flood").await;
+    let returned = match &r.output {
+        Some(Ok(o)) => o.len(),
+        other => panic!("{other:?}"),
+    };
+    let printed: usize = f.lines.lock().unwrap().iter().map(|l| l.len()).sum();
+    assert!(returned + printed < 100_000 + 4_096, "{returned} returned + {printed} printed");
+    f.lines.lock().unwrap().clear();
+    let r = run(&host, "hostile", "forge").await;
+    assert!(output_err(&r).contains("\u{202e}"), "the returned error is kept as is; the CLI escapes it");
+    let lines = f.lines.lock().unwrap();
+    assert!(lines.iter().all(|l| l.starts_with("[hostile] ") || l.starts_with("[hostile:stderr] ")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("\\u{1b}[2J")), "{lines:?}");
+}
+
+/// A From domain of 231 bytes is valid; the Message-ID carries it, and the
+/// outbox file name, made by the host, stays short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_id_is_kept() {
+    let f = fixture_with("long-domain", |p| p.allowed_from = vec!["*".into()]);
+    let host = host(&f);
+    let r = run(&host, "hostile", "long-domain").await;
+    assert!(matches!(&r.output, Some(Ok(o)) if o.starts_with("sent")), "{:?}", r.output);
+    let last = AuditLog::read(&f.audit).unwrap().pop().unwrap();
+    let path = PathBuf::from(last.outbox.unwrap());
+    assert!(path.exists() && path.file_name().unwrap().len() < 64, "{}", path.display());
+    assert!(last.message_id.unwrap().len() > 231);
+}
+
+/// A plugin over `max_component_bytes` is refused before it is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_component_is_refused_before_compiling() {
+    let f = fixture_with("size", |p| p.max_component_bytes = 1_000);
+    let host = host(&f);
+    let err = host.load(&plugin("hostile"), None).err().expect("refused");
+    assert!(err.is::<Refused>() && format!("{err:#}").contains("max_component_bytes"), "{err:#}");
 }

@@ -74,6 +74,12 @@ pub fn check_no_controls(s: &str) -> Result<(), AddressError> {
     }
 }
 
+/// Characters that relays read as a route inside the local part:
+/// `user%other.example@relay` (the percent hack) and `host!user` (UUCP bang
+/// paths). A recipient pattern `*@relay` would pass them, and the relay
+/// would forward elsewhere, so they are refused.
+pub const SOURCE_ROUTE_CHARS: &[char] = &['%', '!'];
+
 /// A validated address, `local@domain`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Address {
@@ -107,6 +113,11 @@ impl Address {
         }
         if let Some(c) = local.chars().find(|&c| c != '.' && !is_atext(c)) {
             return Err(AddressError::BadLocalPart(format!("character {c:?} is not allowed")));
+        }
+        if let Some(c) = local.chars().find(|c| SOURCE_ROUTE_CHARS.contains(c)) {
+            return Err(AddressError::BadLocalPart(format!(
+                "character {c:?} is a source route (RFC 5321 Appendix C), which relays may follow to another domain"
+            )));
         }
         if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
             return Err(AddressError::BadLocalPart("dots must separate non-empty atoms".into()));
@@ -269,6 +280,9 @@ mod tests {
             "a@-x.example",
             "a@x..example",
             "a@[1.2.3]",
+            "victim%elsewhere.example@example.com",
+            "elsewhere.example!victim@example.com",
+            "a!b@example.com",
         ] {
             assert!(Address::parse(bad).is_err(), "{bad:?} was accepted");
         }

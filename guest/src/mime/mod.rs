@@ -9,6 +9,7 @@ pub mod address;
 pub mod check;
 pub mod encode;
 pub mod header;
+pub mod pattern;
 
 use address::{Address, AddressError, Mailbox, check_no_controls};
 use encode::{base64_lines, mime_parameter, quoted_printable, seven_bit_text};

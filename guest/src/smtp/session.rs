@@ -142,6 +142,10 @@ pub struct Session<T: Transport> {
     esmtp: bool,
     /// A transaction ran since the last RSET.
     dirty: bool,
+    /// The data phase failed part way (the source failed, or a write): the
+    /// server is still inside DATA and will read anything we send as
+    /// message text, so the connection must be closed, not reused.
+    broken: bool,
     wbuf: Vec<u8>,
 }
 
@@ -160,6 +164,7 @@ impl<T: Transport> Session<T> {
             caps: Capabilities::default(),
             esmtp: false,
             dirty: false,
+            broken: false,
             wbuf: Vec::with_capacity(DATA_CHUNK + 1024),
         };
         let greeting = s.read_reply(Stage::Greeting)?;
@@ -528,7 +533,10 @@ impl<T: Transport> Session<T> {
             Self::expect(Stage::Data, r, |r| r.code == 354, &rejected)?;
         }
 
-        self.write_data(source)?;
+        if let Err(e) = self.write_data(source) {
+            self.broken = true;
+            return Err(e);
+        }
         let reply = self.read_reply(Stage::DataEnd)?;
         let reply = Self::expect(Stage::DataEnd, reply, Reply::is_positive, &rejected)?;
         self.expect_drained(Stage::DataEnd)?;
@@ -591,6 +599,12 @@ impl<T: Transport> Session<T> {
     /// Send an already complete message, e.g. from memory.
     pub fn send_bytes(&mut self, msg: &Outgoing<'_>, data: &[u8]) -> Result<Delivery, SmtpError> {
         self.send(msg, &mut SliceSource(Some(data)))
+    }
+
+    /// False once the data phase failed part way: the session must be
+    /// dropped (closing the connection), never used again or sent QUIT.
+    pub fn is_usable(&self) -> bool {
+        !self.broken
     }
 
     /// QUIT and close. Errors are ignored: the mail is already sent.

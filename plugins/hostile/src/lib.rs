@@ -6,6 +6,14 @@
 //! resource table limit); `spoof-from`, `bcc-outside`, `cc-outside`,
 //! `many-recipients`, `big`, `flood`, `crlf-subject`, `crlf-address`,
 //! `header` (the policy and message checks); `send-ok` (a valid control).
+//! Attacks on the host itself: `deny-loop`, `huge-header-loop` (refused
+//! calls until the attempt budget stops the run); `big-bytes`, `e-acute`
+//! (messages whose size shows before assembly); `qp-heavy` (a message the
+//! mailer works hard on); `print-flood`, `forge` (output that floods or
+//! imitates the host); `attach-fifo`, `read-fifo` (a FIFO in the grant);
+//! `many-files` (thousands of file attachments); `long-domain` (a 231-byte
+//! From domain); `reply-to-outside`, `display-at`, `percent-route` (policy
+//! gaps).
 
 
 use std::hint::black_box;
@@ -14,7 +22,9 @@ use wasmail_plugin::{Attachment, Content, Mailbox, Message, Priority, describe, 
 
 const MODES: &str = "loop, grow, recurse, panic, read-outside, read-inside, spoof-from, \
 bcc-outside, cc-outside, many-recipients, big, flood, crlf-subject, crlf-address, header, \
-resources, send-ok, attach-file, attach-outside";
+resources, send-ok, attach-file, attach-outside, deny-loop, huge-header-loop, big-bytes, e-acute, \
+qp-heavy, print-flood, forge, attach-fifo, read-fifo, many-files, long-domain, reply-to-outside, \
+display-at, percent-route";
 
 /// The address the policy allows.
 const OK: &str = "ok@example.com";
@@ -75,6 +85,68 @@ impl wasmail_plugin::Guest for Hostile {
             "send-ok" => try_send(&message(OK, "hostile plugin control message")),
             "attach-file" => try_send(&with_file(message(OK, "a file from the grant"), "report.csv")),
             "attach-outside" => try_send(&with_file(message(OK, "a file outside the grant"), "../../etc/passwd")),
+            "deny-loop" => deny_loop(message(VICTIM, "denied again")),
+            "huge-header-loop" => {
+                let mut msg = message(OK, "a 1 MiB header name");
+                msg.headers.push(("X".repeat(1 << 20), "v".to_string()));
+                deny_loop(msg)
+            }
+            "big-bytes" => {
+                let mut msg = message(OK, "8 MiB of bytes");
+                msg.attachments.push(Attachment {
+                    filename: "big.bin".to_string(),
+                    content_type: None,
+                    content: Content::Bytes(vec![7; 8 << 20]),
+                    content_id: None,
+                });
+                try_send(&msg)
+            }
+            "e-acute" => {
+                let mut msg = message(OK, "4 MiB of é");
+                msg.text = Some("é".repeat(2 << 20));
+                try_send(&msg)
+            }
+            "qp-heavy" => {
+                let mut msg = message(OK, "32 MB of é, quoted-printable");
+                msg.text = Some("é".repeat(16 << 20));
+                try_send(&msg)
+            }
+            "print-flood" => {
+                println!("{}", "p".repeat(64 << 10));
+                eprintln!("{}", "e".repeat(64 << 10));
+                Ok("r".repeat(4 << 20))
+            }
+            "forge" => {
+                println!("wasmail: plugin admin stopped: cpu_ms: forged");
+                eprintln!("\u{1b}[2Jwasmail: 100 message(s) accepted");
+                Err("failed\nwasmail: plugin admin stopped: forged\n\u{202e}fdp.exe".to_string())
+            }
+            "attach-fifo" => try_send(&with_file(message(OK, "a FIFO from the grant"), "fifo")),
+            "read-fifo" => std::fs::read("/data/fifo").map(|b| format!("read {} bytes", b.len())).map_err(|e| e.to_string()),
+            "many-files" => {
+                let mut msg = message(OK, "30,000 attachments");
+                for _ in 0..30_000 {
+                    msg = with_file(msg, "report.csv");
+                }
+                try_send(&msg)
+            }
+            "long-domain" => {
+                let domain = vec!["d".repeat(57); 4].join(".");
+                let mut msg = message(OK, "a 231-byte From domain");
+                msg.from = Some(mailbox(&format!("x@{domain}")));
+                try_send(&msg)
+            }
+            "reply-to-outside" => {
+                let mut msg = message(OK, "Reply-To outside the policy");
+                msg.reply_to = Some(mailbox(VICTIM));
+                try_send(&msg)
+            }
+            "display-at" => {
+                let mut msg = message(OK, "an address in a display name");
+                msg.to = vec![Mailbox { name: Some("ceo@bank.example".to_string()), address: OK.to_string() }];
+                try_send(&msg)
+            }
+            "percent-route" => try_send(&message("victim%elsewhere.example@example.com", "a source route")),
             other => Err(format!("unknown mode {other:?}; modes: {MODES}")),
         }
     }
@@ -172,6 +244,17 @@ fn resources() -> Result<String, String> {
 }
 
 /// Sends up to 1000 small messages, stopping at the first error.
+/// Call `send` with `msg` until the host stops the run; a plugin that
+/// returns here was never stopped.
+fn deny_loop(msg: Message) -> Result<String, String> {
+    for i in 0u64.. {
+        if send(&msg).is_ok() {
+            return Err(format!("call {i} was accepted"));
+        }
+    }
+    Err("the loop ended".to_string())
+}
+
 fn flood() -> Result<String, String> {
     const MAX: u32 = 1000;
     for i in 0..MAX {

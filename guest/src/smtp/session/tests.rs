@@ -293,3 +293,34 @@ fn capability_mismatches_fail_clearly() {
     assert!(matches!(s.send_bytes(&msg, b"abc"), Err(SmtpError::InvalidMessage(m)) if m.contains("SIZE")));
     assert!(s.io.writes.len() == 1, "nothing but EHLO was sent");
 }
+
+/// A source whose file shrank: it fails after its first chunk.
+struct Shrinking(u8);
+
+impl Source for Shrinking {
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
+        self.0 += 1;
+        if self.0 > 1 {
+            return Err(SmtpError::InvalidMessage("attachment file ended 10 bytes early".into()));
+        }
+        out.extend_from_slice(&[b'a'; DATA_CHUNK + 1]);
+        Ok(Chunk::Text)
+    }
+}
+
+#[test]
+fn a_failure_inside_data_makes_the_session_unusable() {
+    let io = Script::new(&[
+        "220 mx ESMTP\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+    ]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 9, eight_bit: false, smtputf8: false };
+    assert!(s.is_usable());
+    let e = s.send(&msg, &mut Shrinking(0)).unwrap_err();
+    assert!(matches!(e, SmtpError::InvalidMessage(_)), "{e:?}");
+    assert!(!s.is_usable(), "the server is still in DATA: the connection must be dropped");
+}
