@@ -2,11 +2,14 @@
 with its exact bytes, envelope and reason; `wasmail retry` resends it; a
 message whose outcome is unknown is kept, marked, and only resent with
 --force. And the relay killed in the middle of a plugin run: every message is
-either accepted or kept."""
+either accepted or kept. File names are the host's (`<ms>-<pid>-<n>.eml`),
+never the Message-ID, which is in the `.json`. (A plugin's mail is written
+ahead to `pending/` before delivery; test_crash.py kills the host itself.)"""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -16,17 +19,31 @@ from scripted import Close, Expect, Send
 
 FROM = "sender@example.com"
 TO = "rcpt@example.com"
+# The host's name for a kept message: ms since the epoch, pid, counter.
+LETTER_NAME = re.compile(r"\d{13}-\d+-\d{6}\.json")
+
+
+def letter_files(folder: Path) -> list[Path]:
+    """The `.json` of every complete letter in `folder` (not in `pending/`),
+    each with its `.eml` beside it and a host-made name."""
+    if not folder.exists():
+        return []
+    files = sorted(folder.glob("*.json"))
+    for meta in files:
+        assert LETTER_NAME.fullmatch(meta.name), meta.name
+        assert meta.with_suffix(".eml").exists(), f"{meta} has no .eml"
+    return files
 
 
 def letters(folder: Path) -> list[dict]:
     """The `.json` of every complete letter in `folder`."""
-    if not folder.exists():
-        return []
-    out = []
-    for meta in sorted(folder.glob("*.json")):
-        assert meta.with_suffix(".eml").exists(), f"{meta} has no .eml"
-        out.append(json.loads(meta.read_text()))
-    return out
+    return [json.loads(meta.read_text()) for meta in letter_files(folder)]
+
+
+def pending(folder: Path) -> list[Path]:
+    """What is left in the write-ahead spool, `pending/`."""
+    spool = folder / "pending"
+    return sorted(spool.iterdir()) if spool.exists() else []
 
 
 def send_args(address: str, folder: Path, subject: str = "keep me") -> list:
@@ -45,8 +62,12 @@ def test_unreachable_relay_keeps_the_message_and_retry_delivers_it(run, tmp_path
     assert meta["reason"]["kind"] == "connect" and meta["reason"]["transient"] is True
     assert meta["envelope"] == {"from": FROM, "recipients": [TO]}
     assert meta["outcome_unknown"] is False
-    eml = (folder / f"{meta['message_id']}.json").with_suffix(".eml").read_bytes()
+    [json_path] = letter_files(folder)
+    eml = json_path.with_suffix(".eml").read_bytes()
     assert b"Subject: keep me\r\n" in eml and eml.endswith(b"\r\n")
+    assert f"Message-ID: <{meta['message_id']}>\r\n".encode() in eml, eml[:400]
+    # `wasmail send` does not write ahead: nothing is left in pending/.
+    assert pending(folder) == []
 
     sink2 = smtp_sink()
     proc = run(["retry", *relay(f"127.0.0.1:{sink2.port}"), "--dead-letter", folder])
@@ -109,6 +130,91 @@ def test_outcome_unknown_is_kept_marked_and_needs_force(run, tmp_path, scripted,
     assert sink.wait_for(1).messages == 1
 
 
+def plugin_config(path: Path, server: str, audit: Path, folder: Path) -> Path:
+    path.write_text(f"""
+audit = "{audit}"
+dead_letter = "{folder}"
+[relay]
+server = "{server}"
+tls = "none"
+timeout_secs = 5
+[plugins.hello]
+allowed_from = ["*@example.com"]
+default_from = "hello@example.com"
+allowed_recipients = ["*@example.com"]
+allowed_headers = ["X-Mailer"]
+""")
+    return path
+
+
+def test_plugin_mail_refused_for_good_leaves_the_spool(run, plugins, smtpd, tmp_path):
+    """Written ahead, then refused with a 5xx: an `attempt` record, a
+    `rejected` record with the same id, and nothing kept."""
+    server = smtpd(reject={TO})
+    folder, audit = tmp_path / "dead", tmp_path / "audit.jsonl"
+    config = plugin_config(tmp_path / "wasmail.toml", server.address, audit, folder)
+
+    proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--json"])
+
+    assert_exit(proc, 1)
+    assert json.loads(proc.stdout)["counts"] == {
+        "attempts": 1, "accepted": 0, "denied": 0, "rejected": 1, "errors": 0, "kept": 0}
+    attempt, outcome = [json.loads(l) for l in audit.read_text().splitlines()]
+    assert attempt["outcome"] == "attempt" and outcome["outcome"] == "rejected", (attempt, outcome)
+    assert attempt["id"] == outcome["id"] and attempt["message_id"] == outcome["message_id"]
+    assert outcome["rejected"] == [TO] and outcome.get("dead_letter") is None, outcome
+    assert letters(folder) == [] and pending(folder) == []
+
+
+def test_plugin_mail_refused_for_now_is_moved_out_of_the_spool(run, plugins, scripted, tmp_path):
+    """Written ahead, then a 4xx: kept in the folder with its reason (moved
+    up from pending/), under the id of its audit records."""
+    server = scripted([
+        Send(b"220 mx ESMTP\r\n"), Expect("EHLO"), Send(b"250 mx\r\n"),
+        Expect("MAIL FROM"), Send(b"451 4.3.0 try again later\r\n"),
+        Expect("QUIT"), Send(b"221 bye\r\n"), Close(),
+    ])
+    folder, audit = tmp_path / "dead", tmp_path / "audit.jsonl"
+    config = plugin_config(tmp_path / "wasmail.toml", server.address, audit, folder)
+
+    proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--json"])
+
+    assert_exit(proc, 1)
+    assert json.loads(proc.stdout)["counts"] == {
+        "attempts": 1, "accepted": 0, "denied": 0, "rejected": 1, "errors": 0, "kept": 1}
+    attempt, outcome = [json.loads(l) for l in audit.read_text().splitlines()]
+    assert attempt["outcome"] == "attempt" and outcome["outcome"] == "rejected", (attempt, outcome)
+    assert attempt["id"] == outcome["id"]
+    [json_path] = letter_files(folder)
+    assert Path(outcome["dead_letter"]) == json_path.with_suffix(".eml"), outcome
+    assert json_path.stem == outcome["id"]
+    [meta] = letters(folder)
+    assert meta["message_id"] == outcome["message_id"]
+    assert meta["reason"]["kind"] == "rejected" and meta["reason"]["transient"] is True, meta
+    assert meta["outcome_unknown"] is False and meta.get("pid") is None, meta
+    assert meta["envelope"] == {"from": "hello@example.com", "recipients": [TO]}
+    assert pending(folder) == []
+
+
+def test_unwritable_spool_stops_the_run_before_sending(run, plugins, smtpd, tmp_path):
+    """A message that cannot be written ahead is not sent: the run stops."""
+    server = smtpd()
+    folder, audit = tmp_path / "not-a-folder", tmp_path / "audit.jsonl"
+    folder.write_text("a file where the dead-letter folder should be\n")
+    config = plugin_config(tmp_path / "wasmail.toml", server.address, audit, folder)
+
+    proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--json"])
+
+    assert_exit(proc, 70)
+    report = json.loads(proc.stdout)
+    assert report["stopped"].startswith("host: the spool could not keep a message"), report
+    [record] = [json.loads(l) for l in audit.read_text().splitlines()]
+    assert record["outcome"] == "error" and record["reason"].startswith("spool: "), record
+    assert record["reason"].endswith("not sent"), record
+    assert server.messages == []
+    assert "MAIL" not in server.record.verbs(), server.record.verbs()
+
+
 def test_relay_killed_mid_run_loses_nothing(wasmail, tmp_path, smtp_sink, plugins, run):
     """The bulk plugin sends over one session; the relay dies under it.
     Every attempted message is accepted or in the dead-letter folder."""
@@ -134,24 +240,36 @@ max_messages = 100000
         [str(wasmail), "run", str(plugins["bulk"]), "--config", str(config), "--input-text",
          json.dumps({"count": 100000, "to": "sink@example.com", "size": 512}), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # 200 messages accepted (each also has its `attempt` record before it).
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (audit.exists() and audit.read_text().count("\n") >= 200):
+    while time.monotonic() < deadline and not (
+            audit.exists() and audit.read_text().count('"outcome":"accepted"') >= 200):
         time.sleep(0.05)
     sink.stop()  # kill the relay mid-run
     out, err = proc.communicate(timeout=60)
-    records = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()]
+    all_records = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()]
+    # Each message to the relay is written ahead: an `attempt` record, then
+    # its outcome with the same spool id.
+    attempts = {r["id"]: r for r in all_records if r["outcome"] == "attempt"}
+    records = [r for r in all_records if r["outcome"] != "attempt"]
     accepted = [r for r in records if r["outcome"] == "accepted"]
     failed = [r for r in records if r["outcome"] != "accepted"]
     assert len(accepted) >= 200, (len(accepted), err)
     assert failed, f"the relay died, so a send must have failed: {err}"
+    assert {r.get("id") for r in records} == set(attempts), "an attempt without an outcome"
     kept = letters(folder)
     for r in failed:
         assert r.get("dead_letter"), f"not kept: {r}"
         assert Path(r["dead_letter"]).exists()
+        assert Path(r["dead_letter"]).parent == folder, r
     assert {m["message_id"] for m in kept} >= {r["message_id"] for r in failed if r.get("message_id")}
     assert len(kept) == len(failed)
+    # The run ended: nothing is left in the write-ahead spool.
+    assert [p for p in pending(folder) if p.suffix == ".json"] == [], pending(folder)
     report = json.loads(out)
     assert report["accepted"] == len(accepted)
+    assert report["counts"]["kept"] == len(kept), report
+    assert report["counts"]["attempts"] == len(records), report
 
     # Bring a relay back and retry: the folder empties.
     sink2 = smtp_sink()
@@ -159,3 +277,6 @@ max_messages = 100000
     unknown = [m for m in kept if m["outcome_unknown"]]
     assert proc2.returncode == 0, describe(proc2)
     assert len(letters(folder)) == len(unknown)
+    resent = len(kept) - len(unknown)
+    if resent:
+        assert sink2.wait_for(resent).messages == resent

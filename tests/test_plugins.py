@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,27 @@ EXIT_NOINPUT = 66       # an input or plugin file that cannot be read
 EXIT_REFUSED = 77       # refused before it ran (imports, no policy table)
 EXIT_CONFIG = 78        # bad config file
 
-# The keys of the `--json` run report and of one audit record.
-REPORT_KEYS = {"plugin", "sha256", "output", "plugin_error", "stopped", "accepted", "sends"}
+# The keys of the `--json` run report (it keeps counts; the records
+# themselves are only in the audit log), of its `counts`, and of one audit
+# record.
+REPORT_KEYS = {"plugin", "sha256", "output", "plugin_error", "stopped", "accepted", "counts",
+               "audit"}
+COUNT_KEYS = {"attempts", "accepted", "denied", "rejected", "errors", "kept"}
 AUDIT_KEYS = {"time_ms", "plugin", "sha256", "from", "recipients", "rejected", "size",
               "message_id", "outcome", "reason"}
-AUDIT_OPTIONAL_KEYS = {"outbox"}    # only on records of mail written to the outbox
-OUTCOMES = {"accepted", "rejected", "denied", "error"}
+AUDIT_OPTIONAL_KEYS = {
+    "id",           # the spool id, on relay deliveries (attempt and outcome alike)
+    "outbox",       # only on records of mail written to the outbox
+    "dead_letter",  # where an undelivered message was kept for `wasmail retry`
+    "omitted",      # characters and list entries cut to keep the record small
+}
+# "attempt" is written ahead, before a message goes to the relay; the other
+# outcomes end an attempt (or a call to send that never got that far).
+OUTCOMES = {"attempt", "accepted", "rejected", "denied", "error"}
+# The longest audit line, newline included.
+MAX_RECORD_BYTES = 8 * 1024
+# The host's name for an outbox or dead-letter file: ms, pid, counter.
+SPOOL_NAME = re.compile(r"\d{13}-\d+-\d{6}\.eml")
 
 # `hostile loop` runs under this CPU budget and must be stopped well within
 # the bound (start-up and compilation included).
@@ -135,32 +151,79 @@ def check_record(record: dict, where: str) -> dict:
 
 
 def read_audit(path: Path) -> list[dict]:
-    """Every line of the audit log, each one JSON object with the documented
-    fields."""
+    """Every line of the audit log, each one JSON object of at most
+    MAX_RECORD_BYTES with the documented fields, `attempt` records included."""
     assert path.is_file(), f"no audit log at {path}"
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(path.read_bytes().split(b"\n")[:-1], 1):
+        assert len(line) + 1 <= MAX_RECORD_BYTES, f"{path} line {n}: {len(line) + 1} bytes"
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise AssertionError(f"{path} line {n} is not JSON ({e}): {line!r}")
+            raise AssertionError(f"{path} line {n} is not JSON ({e}): {line[:300]!r}")
         records.append(check_record(value, f"{path} line {n}"))
+    assert path.read_bytes().endswith(b"\n") or path.stat().st_size == 0, f"{path}: a cut line"
     return records
+
+
+def outcomes(records: list[dict]) -> list[dict]:
+    """The records that say how a call to send ended: all but the
+    write-ahead `attempt` records."""
+    return [r for r in records if r["outcome"] != "attempt"]
+
+
+def check_write_ahead(records: list[dict]) -> None:
+    """Relay deliveries in the log: each `attempt` (with its spool id, the
+    Message-ID, size, From and recipients) comes before the one outcome
+    record with the same id; no outcome record has an id without an attempt
+    before it, and an attempt has at most one outcome."""
+    attempts: dict[str, dict] = {}
+    settled: set[str] = set()
+    for n, r in enumerate(records):
+        rid = r.get("id")
+        if r["outcome"] == "attempt":
+            assert rid and rid not in attempts, f"record {n}: attempt without a fresh id: {r}"
+            assert r["message_id"] and r["size"] and r["from"] and r["recipients"], r
+            assert r.get("outbox") is None and r.get("dead_letter") is None, r
+            attempts[rid] = r
+        elif rid is not None:
+            assert rid in attempts, f"record {n}: outcome {rid} without an attempt before it: {r}"
+            assert rid not in settled, f"record {n}: a second outcome for {rid}: {r}"
+            settled.add(rid)
+            a = attempts[rid]
+            assert (r["message_id"], r["from"], r["recipients"]) == (
+                a["message_id"], a["from"], a["recipients"]), (a, r)
 
 
 def run_report(proc) -> dict:
     """The `--json` report of a run that got as far as running the plugin."""
     report = json_output(proc)
     assert set(report) == REPORT_KEYS, f"report keys {sorted(report)}\n{describe(proc)}"
-    for i, record in enumerate(report["sends"]):
-        check_record(record, f"sends[{i}]")
+    counts = report["counts"]
+    assert isinstance(counts, dict) and set(counts) == COUNT_KEYS, describe(proc)
+    assert all(isinstance(v, int) and v >= 0 for v in counts.values()), describe(proc)
+    assert report["accepted"] == counts["accepted"], describe(proc)
+    # Every call to send is one attempt, and ends in at most one outcome.
+    ended = counts["accepted"] + counts["denied"] + counts["rejected"] + counts["errors"]
+    assert ended <= counts["attempts"], describe(proc)
+    assert counts["kept"] <= counts["errors"] + counts["rejected"], describe(proc)
+    assert isinstance(report["audit"], str) and report["audit"], describe(proc)
     return report
 
 
+def counts(attempts: int = 0, accepted: int = 0, denied: int = 0, rejected: int = 0,
+           errors: int = 0, kept: int = 0) -> dict:
+    """A report's expected `counts`."""
+    return {"attempts": attempts, "accepted": accepted, "denied": denied,
+            "rejected": rejected, "errors": errors, "kept": kept}
+
+
 def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Path,
-                       started_ms: int) -> list[dict]:
-    """A run that succeeded and had `count` messages accepted: the report,
-    its `sends` and the audit log agree. Returns the records."""
+                       started_ms: int, *, relay: bool) -> list[dict]:
+    """A run that succeeded and had `count` messages accepted: the report's
+    counts and the audit log agree. Relay deliveries are written ahead (an
+    `attempt` record before each outcome, tied by the spool id); outbox
+    deliveries get their outcome record only. Returns the outcome records."""
     assert_exit(proc, EXIT_OK)
     report = run_report(proc)
     assert report["plugin"] == name
@@ -168,16 +231,30 @@ def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Pa
     assert report["plugin_error"] is None and report["stopped"] is None, describe(proc)
     assert isinstance(report["output"], str) and report["output"], describe(proc)
     assert report["accepted"] == count, describe(proc)
-    records = read_audit(audit)
-    # The log holds exactly this run's attempts, the same as the report.
-    assert records == report["sends"]
-    assert len(records) == count
+    assert report["counts"] == counts(attempts=count, accepted=count), describe(proc)
+    reported = Path(report["audit"])
+    assert reported.name == audit.name, report["audit"]
+    if reported.is_absolute():
+        assert reported.resolve() == audit.resolve(), report["audit"]
+    all_records = read_audit(audit)
+    check_write_ahead(all_records)
+    records = outcomes(all_records)
+    attempts = [r for r in all_records if r["outcome"] == "attempt"]
+    # The log holds exactly this run's sends.
+    assert len(records) == count, all_records
+    assert len(attempts) == (count if relay else 0), all_records
     ended_ms = int(time.time() * 1000)
-    for r in records:
-        assert r["outcome"] == "accepted", r
+    for r in all_records:
         assert r["plugin"] == name and r["sha256"] == report["sha256"], r
         assert started_ms - 1000 <= r["time_ms"] <= ended_ms + 1000, r
+    for r in records:
+        assert r["outcome"] == "accepted", r
         assert r["rejected"] == [], r
+        assert r.get("omitted") is None, r
+        if relay:
+            assert r.get("id") and r.get("outbox") is None, r
+        else:
+            assert r.get("id") is None and r.get("outbox"), r
     return records
 
 
@@ -302,13 +379,18 @@ def test_mail_plugins_through_relay(run, plugins, smtpd, tmp_path, name):
     case = CASES[name]
     server = smtpd()
     audit = tmp_path / "conf" / "audit.jsonl"
+    dead = tmp_path / "conf" / "dead"
     config = write_config(tmp_path / "conf" / "wasmail.toml", audit="audit.jsonl",
-                          relay=relay_table(server), plugins={name: policy(name)})
+                          dead_letter="dead", relay=relay_table(server),
+                          plugins={name: policy(name)})
 
     started = now_ms()
     proc = run_plugin(run, plugins, name, config=config, input_text=case.input)
 
-    records = check_accepted_run(proc, plugins[name], name, case.count, audit, started)
+    records = check_accepted_run(proc, plugins[name], name, case.count, audit, started,
+                                 relay=True)
+    # Each message was written ahead to dead/pending/ and removed once delivered.
+    assert [p for p in dead.rglob("*") if p.is_file()] == []
     assert len(server.messages) == case.count
     # All of a run's mail goes through one SMTP session.
     assert [c.verb for c in server.record.commands if c.verb in ("EHLO", "HELO")] == ["EHLO"]
@@ -352,7 +434,7 @@ def test_mail_plugins_to_outbox(run, plugins, tmp_path, name):
     proc = run_plugin(run, plugins, name, config=config, input_text=case.input, cwd=cwd)
 
     records = check_accepted_run(proc, plugins[name], name, case.count,
-                                 conf_dir / "log" / "audit.jsonl", started)
+                                 conf_dir / "log" / "audit.jsonl", started, relay=False)
     assert list(cwd.iterdir()) == [], "nothing may land in the working directory"
     outbox = conf_dir / "outbox"
     files = sorted(outbox.iterdir())
@@ -362,7 +444,9 @@ def test_mail_plugins_to_outbox(run, plugins, tmp_path, name):
     for record in records:
         path = (cwd / record["outbox"]).resolve()
         assert path.parent == outbox.resolve(), record
-        assert path.name == record["message_id"] + ".eml"
+        # The host names the file, never the message (a Message-ID can be
+        # too long or hostile for a file name).
+        assert SPOOL_NAME.fullmatch(path.name), path.name
         raw = path.read_bytes()
         assert_wire_format(raw)
         msg = oracle.parse(raw)
@@ -386,7 +470,7 @@ def test_no_config_uses_permissive_outbox_default(run, plugins, tmp_path):
     proc = run_plugin(run, plugins, "hello", cwd=cwd)
 
     [record] = check_accepted_run(proc, plugins["hello"], "hello", 1,
-                                  cwd / "wasmail-audit.jsonl", started)
+                                  cwd / "wasmail-audit.jsonl", started, relay=False)
     [path] = (cwd / "outbox").iterdir()
     assert (cwd / record["outbox"]).resolve() == path.resolve()
     msg = oracle.parse(path.read_bytes())
@@ -406,7 +490,8 @@ def test_name_option_selects_policy_table(run, plugins, smtpd, tmp_path):
     proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT,
                       args=["--name", "greeter"])
 
-    [record] = check_accepted_run(proc, plugins["hello"], "greeter", 1, audit, started)
+    [record] = check_accepted_run(proc, plugins["hello"], "greeter", 1, audit, started,
+                                  relay=True)
     [received] = server.messages
     assert received.mail_from == from_address("greeter")
     assert record["from"] == from_address("greeter")
@@ -424,7 +509,9 @@ def test_input_from_file_or_stdin(run, plugins, tmp_path, source):
         proc = run_plugin(run, plugins, "hello", args=["--input", "-"], input=address + "\n", cwd=cwd)
 
     assert_exit(proc, EXIT_OK)
-    [record] = run_report(proc)["sends"]
+    report = run_report(proc)
+    assert report["counts"] == counts(attempts=1, accepted=1), report
+    [record] = outcomes(read_audit(cwd / "wasmail-audit.jsonl"))
     assert record["recipients"] == [address]
 
 
@@ -454,7 +541,8 @@ def test_bulk_volume_in_one_session(run, plugins, smtp_sink, tmp_path):
                       input_text=json.dumps({"count": BULK_VOLUME, "to": BULK_TO, "size": 1024}),
                       timeout=BULK_TIMEOUT_S)
 
-    records = check_accepted_run(proc, plugins["bulk"], "bulk", BULK_VOLUME, audit, started)
+    records = check_accepted_run(proc, plugins["bulk"], "bulk", BULK_VOLUME, audit, started,
+                                 relay=True)
     counters = sink.wait_for(BULK_VOLUME)
     assert counters.messages == BULK_VOLUME, counters
     assert counters.sessions == 1, counters
@@ -474,12 +562,16 @@ def test_max_messages_stops_bulk_with_a_denied_record(run, plugins, smtpd, tmp_p
     assert_exit(proc, EXIT_PLUGIN_ERROR)
     report = run_report(proc)
     assert report["accepted"] == limit
+    assert report["counts"] == counts(attempts=limit + 1, accepted=limit, denied=1), report
     assert "policy-denied" in report["plugin_error"] and "max_messages" in report["plugin_error"], report
     assert len(server.messages) == limit
-    records = read_audit(audit)
-    assert records == report["sends"]
-    assert [r["outcome"] for r in records] == ["accepted"] * limit + ["denied"]
-    assert "max_messages" in records[-1]["reason"]
+    all_records = read_audit(audit)
+    check_write_ahead(all_records)
+    assert [r["outcome"] for r in all_records] == ["attempt", "accepted"] * limit + ["denied"]
+    records = outcomes(all_records)
+    assert records[-1]["reason"].startswith("policy-denied: max_messages: "), records[-1]
+    # A denial is not an attempt on the relay: no id, no recipients listed.
+    assert records[-1].get("id") is None and records[-1]["recipients"] == [], records[-1]
 
 
 # ---------------------------------------------------------------------------
@@ -506,7 +598,8 @@ def test_hostile_loop_is_stopped_by_cpu_limit(run, plugins, tmp_path):
     assert_exit(proc, EXIT_STOPPED)
     report = run_report(proc)
     assert report["stopped"].startswith("cpu_ms"), report
-    assert (report["output"], report["plugin_error"], report["accepted"], report["sends"]) == (None, None, 0, [])
+    assert (report["output"], report["plugin_error"], report["accepted"]) == (None, None, 0)
+    assert report["counts"] == counts(), report
 
 
 def test_hostile_spoofed_from_is_denied(run, plugins, smtpd, tmp_path):
@@ -522,12 +615,14 @@ def test_hostile_spoofed_from_is_denied(run, plugins, smtpd, tmp_path):
     assert report["stopped"] is None and report["output"] is None
     assert "policy-denied" in report["plugin_error"], report
     assert report["accepted"] == 0
+    assert report["counts"] == counts(attempts=1, denied=1), report
     [record] = read_audit(audit)
-    assert record == report["sends"][0]
     assert record["outcome"] == "denied"
     assert record["from"] == "ceo@bank.example"
-    assert "allowed_from" in record["reason"], record
+    assert record["reason"].startswith("policy-denied: allowed_from: "), record
     assert record["message_id"] is None and record["size"] is None
+    # Denied records no longer list recipients; nothing was written ahead.
+    assert record["recipients"] == [] and record.get("id") is None, record
     assert server.messages == []
     assert not {"MAIL", "RCPT", "DATA"} & set(server.record.verbs())
 
@@ -663,9 +758,11 @@ def test_verbose_relay_run_shows_transcript(run, plugins, smtpd, tmp_path):
     rcpt = index_of(lines, "C", f"RCPT TO:<{RECIPIENT}>", mail)
     index_of(lines, "C", "DATA", rcpt)
     index_of(lines, "S", "250", rcpt)
-    # The transcript is on stderr only; stdout has the plugin's result.
+    # The transcript is on stderr only; stdout has the plugin's result,
+    # every line of it prefixed with the plugin's name.
     assert "MAIL FROM" not in proc.stdout, describe(proc)
-    assert proc.stdout.startswith("sent "), describe(proc)
+    assert proc.stdout.startswith("[hello] sent "), describe(proc)
+    assert all(l.startswith("[hello] ") for l in proc.stdout.splitlines()), describe(proc)
     assert len(server.messages) == 1
 
 
@@ -707,7 +804,7 @@ def test_relay_auth_from_password_env(run, plugins, smtpd, tmp_path, auth):
     started = now_ms()
     proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT, args=["-v"])
 
-    check_accepted_run(proc, plugins["hello"], "hello", 1, audit, started)
+    check_accepted_run(proc, plugins["hello"], "hello", 1, audit, started, relay=True)
     [received] = server.messages
     assert received.auth is not None and received.auth.login == USER, received.auth
     if auth != "auto":
@@ -733,8 +830,13 @@ def test_relay_auth_wrong_password_fails_without_leaking(run, plugins, smtpd, tm
     assert_exit(proc, EXIT_PLUGIN_ERROR)
     report = run_report(proc)
     assert "auth" in report["plugin_error"], report
-    [record] = read_audit(audit)
+    assert report["counts"] == counts(attempts=1, errors=1), report
+    all_records = read_audit(audit)
+    check_write_ahead(all_records)
+    [record] = outcomes(all_records)
     assert record["outcome"] == "error" and record["reason"].startswith("auth"), record
+    # A permanent failure is not kept for retry.
+    assert record.get("dead_letter") is None, record
     assert server.messages == []
     everything = proc.stdout + proc.stderr + audit.read_text()
     for secret in secret_forms(USER, wrong):

@@ -8,6 +8,7 @@ exit code and what the server did (not) receive.
 from __future__ import annotations
 
 import random
+import re
 import time
 from pathlib import Path
 
@@ -375,11 +376,19 @@ def test_server_that_never_greets_times_out(run, scripted):
 # 7. The outbox (no --server)
 # ---------------------------------------------------------------------------
 
-def assert_complete_outbox_message(path: Path, *, text: str) -> None:
+# The host's name for an outbox file: ms since the epoch, pid, counter; never
+# the Message-ID (a long one made ENAMETOOLONG).
+OUTBOX_NAME = re.compile(r"\d{13}-\d+-\d{6}\.eml")
+
+
+def assert_complete_outbox_message(path: Path, *, text: str) -> str:
+    """Check the one message in the outbox; returns its Message-ID."""
     raw = path.read_bytes()
     assert_wire_format(raw)
     msg = oracle.parse(raw)
-    assert path.name == oracle.message_id(msg) + ".eml"
+    assert OUTBOX_NAME.fullmatch(path.name), path.name
+    # The folder holds this message and nothing else (no temp file left).
+    assert [p.resolve() for p in path.parent.iterdir()] == [path.resolve()]
     assert oracle.mailboxes(msg, "From") == [oracle.Mailbox("Sender Name", SENDER)]
     assert oracle.addresses(msg, "To") == [RECIPIENT]
     assert oracle.addresses(msg, "Cc") == ["cc@example.com"]
@@ -391,6 +400,7 @@ def assert_complete_outbox_message(path: Path, *, text: str) -> None:
     assert oracle.normalize_newlines(oracle.body(msg, "plain")) == oracle.normalize_newlines(text)
     [part] = oracle.attachments(msg)
     assert (part.filename, part.content_type, part.data) == ("b.png", "image/png", PNG)
+    return oracle.message_id(msg)
 
 
 def outbox_args(tmp_path: Path) -> list:
@@ -420,10 +430,12 @@ def test_outbox_directory_option_with_json(run, tmp_path):
     proc = run([*outbox_args(tmp_path), "--text", text, "--outbox", outbox, "--json"])
 
     assert_exit(proc, EXIT_OK)
-    path = Path(json_output(proc)["outbox"])
+    receipt = json_output(proc)
+    path = Path(receipt["outbox"])
     assert path.parent.resolve() == outbox.resolve(), describe(proc)
-    assert [p.resolve() for p in outbox.iterdir()] == [path.resolve()]
-    assert_complete_outbox_message(path, text=text)
+    [found] = outbox.iterdir()
+    assert found.resolve() == path.resolve()
+    assert assert_complete_outbox_message(found, text=text) == receipt["message_id"]
 
 
 # ---------------------------------------------------------------------------
