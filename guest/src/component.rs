@@ -20,8 +20,9 @@ use crate::mime::{self, Attachment, BuildContext, Content, Draft, Priority, RawM
 use crate::net::{Net, Timeouts};
 use crate::smtp::auth::{Choice, Secret};
 use crate::smtp::command::ClientName;
-use crate::smtp::ehlo::Mechanism;
-use crate::smtp::session::{Chunk, Config, Delivery, Outgoing, Session, Source, TlsMode};
+use crate::smtp::auth::Mechanism;
+use crate::smtp::data::{Chunk, Source};
+use crate::smtp::session::{Config, Outgoing, Session, TlsMode, TransactionResult};
 use crate::smtp::{Reply, SmtpError, Stage};
 use std::cell::RefCell;
 
@@ -281,7 +282,7 @@ impl Source for SegmentSource<'_> {
     }
 }
 
-fn receipt(message_id: String, size: u64, d: Delivery) -> wit::Receipt {
+fn receipt(message_id: String, size: u64, d: TransactionResult) -> wit::Receipt {
     wit::Receipt {
         message_id,
         accepted: d.accepted.iter().map(ToString::to_string).collect(),
@@ -307,7 +308,7 @@ impl State {
 
     /// Run a transaction, reconnecting once if a kept-open session turns out
     /// to have been closed by the server before anything was accepted.
-    fn transact(&mut self, out: &Outgoing<'_>, rendered_segments: &[Segment], streams: &Streams) -> Result<Delivery, SmtpError> {
+    fn transact(&mut self, out: &Outgoing<'_>, rendered_segments: &[Segment], streams: &Streams) -> Result<TransactionResult, SmtpError> {
         let reused = self.session.is_some();
         let mut source = SegmentSource::new(rendered_segments, streams);
         let result = self.session().and_then(|s| s.send(out, &mut source));

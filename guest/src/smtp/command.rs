@@ -3,10 +3,50 @@
 //! bytes, CRLF included.
 //!
 //! Arguments are typed (a validated [`Address`], a checked EHLO name), so a
-//! command can only carry what its grammar allows.
+//! command can only carry what its grammar allows. Every command the session
+//! sends is one of these types: there are no literal command strings
+//! elsewhere.
 
+use super::error::Stage;
 use crate::mime::address::Address;
 use std::fmt;
+
+/// A command the session sends: its `Display` is the wire bytes; it names
+/// the stage its reply belongs to (the deadline, and the stage in errors)
+/// and how the transcript shows it.
+pub trait Command: fmt::Display {
+    /// The stage of the reply to this command.
+    fn stage(&self) -> Stage;
+    /// What the transcript shows instead of the wire text, for a command
+    /// that carries credentials; `None` shows the wire text.
+    fn redacted(&self) -> Option<String> {
+        None
+    }
+}
+
+/// `impl Command` for a type whose reply belongs to one fixed stage.
+macro_rules! stage {
+    ($($ty:ty => $stage:ident),* $(,)?) => {
+        $(impl Command for $ty {
+            fn stage(&self) -> Stage {
+                Stage::$stage
+            }
+        })*
+    };
+}
+
+stage! {
+    Ehlo<'_> => Ehlo,
+    Helo<'_> => Ehlo,
+    StartTls => Tls,
+    MailFrom<'_> => MailFrom,
+    RcptTo<'_> => RcptTo,
+    Data => Data,
+    EndOfData => DataEnd,
+    Rset => Rset,
+    Quit => Quit,
+    AuthCancel => Auth,
+}
 
 /// An EHLO/HELO domain: a host name or address literal, printable ASCII,
 /// no spaces.
@@ -118,19 +158,21 @@ impl fmt::Display for Data {
     }
 }
 
+/// The end-of-data line `.` alone (RFC 5321 4.1.1.4), sent by itself only to
+/// end an empty data at once; a message's own terminator goes with its last
+/// chunk (see [`super::dot`]).
+pub struct EndOfData;
+impl fmt::Display for EndOfData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(".\r\n")
+    }
+}
+
 /// `RSET`.
 pub struct Rset;
 impl fmt::Display for Rset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RSET\r\n")
-    }
-}
-
-/// `NOOP`.
-pub struct Noop;
-impl fmt::Display for Noop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("NOOP\r\n")
     }
 }
 
@@ -158,11 +200,72 @@ impl fmt::Display for Auth<'_> {
     }
 }
 
+impl Command for Auth<'_> {
+    fn stage(&self) -> Stage {
+        Stage::Auth
+    }
+    fn redacted(&self) -> Option<String> {
+        self.initial.map(|_| format!("AUTH {} <redacted>", self.mechanism))
+    }
+}
+
 /// A SASL continuation line: base64 text alone on a line (RFC 4954 4).
 pub struct AuthResponse<'a>(pub &'a str);
 impl fmt::Display for AuthResponse<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}\r\n", self.0)
+    }
+}
+impl Command for AuthResponse<'_> {
+    fn stage(&self) -> Stage {
+        Stage::Auth
+    }
+    fn redacted(&self) -> Option<String> {
+        Some("<redacted>".into())
+    }
+}
+
+/// `*`: the client cancels the SASL exchange; the server answers `501`
+/// (RFC 4954 4).
+pub struct AuthCancel;
+impl fmt::Display for AuthCancel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("*\r\n")
+    }
+}
+
+/// One command of a mail transaction's plan: what the session pipelines
+/// (RFC 2920) or sends one per turn.
+pub enum Step<'a> {
+    /// `RSET`, before every transaction but the first of a session.
+    Rset(Rset),
+    /// `MAIL FROM`.
+    MailFrom(MailFrom<'a>),
+    /// One `RCPT TO`.
+    RcptTo(RcptTo<'a>),
+    /// `DATA`: ends the plan when the message goes dot-stuffed.
+    Data(Data),
+}
+
+impl fmt::Display for Step<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rset(c) => c.fmt(f),
+            Self::MailFrom(c) => c.fmt(f),
+            Self::RcptTo(c) => c.fmt(f),
+            Self::Data(c) => c.fmt(f),
+        }
+    }
+}
+
+impl Command for Step<'_> {
+    fn stage(&self) -> Stage {
+        match self {
+            Self::Rset(c) => c.stage(),
+            Self::MailFrom(c) => c.stage(),
+            Self::RcptTo(c) => c.stage(),
+            Self::Data(c) => c.stage(),
+        }
     }
 }
 
@@ -182,12 +285,25 @@ mod tests {
         assert_eq!(StartTls.to_string(), "STARTTLS\r\n");
         assert_eq!(Data.to_string(), "DATA\r\n");
         assert_eq!(Rset.to_string(), "RSET\r\n");
-        assert_eq!(Noop.to_string(), "NOOP\r\n");
+        assert_eq!(EndOfData.to_string(), ".\r\n");
         assert_eq!(Quit.to_string(), "QUIT\r\n");
         assert_eq!(RcptTo(&addr("b@example.org")).to_string(), "RCPT TO:<b@example.org>\r\n");
         assert_eq!(Auth { mechanism: "LOGIN", initial: None }.to_string(), "AUTH LOGIN\r\n");
         assert_eq!(Auth { mechanism: "PLAIN", initial: Some("AGEAYg==") }.to_string(), "AUTH PLAIN AGEAYg==\r\n");
         assert_eq!(AuthResponse("dXNlcg==").to_string(), "dXNlcg==\r\n");
+        assert_eq!(AuthCancel.to_string(), "*\r\n");
+        let a = addr("a@example.com");
+        let from = MailFrom { from: Some(&a), size: None, body: Body::SevenBit, smtputf8: false };
+        assert_eq!(Step::MailFrom(from).to_string(), "MAIL FROM:<a@example.com>\r\n");
+        assert_eq!(Step::Rset(Rset).to_string(), "RSET\r\n");
+    }
+
+    #[test]
+    fn credentials_never_reach_the_transcript() {
+        assert_eq!(Auth { mechanism: "LOGIN", initial: None }.redacted(), None);
+        assert_eq!(Auth { mechanism: "PLAIN", initial: Some("AGEAYg==") }.redacted().as_deref(), Some("AUTH PLAIN <redacted>"));
+        assert_eq!(AuthResponse("dXNlcg==").redacted().as_deref(), Some("<redacted>"));
+        assert_eq!(Step::Data(Data).stage(), Stage::Data);
     }
 
     #[test]

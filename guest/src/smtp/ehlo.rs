@@ -1,39 +1,8 @@
 //! EHLO reply parsing (RFC 5321 4.1.1.1, 2.2.2): the service extensions a
 //! server advertises. Unknown keywords are ignored.
 
+use super::auth::Mechanism;
 use super::reply::Reply;
-
-/// A SASL mechanism we can use (RFC 4954).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Mechanism {
-    /// RFC 4616.
-    Plain,
-    /// The de-facto `LOGIN` mechanism.
-    Login,
-    /// OAuth 2.0 bearer tokens, Google/Microsoft style.
-    XOAuth2,
-}
-
-impl Mechanism {
-    /// The wire name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Plain => "PLAIN",
-            Self::Login => "LOGIN",
-            Self::XOAuth2 => "XOAUTH2",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_uppercase().as_str() {
-            "PLAIN" => Some(Self::Plain),
-            "LOGIN" => Some(Self::Login),
-            "XOAUTH2" => Some(Self::XOAuth2),
-            _ => None,
-        }
-    }
-}
 
 /// One advertised extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +119,7 @@ mod tests {
                 pipelining: true,
                 eight_bit_mime: true,
                 smtputf8: true,
-                auth: vec![Mechanism::Plain, Mechanism::Login],
+                auth: vec![Mechanism::Plain, Mechanism::Login, Mechanism::CramMd5],
                 starttls: true,
                 enhanced_status_codes: true,
                 chunking: true,

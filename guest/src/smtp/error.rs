@@ -34,9 +34,11 @@ pub enum Stage {
     Quit,
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    /// The stage's name as the WIT spells it (`mail-from`, `data-end`): the
+    /// one table of stage names, used by `Display` and the transcript.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Connect => "connect",
             Self::Greeting => "greeting",
             Self::Ehlo => "ehlo",
@@ -49,7 +51,13 @@ impl fmt::Display for Stage {
             Self::DataEnd => "data-end",
             Self::Rset => "rset",
             Self::Quit => "quit",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -83,7 +91,9 @@ pub enum SmtpError {
 
 impl SmtpError {
     /// True when the same message may go through later: 4xx replies, timeouts
-    /// and broken connections.
+    /// and broken connections. The mailer's one answer to "is this
+    /// transient?": the WIT `rejection.transient` and the keep-for-retry
+    /// decision both come from here.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Timeout(_) => true,
@@ -93,13 +103,22 @@ impl SmtpError {
         }
     }
 
-    /// True when the connection cannot be used any more.
+    /// True when the message is worth keeping for a later try: a retry may
+    /// succeed ([`SmtpError::is_transient`]), or nobody knows whether it was
+    /// delivered (resent only when the operator says so).
+    pub fn worth_keeping(&self) -> bool {
+        self.is_transient() || matches!(self, Self::OutcomeUnknown(_))
+    }
+
+    /// True when the connection cannot carry another command: it broke, timed
+    /// out, TLS failed or was refused, the server broke the protocol, or it
+    /// said `421` (closing). Otherwise the server answered and is waiting for
+    /// the next command, so the session ends with `QUIT` (or goes on).
     pub fn kills_session(&self) -> bool {
         match self {
             Self::InvalidMessage(_) => false,
-            Self::Rejected { reply, .. } => reply.code == 421,
-            Self::Auth(_) => true,
-            _ => true,
+            Self::Auth(reply) | Self::Rejected { reply, .. } => reply.code == 421,
+            Self::Connect(_) | Self::Tls(_) | Self::Timeout(_) | Self::Protocol(_) | Self::OutcomeUnknown(_) => true,
         }
     }
 }

@@ -4,19 +4,20 @@
 //!
 //! The session never touches a socket. It talks to a [`Transport`], which
 //! moves bytes and enforces deadlines; tests drive it with scripted bytes.
+//!
+//! Every command goes out through [`Session::command`] (one per turn) or
+//! [`Session::exchange`] (a transaction's plan, pipelined or not); each is a
+//! type from [`super::command`] whose `Display` is the wire bytes.
 
-use super::auth::{self, Choice, Secret};
-use super::command::{self, Body, ClientName, MailFrom, RcptTo};
-use super::dot::DotStuffer;
-use super::ehlo::{Capabilities, Mechanism};
+use super::auth::{self, Choice, Credentials, MAX_SASL_ROUNDS, Secret};
+use super::command::{Auth, AuthCancel, AuthResponse, Body, ClientName, Command, Ehlo, EndOfData, Helo, MailFrom, Quit, RcptTo, Rset, StartTls, Step};
+use super::data::{DATA_CHUNK, DataPhase, SliceSource, Source};
+use super::ehlo::Capabilities;
 use super::error::{SmtpError, Stage};
 use super::reply::{Reply, ReplyParser};
 use crate::mime::address::Address;
+use std::fmt::Write as _;
 
-/// How much message data is gathered before one write. Large enough that a
-/// typical message is one write with its terminator; small enough to bound
-/// memory when streaming.
-pub const DATA_CHUNK: usize = 64 * 1024;
 /// Read buffer size.
 pub const READ_CHUNK: usize = 16 * 1024;
 
@@ -92,44 +93,15 @@ pub struct Outgoing<'a> {
     pub smtputf8: bool,
 }
 
-/// What a [`Source`] appended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk {
-    /// Message text; more follows.
-    Text,
-    /// Lines from [`crate::mime::encode::base64_lines`], which need no
-    /// dot-stuffing; more follows.
-    Base64,
-    /// The last piece of message text.
-    Last,
-}
-
-/// Produces the message data in chunks (CRLF lines, not stuffed).
-pub trait Source {
-    /// Append the next piece to `out` and say what it is.
-    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError>;
-}
-
-/// A message already in memory.
-pub struct SliceSource<'a>(pub Option<&'a [u8]>);
-
-impl Source for SliceSource<'_> {
-    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
-        if let Some(b) = self.0.take() {
-            out.extend_from_slice(b);
-        }
-        Ok(Chunk::Last)
-    }
-}
-
-/// The result of one transaction.
+/// The result of one mail transaction: the server took the message for
+/// these recipients.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+pub struct TransactionResult {
     /// Accepted recipients.
     pub accepted: Vec<Address>,
     /// Refused recipients with the server's replies.
     pub rejected: Vec<(Address, Reply)>,
-    /// The reply to the final dot.
+    /// The reply to the end of the data.
     pub reply: Reply,
 }
 
@@ -139,7 +111,6 @@ pub struct Session<T: Transport> {
     parser: ReplyParser,
     rbuf: Vec<u8>,
     caps: Capabilities,
-    esmtp: bool,
     /// A transaction ran since the last RSET.
     dirty: bool,
     /// The data phase failed part way (the source failed, or a write): the
@@ -153,44 +124,139 @@ fn synthetic(text: String) -> Reply {
     Reply { code: 0, enhanced: None, lines: vec![text] }
 }
 
+/// What one reply means for the command of the plan it answers: the one
+/// table both [`Session::exchange`] (when to stop) and [`evaluate`] (what
+/// happened) read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The command succeeded.
+    Done,
+    /// This recipient is refused; the transaction goes on without it.
+    Refused,
+    /// The transaction ends here.
+    Fails,
+}
+
+fn judge(step: &Step<'_>, reply: &Reply) -> Verdict {
+    let ok = match step {
+        Step::Data(_) => reply.code == 354,
+        Step::Rset(_) | Step::MailFrom(_) | Step::RcptTo(_) => reply.is_positive(),
+    };
+    if ok {
+        Verdict::Done
+    } else if matches!(step, Step::RcptTo(_)) && reply.code != 421 && (reply.is_transient() || reply.is_permanent()) {
+        Verdict::Refused
+    } else {
+        Verdict::Fails
+    }
+}
+
+/// The error for a reply that ends the transaction at `stage`: a 4xx/5xx is
+/// a rejection, anything else (a 2xx where 354 belongs, a 3xx where 250
+/// does) breaks the protocol.
+fn failure(stage: Stage, reply: Reply, rejected: Vec<(Address, Reply)>) -> SmtpError {
+    if reply.is_transient() || reply.is_permanent() {
+        SmtpError::Rejected { stage, reply, recipients: rejected }
+    } else {
+        SmtpError::Protocol(format!("unexpected reply at {stage}: {reply}"))
+    }
+}
+
+/// No recipient was accepted: the transaction ends before its data, with the
+/// last refusal.
+fn all_refused(mut rejected: Vec<(Address, Reply)>) -> SmtpError {
+    let reply = rejected.last().map(|(_, r)| r.clone()).unwrap_or_else(|| synthetic("no recipients".into()));
+    rejected.shrink_to_fit();
+    SmtpError::Rejected { stage: Stage::RcptTo, reply, recipients: rejected }
+}
+
+/// The recipients a plan's replies accepted and refused, or why the
+/// transaction ends before its data. `replies` may stop short of the plan
+/// (one command per turn stops at the first failure).
+fn evaluate(plan: &[Step<'_>], replies: Vec<Reply>) -> Result<(Vec<Address>, Vec<(Address, Reply)>), SmtpError> {
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for (step, reply) in plan.iter().zip(replies) {
+        if matches!(step, Step::Data(_)) && accepted.is_empty() {
+            return Err(all_refused(rejected));
+        }
+        match (judge(step, &reply), step) {
+            (Verdict::Done, Step::RcptTo(RcptTo(to))) => accepted.push((*to).clone()),
+            (Verdict::Refused, Step::RcptTo(RcptTo(to))) => rejected.push(((*to).clone(), reply)),
+            (Verdict::Done | Verdict::Refused, _) => {}
+            (Verdict::Fails, _) => return Err(failure(step.stage(), reply, rejected)),
+        }
+    }
+    if accepted.is_empty() {
+        return Err(all_refused(rejected));
+    }
+    Ok((accepted, rejected))
+}
+
+/// After the final dot, a lost connection or a missed deadline leaves the
+/// outcome unknown: the server may have taken the message.
+fn after_dot(e: SmtpError) -> SmtpError {
+    match e {
+        SmtpError::Timeout(_) => SmtpError::OutcomeUnknown(
+            "no reply to the end of data before the deadline; the message may have been delivered".into(),
+        ),
+        SmtpError::Connect(m) => SmtpError::OutcomeUnknown(format!(
+            "connection lost after the end of data ({m}); the message may have been delivered"
+        )),
+        e => e,
+    }
+}
+
+/// A reply's lines as the server sent them: `code-text`, the last `code text`.
+fn reply_lines(reply: &Reply) -> impl Iterator<Item = String> + '_ {
+    let n = reply.lines.len();
+    reply.lines.iter().enumerate().map(move |(i, line)| {
+        let sep = if i + 1 == n { ' ' } else { '-' };
+        match (&reply.enhanced, i) {
+            (Some(e), 0) => format!("{}{sep}{e} {line}", reply.code),
+            _ => format!("{}{sep}{line}", reply.code),
+        }
+    })
+}
+
 impl<T: Transport> Session<T> {
     /// Greet, EHLO, secure and authenticate. `secret` is asked for only when
-    /// AUTH actually happens.
+    /// AUTH actually happens. When this fails while the connection still
+    /// works (a refused AUTH, a `554` greeting), the session says `QUIT`.
     pub fn open(io: T, cfg: &Config, secret: impl FnOnce() -> Option<Secret>) -> Result<Self, SmtpError> {
         let mut s = Self {
             io,
             parser: ReplyParser::new(),
             rbuf: vec![0; READ_CHUNK],
             caps: Capabilities::default(),
-            esmtp: false,
             dirty: false,
             broken: false,
             wbuf: Vec::with_capacity(DATA_CHUNK + 1024),
         };
-        let greeting = s.read_reply(Stage::Greeting)?;
-        if greeting.code != 220 {
-            return Err(if greeting.is_transient() || greeting.is_permanent() {
-                SmtpError::Rejected { stage: Stage::Greeting, reply: greeting, recipients: vec![] }
-            } else {
-                SmtpError::Protocol(format!("unexpected greeting {greeting}"))
-            });
+        match s.start(cfg, secret) {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                if !e.kills_session() {
+                    s.quit();
+                }
+                Err(e)
+            }
         }
-        s.hello(&cfg.client_name)?;
-        s.secure(cfg)?;
+    }
+
+    fn start(&mut self, cfg: &Config, secret: impl FnOnce() -> Option<Secret>) -> Result<(), SmtpError> {
+        self.greeting()?;
+        self.hello(&cfg.client_name)?;
+        self.secure(cfg)?;
         if let Some(user) = &cfg.user {
-            s.authenticate(cfg, user, secret)?;
+            self.authenticate(cfg, user, secret)?;
         }
-        Ok(s)
+        Ok(())
     }
 
     /// What the server offers (after TLS, the post-TLS EHLO).
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
-    }
-
-    /// The transport, e.g. to check TLS.
-    pub fn transport(&self) -> &T {
-        &self.io
     }
 
     fn note(&mut self, text: &str) {
@@ -199,94 +265,94 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    /// Send a command (or a pipelined batch) in one write, logging each line.
-    fn send_commands(&mut self, wire: &[u8], stage: Stage) -> Result<(), SmtpError> {
-        if self.io.verbose() {
-            for line in String::from_utf8_lossy(wire).split_terminator("\r\n") {
-                self.io.transcript(Direction::Client, line);
+    /// Send `commands` in one write, each shown in the transcript (redacted
+    /// when it carries credentials). The write counts for the first one's
+    /// stage.
+    fn write<C: Command>(&mut self, commands: &[C]) -> Result<(), SmtpError> {
+        let Some(first) = commands.first() else {
+            return Ok(());
+        };
+        let stage = first.stage();
+        let mut wire = String::with_capacity(48 * commands.len());
+        for c in commands {
+            let start = wire.len();
+            let _ = write!(wire, "{c}");
+            if self.io.verbose() {
+                match c.redacted() {
+                    Some(shown) => self.io.transcript(Direction::Client, &shown),
+                    None => {
+                        for line in wire[start..].split_terminator("\r\n") {
+                            self.io.transcript(Direction::Client, line);
+                        }
+                    }
+                }
             }
         }
-        self.io.send(wire, stage)
+        self.io.send(wire.as_bytes(), stage)
     }
 
-    /// Send a line carrying credentials: the transcript shows `redacted`.
-    fn send_secret(&mut self, wire: &[u8], shown: &str) -> Result<(), SmtpError> {
-        if self.io.verbose() {
-            self.io.transcript(Direction::Client, shown);
-        }
-        self.io.send(wire, Stage::Auth)
+    /// Send one command and read its reply.
+    fn command<C: Command>(&mut self, c: C) -> Result<Reply, SmtpError> {
+        let stage = c.stage();
+        self.write(std::slice::from_ref(&c))?;
+        self.read_reply(stage)
     }
 
+    /// Read the next complete reply, waiting at `stage`'s deadline.
     fn read_reply(&mut self, stage: Stage) -> Result<Reply, SmtpError> {
         self.io.start_reply(stage);
         loop {
-            match self.parser.next_reply() {
-                Ok(Some(reply)) => {
-                    if self.io.verbose() {
-                        let n = reply.lines.len();
-                        for (i, line) in reply.lines.iter().enumerate() {
-                            let sep = if i + 1 == n { ' ' } else { '-' };
-                            let enhanced = match (&reply.enhanced, i) {
-                                (Some(e), 0) => format!("{e} "),
-                                _ => String::new(),
-                            };
-                            let text = format!("{}{sep}{enhanced}{line}", reply.code);
-                            self.io.transcript(Direction::Server, &text);
-                        }
+            if let Some(reply) = self.parser.next_reply().map_err(|e| SmtpError::Protocol(e.to_string()))? {
+                if self.io.verbose() {
+                    for line in reply_lines(&reply) {
+                        self.io.transcript(Direction::Server, &line);
                     }
-                    return Ok(reply);
                 }
-                Ok(None) => {}
-                Err(e) => return Err(SmtpError::Protocol(e.to_string())),
+                return Ok(reply);
             }
-            let n = match self.io.recv(&mut self.rbuf, stage) {
-                Ok(n) => n,
-                Err(SmtpError::Timeout(_)) if stage == Stage::DataEnd => {
-                    return Err(SmtpError::OutcomeUnknown(
-                        "no reply to the end of data before the deadline; the message may have been delivered".into(),
-                    ));
-                }
-                Err(SmtpError::Connect(m)) if stage == Stage::DataEnd => {
-                    return Err(SmtpError::OutcomeUnknown(format!(
-                        "connection lost after the end of data ({m}); the message may have been delivered"
-                    )));
-                }
-                Err(e) => return Err(e),
-            };
+            let n = self.io.recv(&mut self.rbuf, stage)?;
             if n == 0 {
-                return Err(if stage == Stage::DataEnd {
-                    SmtpError::OutcomeUnknown(
-                        "the server closed the connection after the end of data, before replying; \
-                         the message may have been delivered"
-                            .into(),
-                    )
-                } else {
-                    SmtpError::Connect(format!("the server closed the connection while we waited at {stage}"))
-                });
+                return Err(SmtpError::Connect(format!("the server closed the connection while we waited at {stage}")));
             }
             self.parser.feed(&self.rbuf[..n]);
         }
     }
 
+    /// Without pipelining, a reply must be alone: bytes after it are replies
+    /// to nothing, and would put every later command one reply out of step.
+    fn expect_drained(&self, stage: Stage) -> Result<(), SmtpError> {
+        match self.parser.buffered() {
+            0 => Ok(()),
+            n => Err(SmtpError::Protocol(format!("{n} unexpected bytes after the reply at {stage}"))),
+        }
+    }
+
+    fn greeting(&mut self) -> Result<(), SmtpError> {
+        let reply = self.read_reply(Stage::Greeting)?;
+        match reply.code {
+            220 => Ok(()),
+            _ if reply.is_transient() || reply.is_permanent() => {
+                Err(SmtpError::Rejected { stage: Stage::Greeting, reply, recipients: vec![] })
+            }
+            _ => Err(SmtpError::Protocol(format!("unexpected greeting {reply}"))),
+        }
+    }
+
     fn hello(&mut self, name: &ClientName) -> Result<(), SmtpError> {
-        self.send_commands(command::Ehlo(name).to_string().as_bytes(), Stage::Ehlo)?;
-        let reply = self.read_reply(Stage::Ehlo)?;
+        let reply = self.command(Ehlo(name))?;
         if reply.code == 250 {
             self.caps = Capabilities::from_ehlo(&reply);
-            self.esmtp = true;
             return Ok(());
         }
         if reply.code == 421 || !reply.is_permanent() {
             return Err(SmtpError::Rejected { stage: Stage::Ehlo, reply, recipients: vec![] });
         }
         // RFC 5321 4.1.1.1: a server that does not know EHLO gets HELO.
-        self.send_commands(command::Helo(name).to_string().as_bytes(), Stage::Ehlo)?;
-        let reply = self.read_reply(Stage::Ehlo)?;
+        let reply = self.command(Helo(name))?;
         if reply.code != 250 {
             return Err(SmtpError::Rejected { stage: Stage::Ehlo, reply, recipients: vec![] });
         }
         self.caps = Capabilities::default();
-        self.esmtp = false;
         Ok(())
     }
 
@@ -306,8 +372,7 @@ impl<T: Transport> Session<T> {
         if self.parser.buffered() > 0 {
             return Err(SmtpError::Protocol("unexpected bytes from the server before STARTTLS".into()));
         }
-        self.send_commands(command::StartTls.to_string().as_bytes(), Stage::Tls)?;
-        let reply = self.read_reply(Stage::Tls)?;
+        let reply = self.command(StartTls)?;
         if reply.code != 220 {
             if cfg.tls == TlsMode::Required || reply.code == 421 {
                 return Err(SmtpError::Tls(format!("STARTTLS refused: {reply}")));
@@ -327,10 +392,11 @@ impl<T: Transport> Session<T> {
         self.note(&format!("TLS started: {protocol}"));
         // RFC 3207 4.2: forget everything learnt in plaintext.
         self.caps = Capabilities::default();
-        self.esmtp = false;
         self.hello(&cfg.client_name)
     }
 
+    /// AUTH: the mechanism's initial response on the AUTH line, then one
+    /// step per `334` challenge, at most [`MAX_SASL_ROUNDS`].
     fn authenticate(
         &mut self,
         cfg: &Config,
@@ -357,93 +423,34 @@ impl<T: Transport> Session<T> {
             )))
         })?;
         let secret = secret().ok_or_else(|| SmtpError::Auth(synthetic("no password or token configured".into())))?;
-        let reply = match mech {
-            Mechanism::Login => {
-                self.send_commands(b"AUTH LOGIN\r\n", Stage::Auth)?;
-                let (u, p) = auth::login_responses(user, &secret);
-                let r = self.read_reply(Stage::Auth)?;
-                if r.code != 334 {
-                    return Err(SmtpError::Auth(r));
-                }
-                self.send_secret(format!("{u}\r\n").as_bytes(), "<redacted>")?;
-                let r = self.read_reply(Stage::Auth)?;
-                if r.code != 334 {
-                    return Err(SmtpError::Auth(r));
-                }
-                self.send_secret(format!("{p}\r\n").as_bytes(), "<redacted>")?;
-                self.read_reply(Stage::Auth)?
+        let creds = Credentials { user, secret: &secret };
+        let initial = mech.initial_response(&creds);
+        let mut reply = self.command(Auth { mechanism: mech.name(), initial: initial.as_deref() })?;
+        for round in 0..MAX_SASL_ROUNDS {
+            if reply.code != 334 {
+                break;
             }
-            Mechanism::Plain | Mechanism::XOAuth2 => {
-                let ir = if mech == Mechanism::Plain {
-                    auth::plain_response(user, &secret)
-                } else {
-                    auth::xoauth2_response(user, &secret)
-                };
-                let wire = command::Auth { mechanism: mech.name(), initial: Some(&ir) }.to_string();
-                self.send_secret(wire.as_bytes(), &format!("AUTH {} <redacted>", mech.name()))?;
-                let mut r = self.read_reply(Stage::Auth)?;
-                if r.code == 334 {
-                    // XOAUTH2 error details come as a 334 challenge; an empty
-                    // response makes the server send the final reply.
-                    self.send_commands(b"\r\n", Stage::Auth)?;
-                    r = self.read_reply(Stage::Auth)?;
-                }
-                r
+            let challenge = reply.lines.first().map_or("", String::as_str);
+            let Some(response) = mech.step(round, challenge, &creds) else {
+                break;
+            };
+            reply = self.command(AuthResponse(&response))?;
+        }
+        match reply.code {
+            235 => Ok(()),
+            // A challenge the mechanism cannot answer (or one too many): RFC
+            // 4954 4, `*` cancels and the server answers 501, so the
+            // connection is ready for QUIT.
+            334 => {
+                self.command(AuthCancel)?;
+                Err(SmtpError::Auth(reply))
             }
-        };
-        if reply.code == 235 { Ok(()) } else { Err(SmtpError::Auth(reply)) }
-    }
-
-    /// Accept `reply` when `ok` says so; a 4xx/5xx is a rejection at `stage`,
-    /// anything else (a 2xx where 354 belongs, a 3xx where 250 does) breaks
-    /// the protocol.
-    fn expect(
-        stage: Stage,
-        reply: Reply,
-        ok: fn(&Reply) -> bool,
-        recipients: &[(Address, Reply)],
-    ) -> Result<Reply, SmtpError> {
-        if ok(&reply) {
-            Ok(reply)
-        } else if reply.is_transient() || reply.is_permanent() {
-            Err(SmtpError::Rejected { stage, reply, recipients: recipients.to_vec() })
-        } else {
-            Err(SmtpError::Protocol(format!("unexpected reply at {stage}: {reply}")))
+            _ => Err(SmtpError::Auth(reply)),
         }
     }
 
-    /// Sort one RCPT reply into accepted or refused.
-    fn recipient(
-        reply: Reply,
-        to: &Address,
-        accepted: &mut Vec<Address>,
-        rejected: &mut Vec<(Address, Reply)>,
-    ) -> Result<(), SmtpError> {
-        if reply.is_positive() {
-            accepted.push(to.clone());
-        } else if reply.code == 421 {
-            return Err(SmtpError::Rejected { stage: Stage::RcptTo, reply, recipients: rejected.clone() });
-        } else if reply.is_transient() || reply.is_permanent() {
-            rejected.push((to.clone(), reply));
-        } else {
-            return Err(SmtpError::Protocol(format!("unexpected reply to RCPT TO: {reply}")));
-        }
-        Ok(())
-    }
-
-    /// Without pipelining, a reply must be alone: bytes after it are replies
-    /// to nothing, and would put every later command one reply out of step.
-    fn expect_drained(&self, stage: Stage) -> Result<(), SmtpError> {
-        match self.parser.buffered() {
-            0 => Ok(()),
-            n => Err(SmtpError::Protocol(format!("{n} unexpected bytes after the reply at {stage}"))),
-        }
-    }
-
-    /// Run one mail transaction. The data comes from `source`, is dot-stuffed
-    /// on the way out, and its last piece goes in one write with the
-    /// terminator.
-    pub fn send(&mut self, msg: &Outgoing<'_>, source: &mut dyn Source) -> Result<Delivery, SmtpError> {
+    /// Refuse, before anything is sent, what this server cannot take.
+    fn check_fits(&self, msg: &Outgoing<'_>) -> Result<(), SmtpError> {
         if msg.smtputf8 && !self.caps.smtputf8 {
             return Err(SmtpError::InvalidMessage(
                 "address: a non-ASCII address needs SMTPUTF8, which the server does not offer".into(),
@@ -455,149 +462,109 @@ impl<T: Transport> Session<T> {
             ));
         }
         if let Some(max) = self.caps.size.filter(|&m| m > 0)
-            && msg.size > max {
-                return Err(SmtpError::InvalidMessage(format!(
-                    "message: {} octets exceed the server's SIZE limit of {max}",
-                    msg.size
-                )));
-            }
-        let mail = MailFrom {
-            from: Some(msg.from),
-            size: self.caps.size.map(|_| msg.size),
-            body: if msg.eight_bit || msg.smtputf8 && self.caps.eight_bit_mime { Body::EightBitMime } else { Body::SevenBit },
-            smtputf8: msg.smtputf8,
-        }
-        .to_string();
-        let mut accepted = Vec::with_capacity(msg.recipients.len());
-        let mut rejected = Vec::new();
-        let rset = self.dirty;
-        self.dirty = true;
-
-        if self.caps.pipelining {
-            // RFC 2920: RSET, MAIL, every RCPT and DATA in one write.
-            let mut batch = String::with_capacity(64 + 48 * msg.recipients.len());
-            if rset {
-                batch.push_str("RSET\r\n");
-            }
-            batch.push_str(&mail);
-            for r in msg.recipients {
-                batch.push_str(&RcptTo(r).to_string());
-            }
-            batch.push_str("DATA\r\n");
-            self.send_commands(batch.as_bytes(), Stage::MailFrom)?;
-            if rset {
-                let r = self.read_reply(Stage::Rset)?;
-                Self::expect(Stage::Rset, r, Reply::is_positive, &[])?;
-            }
-            let mail_reply = self.read_reply(Stage::MailFrom)?;
-            let mut rcpt_replies = Vec::with_capacity(msg.recipients.len());
-            for _ in msg.recipients {
-                rcpt_replies.push(self.read_reply(Stage::RcptTo)?);
-            }
-            let data_reply = self.read_reply(Stage::Data)?;
-            if let Err(e) = Self::expect(Stage::MailFrom, mail_reply, Reply::is_positive, &[]) {
-                self.abort_data(&data_reply)?;
-                return Err(e);
-            }
-            for (to, reply) in msg.recipients.iter().zip(rcpt_replies) {
-                Self::recipient(reply, to, &mut accepted, &mut rejected)?;
-            }
-            if accepted.is_empty() {
-                self.abort_data(&data_reply)?;
-                return Err(Self::all_refused(rejected));
-            }
-            Self::expect(Stage::Data, data_reply, |r| r.code == 354, &rejected)?;
-        } else {
-            if rset {
-                self.send_commands(b"RSET\r\n", Stage::Rset)?;
-                let r = self.read_reply(Stage::Rset)?;
-                self.expect_drained(Stage::Rset)?;
-                Self::expect(Stage::Rset, r, Reply::is_positive, &[])?;
-            }
-            self.send_commands(mail.as_bytes(), Stage::MailFrom)?;
-            let r = self.read_reply(Stage::MailFrom)?;
-            self.expect_drained(Stage::MailFrom)?;
-            Self::expect(Stage::MailFrom, r, Reply::is_positive, &[])?;
-            for to in msg.recipients {
-                self.send_commands(RcptTo(to).to_string().as_bytes(), Stage::RcptTo)?;
-                let reply = self.read_reply(Stage::RcptTo)?;
-                self.expect_drained(Stage::RcptTo)?;
-                Self::recipient(reply, to, &mut accepted, &mut rejected)?;
-            }
-            if accepted.is_empty() {
-                return Err(Self::all_refused(rejected));
-            }
-            self.send_commands(b"DATA\r\n", Stage::Data)?;
-            let r = self.read_reply(Stage::Data)?;
-            self.expect_drained(Stage::Data)?;
-            Self::expect(Stage::Data, r, |r| r.code == 354, &rejected)?;
-        }
-
-        if let Err(e) = self.write_data(source) {
-            self.broken = true;
-            return Err(e);
-        }
-        let reply = self.read_reply(Stage::DataEnd)?;
-        let reply = Self::expect(Stage::DataEnd, reply, Reply::is_positive, &rejected)?;
-        self.expect_drained(Stage::DataEnd)?;
-        Ok(Delivery { accepted, rejected, reply })
-    }
-
-    fn all_refused(mut rejected: Vec<(Address, Reply)>) -> SmtpError {
-        let reply = rejected
-            .last()
-            .map(|(_, r)| r.clone())
-            .unwrap_or_else(|| synthetic("no recipients".into()));
-        rejected.shrink_to_fit();
-        SmtpError::Rejected { stage: Stage::RcptTo, reply, recipients: rejected }
-    }
-
-    /// After a pipelined DATA that must not carry a message: if the server
-    /// still said 354, end the empty data at once (RFC 2920 3.1).
-    fn abort_data(&mut self, data_reply: &Reply) -> Result<(), SmtpError> {
-        if data_reply.code == 354 {
-            self.send_commands(b".\r\n", Stage::DataEnd)?;
-            self.read_reply(Stage::DataEnd)?;
+            && msg.size > max
+        {
+            return Err(SmtpError::InvalidMessage(format!(
+                "message: {} octets exceed the server's SIZE limit of {max}",
+                msg.size
+            )));
         }
         Ok(())
     }
 
-    fn write_data(&mut self, source: &mut dyn Source) -> Result<(), SmtpError> {
-        let mut stuffer = DotStuffer::new();
-        let mut chunk = Vec::with_capacity(DATA_CHUNK);
-        let mut sent: u64 = 0;
-        self.wbuf.clear();
-        loop {
-            chunk.clear();
-            let kind = source.next_chunk(&mut chunk)?;
-            match kind {
-                Chunk::Base64 => stuffer.encode_base64_lines(&chunk, &mut self.wbuf),
-                Chunk::Text | Chunk::Last => stuffer.encode(&chunk, &mut self.wbuf),
+    /// The commands of one transaction: `[RSET?, MAIL FROM, RCPT TO..., DATA]`.
+    fn plan<'a>(&self, msg: &Outgoing<'a>, rset: bool, phase: DataPhase) -> Vec<Step<'a>> {
+        let mut plan = Vec::with_capacity(msg.recipients.len() + 3);
+        if rset {
+            plan.push(Step::Rset(Rset));
+        }
+        plan.push(Step::MailFrom(MailFrom {
+            from: Some(msg.from),
+            size: self.caps.size.map(|_| msg.size),
+            body: if msg.eight_bit || msg.smtputf8 && self.caps.eight_bit_mime {
+                Body::EightBitMime
+            } else {
+                Body::SevenBit
+            },
+            smtputf8: msg.smtputf8,
+        }));
+        plan.extend(msg.recipients.iter().map(|to| Step::RcptTo(RcptTo(to))));
+        plan.extend(phase.opener().map(Step::Data));
+        plan
+    }
+
+    /// Send `plan` and collect its replies. Pipelined (RFC 2920): one write
+    /// for the whole plan, then every reply. Otherwise one command per turn,
+    /// each reply alone, stopping after the first that ends the transaction,
+    /// and before DATA when no recipient was accepted.
+    fn exchange(&mut self, plan: &[Step<'_>], pipelined: bool) -> Result<Vec<Reply>, SmtpError> {
+        let mut replies = Vec::with_capacity(plan.len());
+        if pipelined {
+            self.write(plan)?;
+            for step in plan {
+                replies.push(self.read_reply(step.stage())?);
             }
-            sent += chunk.len() as u64;
-            if kind == Chunk::Last {
-                stuffer.finish(&mut self.wbuf);
-                if self.io.verbose() {
-                    self.io.transcript(Direction::Client, &format!("<{sent} octets of message data>"));
-                    self.io.transcript(Direction::Client, ".");
-                }
-                // A failure here means the transport did not take all of the
-                // last chunk, so the terminator never left: nothing was
-                // delivered, and a retry is safe. Only a failure while waiting
-                // for the reply to the dot leaves the outcome unknown.
-                let r = self.io.send(&self.wbuf, Stage::DataBlock);
-                self.wbuf.clear();
-                return r;
+            return Ok(replies);
+        }
+        for step in plan {
+            if matches!(step, Step::Data(_))
+                && !plan.iter().zip(&replies).any(|(s, r)| matches!(s, Step::RcptTo(_)) && judge(s, r) == Verdict::Done)
+            {
+                break;
             }
-            if self.wbuf.len() >= DATA_CHUNK {
-                self.io.send(&self.wbuf, Stage::DataBlock)?;
-                self.wbuf.clear();
+            self.write(std::slice::from_ref(step))?;
+            let reply = self.read_reply(step.stage())?;
+            self.expect_drained(step.stage())?;
+            let verdict = judge(step, &reply);
+            replies.push(reply);
+            if verdict == Verdict::Fails {
+                break;
             }
         }
+        Ok(replies)
+    }
+
+    /// Run one mail transaction. The data comes from `source` and goes out
+    /// as the [`DataPhase`] for this server has it.
+    pub fn send(&mut self, msg: &Outgoing<'_>, source: &mut dyn Source) -> Result<TransactionResult, SmtpError> {
+        self.check_fits(msg)?;
+        let phase = DataPhase::choose(&self.caps);
+        let plan = self.plan(msg, self.dirty, phase);
+        self.dirty = true;
+        let replies = self.exchange(&plan, self.caps.pipelining)?;
+        // Pipelined, the server may have said 354 to a DATA that must not
+        // carry a message.
+        let data_open = replies.len() == plan.len()
+            && matches!(plan.last(), Some(Step::Data(_)))
+            && replies.last().is_some_and(|r| r.code == 354);
+        let (accepted, rejected) = match evaluate(&plan, replies) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                if data_open && !e.kills_session() {
+                    self.abort_data()?;
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = phase.send(&mut self.io, &mut self.wbuf, source) {
+            self.broken = true;
+            return Err(e);
+        }
+        let reply = self.read_reply(Stage::DataEnd).map_err(after_dot)?;
+        if !reply.is_positive() {
+            return Err(failure(Stage::DataEnd, reply, rejected));
+        }
+        self.expect_drained(Stage::DataEnd)?;
+        Ok(TransactionResult { accepted, rejected, reply })
+    }
+
+    /// End an empty data at once after a `354` (RFC 2920 3.1).
+    fn abort_data(&mut self) -> Result<(), SmtpError> {
+        self.command(EndOfData).map(drop)
     }
 
     /// Send an already complete message, e.g. from memory.
-    pub fn send_bytes(&mut self, msg: &Outgoing<'_>, data: &[u8]) -> Result<Delivery, SmtpError> {
+    pub fn send_bytes(&mut self, msg: &Outgoing<'_>, data: &[u8]) -> Result<TransactionResult, SmtpError> {
         self.send(msg, &mut SliceSource(Some(data)))
     }
 
@@ -609,9 +576,7 @@ impl<T: Transport> Session<T> {
 
     /// QUIT and close. Errors are ignored: the mail is already sent.
     pub fn quit(mut self) {
-        if self.send_commands(command::Quit.to_string().as_bytes(), Stage::Quit).is_ok() {
-            let _ = self.read_reply(Stage::Quit);
-        }
+        let _ = self.command(Quit);
     }
 }
 

@@ -1,6 +1,8 @@
 //! Session tests: scripted server bytes in, exact client bytes out.
 
 use super::*;
+use crate::smtp::auth::Mechanism;
+use crate::smtp::data::Chunk;
 use std::collections::VecDeque;
 
 /// A transport that plays server chunks in order and records every write.
@@ -323,4 +325,163 @@ fn a_failure_inside_data_makes_the_session_unusable() {
     let e = s.send(&msg, &mut Shrinking(0)).unwrap_err();
     assert!(matches!(e, SmtpError::InvalidMessage(_)), "{e:?}");
     assert!(!s.is_usable(), "the server is still in DATA: the connection must be dropped");
+}
+
+#[test]
+fn a_refused_auth_ends_with_quit() {
+    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 AUTH PLAIN\r\n", "535 5.7.8 no\r\n", "221 bye\r\n"]);
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let r = Session::open(Recording { inner: io, writes: log.clone() }, &cfg(TlsMode::None, Some("jo")), secret);
+    let e = r.err().unwrap();
+    assert!(matches!(e, SmtpError::Auth(ref r) if r.code == 535));
+    assert!(!e.kills_session(), "the server answered: the connection still works");
+    assert_eq!(log.borrow().last().map(Vec::as_slice), Some(&b"QUIT\r\n"[..]));
+}
+
+#[test]
+fn a_rejected_greeting_ends_with_quit_a_broken_one_does_not() {
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let io = Recording { inner: Script::new(&["554 5.3.2 go away\r\n", "221 bye\r\n"]), writes: log.clone() };
+    assert!(Session::open(io, &cfg(TlsMode::None, None), secret).is_err());
+    assert_eq!(*log.borrow(), vec![b"QUIT\r\n".to_vec()]);
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let io = Recording { inner: Script::new(&["421 4.3.2 closing\r\n"]), writes: log.clone() };
+    assert!(Session::open(io, &cfg(TlsMode::None, None), secret).is_err());
+    assert!(log.borrow().is_empty(), "421: the server is gone, nothing is sent");
+}
+
+/// Shares the writes of a transport that `Session::open` keeps or drops.
+struct Recording {
+    inner: Script,
+    writes: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
+}
+
+impl Transport for Recording {
+    fn send(&mut self, bytes: &[u8], stage: Stage) -> Result<(), SmtpError> {
+        self.writes.borrow_mut().push(bytes.to_vec());
+        self.inner.send(bytes, stage)
+    }
+    fn start_reply(&mut self, stage: Stage) {
+        self.inner.start_reply(stage)
+    }
+    fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
+        self.inner.recv(buf, stage)
+    }
+    fn start_tls(&mut self) -> Result<String, SmtpError> {
+        self.inner.start_tls()
+    }
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
+    fn transcript(&mut self, d: Direction, line: &str) {
+        self.inner.transcript(d, line)
+    }
+    fn verbose(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn cram_md5_answers_the_challenge() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 AUTH PLAIN CRAM-MD5\r\n",
+        "334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n",
+        "235 2.7.0 ok\r\n",
+    ]);
+    let mut c = cfg(TlsMode::None, Some("tim"));
+    c.auth = Choice::Exactly(Mechanism::CramMd5);
+    let s = Session::open(io, &c, || Some(Secret::new("tanstaaftanstaaf".into()))).unwrap();
+    assert_eq!(
+        writes(&s),
+        "EHLO client.example\r\n|AUTH CRAM-MD5\r\n|dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n"
+    );
+    assert!(s.io.log.iter().any(|l| l == "Client: <redacted>"));
+    assert!(!s.io.log.iter().any(|l| l.contains("dGltIGI5")));
+}
+
+#[test]
+fn endless_challenges_are_cancelled() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 AUTH LOGIN\r\n",
+        "334 VXNlcm5hbWU6\r\n",
+        "334 UGFzc3dvcmQ6\r\n",
+        "334 TW9yZTo=\r\n",
+        "501 5.7.0 cancelled\r\n",
+        "221 bye\r\n",
+    ]);
+    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let r = Session::open(Recording { inner: io, writes: log.clone() }, &cfg(TlsMode::None, Some("jo")), secret);
+    assert!(matches!(r, Err(SmtpError::Auth(ref reply)) if reply.code == 334), "{:?}", r.err());
+    let log = log.borrow();
+    let tail: Vec<&[u8]> = log.iter().rev().take(2).map(Vec::as_slice).collect();
+    assert_eq!(tail, [&b"QUIT\r\n"[..], b"*\r\n"], "cancelled with `*`, then QUIT");
+}
+
+#[test]
+fn pipelined_mail_refusal_ends_the_open_data_at_once() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "550 5.7.1 sender refused\r\n250 ok\r\n354 go\r\n",
+        "554 5.5.1 no transaction\r\n",
+    ]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    let e = s.send_bytes(&msg, b"abc").unwrap_err();
+    assert!(matches!(e, SmtpError::Rejected { stage: Stage::MailFrom, ref reply, .. } if reply.code == 550), "{e:?}");
+    assert_eq!(s.io.writes.last().map(Vec::as_slice), Some(&b".\r\n"[..]), "the empty data is ended, the message never sent");
+    assert!(s.is_usable());
+}
+
+#[test]
+fn pipelined_rset_refusal_reads_every_reply() {
+    let io = Script::new(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 ok\r\n",
+        "452 4.3.1 busy\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 ok\r\n",
+    ]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    s.send_bytes(&msg, b"one").unwrap();
+    let e = s.send_bytes(&msg, b"two").unwrap_err();
+    assert!(matches!(e, SmtpError::Rejected { stage: Stage::Rset, .. }), "{e:?}");
+    assert!(e.is_transient());
+    assert_eq!(s.io.writes.last().map(Vec::as_slice), Some(&b".\r\n"[..]));
+    assert_eq!(s.parser.buffered(), 0, "no reply is left to be read as the next command's");
+}
+
+#[test]
+fn one_at_a_time_all_refused_sends_no_data() {
+    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "550 5.1.1 no\r\n", "450 4.2.1 later\r\n"]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com"), addr("c@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    let Err(SmtpError::Rejected { stage, reply, recipients }) = s.send_bytes(&msg, b"abc") else {
+        panic!("expected a rejection");
+    };
+    assert_eq!((stage, reply.code, recipients.len()), (Stage::RcptTo, 450, 2));
+    assert!(!writes(&s).contains("DATA"));
+}
+
+#[test]
+fn one_at_a_time_stops_at_a_421() {
+    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "421 4.3.0 closing\r\n"]);
+    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@example.com"), addr("c@example.com")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
+    let e = s.send_bytes(&msg, b"abc").unwrap_err();
+    assert!(matches!(e, SmtpError::Rejected { stage: Stage::RcptTo, ref reply, .. } if reply.code == 421));
+    assert!(e.kills_session());
+    assert_eq!(s.io.writes.len(), 3, "EHLO, MAIL, one RCPT: nothing after the 421");
 }
