@@ -191,7 +191,7 @@ max_messages = {MESSAGES}
 
     # ... and with --force delivers it all and empties the spool.
     proc = run(["retry", *relay(server.address, "none", timeout=5), "--dead-letter", folder,
-                "--json", "--force"])
+                "--audit", audit, "--json", "--force"])
     assert_exit(proc, 0)
     lines = [json.loads(l) for l in proc.stdout.splitlines()]
     assert {l["outcome"] for l in lines} == {"delivered"}, describe(proc)
@@ -201,7 +201,9 @@ max_messages = {MESSAGES}
     relay_has = set(received_ids(server))
     assert attempted <= relay_has, (sorted(attempted - relay_has)[:5], context)
     # What retry delivered was in the spool; nothing else reached the relay.
-    # (A message spooled by a run killed before its `attempt` record was
-    # written reaches the relay now with no audit record at all: `retry`
-    # writes none. The count is in `context`.)
     assert relay_has <= attempted | set(kept), context
+    # And retry writes ahead too: every message at the relay now has an
+    # `attempt` record, including those spooled by a run killed before its
+    # own record was written.
+    audited = {r["message_id"] for r in audit_records(audit) if r["outcome"] == "attempt"}
+    assert relay_has <= audited, (sorted(relay_has - audited)[:5], context)

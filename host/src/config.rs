@@ -2,7 +2,7 @@
 //! and one policy table per plugin. Unknown keys are errors, so a typo never
 //! silently loosens a policy.
 
-use crate::relay::{Auth, Tls};
+use crate::mailer::relay::{Auth, Tls};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -2,33 +2,27 @@
 //! per RFC 5321) and untrusted mail plugins on wasmtime, each in its own
 //! store, deny by default.
 //!
-//! The module layout mirrors the WIT: `bindings` is generated from it once,
-//! and each imported interface has its host side in a module of its own
-//! (`credentials`, `limits`, `blobs`, `transcript`, `sender`).
+//! The layout shows the layers:
+//! - [`cli`]: the `wasmail` commands, their flags, exit codes and output;
+//! - [`mailer`]: the mailer component's store, with one module per
+//!   interface it imports (`credentials`, `limits`, `blobs`, `transcript`,
+//!   and wasi:tls in `tls`), and the relay settings it is given;
+//! - [`plugin`]: a plugin's store: linker, limits, the `sender` it imports,
+//!   its output;
+//! - [`mail`]: the mail services both use: policy, audit log, dead-letter
+//!   spool, outbox;
+//! - [`bindings`] (generated once from wit/, with the few facts about WIT
+//!   types: stage names, error kinds, transience), [`engine`], [`config`]
+//!   and [`text`] underneath them all.
 
-pub mod audit;
 pub mod bindings;
-pub mod blobs;
+pub mod cli;
 pub mod config;
-pub mod credentials;
-pub mod deadletter;
 pub mod engine;
-pub mod limits;
+pub mod mail;
 pub mod mailer;
-pub mod outbox;
-pub mod output;
 pub mod plugin;
-pub mod policy;
-pub mod relay;
-pub mod report;
-pub mod retry;
-pub mod run;
-pub mod sandbox;
-pub mod send;
-pub mod sender;
 pub mod text;
-pub mod tls;
-pub mod transcript;
 
 use anyhow::Result;
 use wasmtime::Engine;

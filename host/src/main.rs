@@ -3,8 +3,9 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use wasmail::report::exit;
-use wasmail::{Runtime, plugin, retry, run, send};
+use wasmail::cli::report::exit;
+use wasmail::Runtime;
+use wasmail::cli::{inspect, retry, run, send};
 
 /// How long the process waits at exit for blocking threads to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            wasmail::report::say(format_args!("cannot start the async runtime: {e}"));
+            wasmail::cli::report::say(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::from(exit::SOFTWARE);
         }
     };
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         let runtime = match Runtime::new() {
             Ok(r) => r,
             Err(e) => {
-                wasmail::report::say(format_args!("{e:#}"));
+                wasmail::cli::report::say(format_args!("{e:#}"));
                 return exit::SOFTWARE;
             }
         };
@@ -64,13 +65,13 @@ fn main() -> ExitCode {
             Command::Send(args) => send::run(&runtime, *args).await,
             Command::Run(args) => run::run(&runtime, args).await,
             Command::Retry(args) => retry::run(&runtime, *args).await,
-            Command::Inspect { plugin: path } => match plugin::inspect(&runtime, &path) {
+            Command::Inspect { plugin: path } => match inspect::inspect(&runtime, &path) {
                 Ok((text, can_run)) => {
                     print!("{text}");
                     if can_run { exit::OK } else { exit::NOPERM }
                 }
                 Err(e) => {
-                    wasmail::report::say(format_args!("{e:#}"));
+                    wasmail::cli::report::say(format_args!("{e:#}"));
                     exit::NOINPUT
                 }
             },

@@ -24,6 +24,18 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(s.chars().map(|c| if is_unsafe(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect())
 }
 
+/// Where finished lines of text go: the operator's terminal, or a test's
+/// buffer.
+pub type LineSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+/// A sink that writes each line to standard error.
+pub fn stderr_lines() -> LineSink {
+    std::sync::Arc::new(|line: &str| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    })
+}
+
 /// At most `max` characters of `s`; a cut is marked with how many
 /// characters were left out.
 pub fn clip(s: &str, max: usize) -> Cow<'_, str> {

@@ -8,16 +8,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use wasmail::Runtime;
-use wasmail::audit::{AuditLog, Outcome};
+use wasmail::mail::audit::{AuditLog, Outcome};
 use wasmail::bindings::types::{Mailbox, Message, Priority, SendError};
-use wasmail::blobs::BlobAccess;
+use wasmail::mailer::blobs::BlobAccess;
 use wasmail::config::{Config, PluginConfig};
-use wasmail::credentials::Secret;
+use wasmail::mailer::credentials::Secret;
 use wasmail::engine::CacheOutcome;
 use wasmail::mailer::{Mailer, MailerGrant};
 use wasmail::plugin::{HostOptions, PluginHost, Refused, RunReport};
-use wasmail::relay::{RelaySettings, Tls, Auth};
-use wasmail::sandbox::Stop;
+use wasmail::mailer::relay::{RelaySettings, Tls, Auth};
+use wasmail::plugin::sandbox::Stop;
 
 fn plugin_dir() -> PathBuf {
     std::env::var_os("WASMAIL_PLUGINS").map(PathBuf::from).unwrap_or_else(|| {
@@ -346,14 +346,7 @@ mod peer {
 /// A mailer whose socket check allows `allowed`, configured to connect to
 /// `target` (the same address, unless a test wants the check to refuse).
 async fn mailer_between(allowed: std::net::SocketAddr, target: std::net::SocketAddr) -> Mailer {
-    let grant = MailerGrant {
-        relay_addrs: vec![allowed],
-        secret: Secret::none(),
-        blobs: BlobAccess::Deny,
-        max_message_bytes: None,
-        transcript: None,
-        tls: wasmail::tls::Provider::new(None).unwrap(),
-    };
+    let grant = MailerGrant::relay(&[allowed], Secret::none(), wasmail::mailer::tls::Provider::new(None).unwrap());
     let mut mailer = Mailer::new(&runtime().mailer, grant).await.unwrap();
     let settings = RelaySettings {
         name: "127.0.0.1".into(),
@@ -467,7 +460,7 @@ async fn a_loop_of_refused_calls_is_stopped_and_the_audit_log_stays_bounded() {
         let all: Vec<&str> = text.lines().collect();
         assert_eq!(all.len() - lines, 121, "{mode}: one record per attempt");
         let longest = all.iter().map(|l| l.len()).max().unwrap();
-        assert!(longest < wasmail::audit::MAX_RECORD_BYTES, "{mode}: a record of {longest} bytes");
+        assert!(longest < wasmail::mail::audit::MAX_RECORD_BYTES, "{mode}: a record of {longest} bytes");
         let last = AuditLog::read(&f.audit).unwrap().pop().unwrap();
         assert!(last.reason.as_deref().unwrap().starts_with("stopped: max_attempts"), "{last:?}");
         control(&host).await;

@@ -13,7 +13,7 @@ pub const DEFAULT_OUTBOX: &str = "outbox";
 /// rename) and return its path, `<dir>/<fresh name>.eml`.
 pub fn write(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = crate::deadletter::fresh_name();
+    let name = crate::mail::deadletter::fresh_name();
     let path = dir.join(format!("{name}.eml"));
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;

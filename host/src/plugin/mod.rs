@@ -4,19 +4,22 @@
 //! session (RFC 5321). Each plugin gets its own store, separate from the
 //! mailer's.
 
-use crate::audit::AuditLog;
-use crate::blobs::BlobAccess;
+pub mod output;
+pub mod sandbox;
+pub mod sender;
+
+use crate::mail::audit::AuditLog;
+use crate::mailer::blobs::BlobAccess;
 use crate::config::{Config, PluginConfig};
-use crate::credentials::Secret;
 use crate::engine::{self, AnyhowExt, CacheOutcome};
 use crate::mailer::{Mailer, MailerGrant};
-use crate::output::{LineSink, PluginOutput, Stream};
-use crate::policy::Policy;
-use crate::report::exit;
-use crate::sandbox::{PluginLimiter, Stop};
-use crate::sender::{self, Counts, Delivery, Forwarder};
-use crate::transcript::Sink;
-use crate::{Runtime, tls};
+use crate::plugin::output::{LineSink, PluginOutput, Stream};
+use crate::mail::policy::Policy;
+use crate::cli::report::exit;
+use crate::plugin::sandbox::{PluginLimiter, Stop};
+use sender::{Counts, Delivery, Forwarder};
+use crate::mailer::transcript::Sink;
+use crate::{Runtime, mailer::tls};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,7 +30,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// The folder a plugin's grant is mounted at, read-only.
 pub const GRANT_MOUNT: &str = "/data";
-pub use crate::sandbox::{MAX_INSTANCES, MAX_TABLE_ELEMENTS};
+pub use crate::plugin::sandbox::{MAX_INSTANCES, MAX_TABLE_ELEMENTS};
 
 /// Interfaces a plugin may import. Everything else (wasi:sockets, wasi:tls,
 /// wasi:http, the mailer's own interfaces, ...) is refused before it runs.
@@ -184,18 +187,12 @@ pub struct PluginHost<'a> {
     options: HostOptions,
 }
 
-fn stderr_lines() -> LineSink {
-    std::sync::Arc::new(|line: &str| {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
-    })
-}
 
 impl<'a> PluginHost<'a> {
     /// Set up for `config`.
     pub fn new(rt: &'a Runtime, config: Config, options: HostOptions) -> Result<Self> {
         let linker = plugin_linker(&rt.engine).anyhow().context("linking the plugin interfaces")?;
-        let audit_path = config.audit.clone().unwrap_or_else(|| PathBuf::from(crate::audit::DEFAULT_AUDIT));
+        let audit_path = config.audit.clone().unwrap_or_else(|| PathBuf::from(crate::mail::audit::DEFAULT_AUDIT));
         let audit = AuditLog::open(&audit_path)?;
         // For outbox runs only (they never connect); relay runs get the
         // relay's trust from `RelayArgs::resolve`.
@@ -241,31 +238,20 @@ impl<'a> PluginHost<'a> {
             Some(f) => BlobAccess::folder(f).with_context(|| format!("opening the granted folder {}", f.display()))?,
         };
         let Some(r) = &self.config.relay else {
-            let grant = MailerGrant {
-                relay_addrs: vec![],
-                secret: Secret::none(),
-                blobs,
-                max_message_bytes: Some(cfg.max_message_bytes),
-                transcript: None,
-                tls: self.tls.clone(),
-            };
+            let grant = MailerGrant::outbox(self.tls.clone()).blobs(blobs).max_message_bytes(cfg.max_message_bytes);
             let mailer = Mailer::new(&self.rt.mailer, grant).await?;
-            let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::outbox::DEFAULT_OUTBOX));
+            let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
             return Ok((mailer, Delivery::Outbox(dir)));
         };
-        let (settings, secret, tls) = crate::relay::RelayArgs::from_config(r)
+        let (settings, secret, tls) = crate::cli::relay_args::RelayArgs::from_config(r)
             .resolve(self.options.transcript.is_some())
             .await
             .map_err(|e| anyhow::anyhow!("relay: {}", e.message))?
             .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
-        let grant = MailerGrant {
-            relay_addrs: settings.addresses.clone(),
-            secret,
-            blobs,
-            max_message_bytes: Some(cfg.max_message_bytes),
-            transcript: self.options.transcript.clone(),
-            tls,
-        };
+        let grant = MailerGrant::relay(&settings.addresses, secret, tls)
+            .blobs(blobs)
+            .max_message_bytes(cfg.max_message_bytes)
+            .transcript(self.options.transcript.clone());
         let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
         mailer.configure(&settings.to_wit()).await?;
         Ok((mailer, Delivery::Relay))
@@ -275,7 +261,7 @@ impl<'a> PluginHost<'a> {
     /// for the run), WASI context, limits and CPU meter.
     async fn store_for(&self, plugin: &Plugin, cfg: &PluginConfig) -> Result<(Store<PluginState>, PluginOutput)> {
         let (mailer, delivery) = self.mailer_for(cfg).await?;
-        let sink = self.options.output.clone().unwrap_or_else(stderr_lines);
+        let sink = self.options.output.clone().unwrap_or_else(crate::text::stderr_lines);
         let output = PluginOutput::new(&plugin.name, cfg.max_output_bytes, sink);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(output.stream(Stream::Stdout)).stderr(output.stream(Stream::Stderr)).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
@@ -294,8 +280,8 @@ impl<'a> PluginHost<'a> {
             delivery,
             mailer,
             audit: self.audit.clone(),
-            dead_letters: crate::deadletter::DeadLetters::new(
-                self.config.dead_letter.clone().unwrap_or_else(|| PathBuf::from(crate::deadletter::DEFAULT_DEAD_LETTER)),
+            dead_letters: crate::mail::deadletter::DeadLetters::new(
+                self.config.dead_letter.clone().unwrap_or_else(|| PathBuf::from(crate::mail::deadletter::DEFAULT_DEAD_LETTER)),
             ),
             counts: Counts::default(),
             in_flight: None,
@@ -426,7 +412,7 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
         && addr >= 0xF000_0000 {
             return "stack: the plugin overflowed its stack (unbounded recursion?)".into();
         }
-    if text.contains("resource table has no free keys") || text.contains("table is full") || text.contains("Full") {
+    if matches!(e.downcast_ref::<wasmtime::component::ResourceTableError>(), Some(wasmtime::component::ResourceTableError::Full)) {
         return format!("max_resources: the plugin holds more than {} resources", cfg.max_resources);
     }
     if trap == Some(wasmtime::Trap::UnreachableCodeReached) || text.contains("unreachable") {
@@ -439,50 +425,4 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
         .map(|c| c.lines().map(|l| l.trim().trim_start_matches(|ch: char| ch.is_ascii_digit() || ch == ':').trim()).filter(|l| !l.is_empty()).collect())
         .unwrap_or_else(|| vec![text.lines().next().unwrap_or("")]);
     format!("the plugin trapped: {}", causes.join(": "))
-}
-
-/// `wasmail inspect`: what a component imports and exports, and whether it
-/// can run here.
-pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, bool)> {
-    use std::fmt::Write;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (component, _) = engine::load_component(&rt.engine, &bytes, "plugin")?;
-    let ty = component.component_type();
-    let mut out = String::new();
-    let _ = writeln!(out, "{}\n  sha256 {}", path.display(), engine::sha256_hex(&bytes));
-    let _ = writeln!(out, "imports:");
-    let mut refused = Vec::new();
-    for (name, _) in ty.imports(&rt.engine) {
-        let ok = import_allowed(name);
-        if !ok {
-            refused.push(name.to_owned());
-        }
-        let _ = writeln!(out, "  {} {name}{}", if ok { "ok  " } else { "DENY" }, describe_import(name));
-    }
-    let _ = writeln!(out, "exports:");
-    for (name, _) in ty.exports(&rt.engine) {
-        let _ = writeln!(out, "  {name}");
-    }
-    let verdict = check_component(&rt.engine, &component);
-    match &verdict {
-        Ok(()) => {
-            let _ = writeln!(out, "verdict: can run here; it may send mail through wasmail:mail/sender under its policy");
-        }
-        Err(e) => {
-            let _ = writeln!(out, "verdict: cannot run here: {e}");
-        }
-    }
-    Ok((out, verdict.is_ok()))
-}
-
-fn describe_import(name: &str) -> &'static str {
-    match name.split('@').next().unwrap_or(name) {
-        "wasmail:mail/sender" => "  (send mail, under its policy)",
-        "wasi:filesystem/types" | "wasi:filesystem/preopens" => "  (files: only a folder its policy grants, read-only)",
-        "wasi:cli/environment" => "  (environment: always empty)",
-        "wasi:cli/stdout" | "wasi:cli/stderr" => "  (output: captured, prefixed, capped)",
-        n if n.starts_with("wasi:sockets/") => "  (network: never granted to plugins)",
-        n if n.starts_with("wasi:tls/") => "  (TLS: never granted to plugins)",
-        _ => "",
-    }
 }

@@ -2,7 +2,7 @@
 //! msmtp use them), one-line error texts and the `--json` objects for
 //! receipts (RFC 5321 replies, RFC 3463 enhanced codes) and errors.
 
-use crate::bindings::types::{Receipt, Rejection, Reply, SendError, Stage};
+use crate::bindings::types::{Receipt, Rejection, Reply, SendError};
 use serde_json::{Value, json};
 
 /// Exit codes from sysexits.h.
@@ -29,66 +29,14 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
 }
 
-/// The WIT stage name.
-pub fn stage_name(s: Stage) -> &'static str {
-    match s {
-        Stage::Connect => "connect",
-        Stage::Greeting => "greeting",
-        Stage::Ehlo => "ehlo",
-        Stage::Tls => "tls",
-        Stage::Auth => "auth",
-        Stage::MailFrom => "mail-from",
-        Stage::RcptTo => "rcpt-to",
-        Stage::Data => "data",
-        Stage::DataBlock => "data-block",
-        Stage::DataEnd => "data-end",
-        Stage::Rset => "rset",
-        Stage::Quit => "quit",
-    }
-}
 
 /// A reply as JSON.
 pub fn reply_json(r: &Reply) -> Value {
     json!({ "code": r.code, "enhanced": r.enhanced, "text": r.text })
 }
 
-fn reply_line(r: &Reply) -> String {
-    let mut s = r.code.to_string();
-    if let Some(e) = &r.enhanced {
-        s.push(' ');
-        s.push_str(e);
-    }
-    if !r.text.is_empty() {
-        s.push(' ');
-        s.push_str(&r.text.replace('\n', " / "));
-    }
-    s
-}
 
-/// The error kind name used in JSON (`error.kind`).
-pub fn kind(e: &SendError) -> &'static str {
-    match e {
-        SendError::InvalidMessage(_) => "invalid-message",
-        SendError::PolicyDenied(_) => "policy-denied",
-        SendError::Connect(_) => "connect",
-        SendError::Tls(_) => "tls",
-        SendError::Auth(_) => "auth",
-        SendError::Rejected(_) => "rejected",
-        SendError::Timeout(_) => "timeout",
-        SendError::Protocol(_) => "protocol",
-        SendError::OutcomeUnknown(_) => "outcome-unknown",
-    }
-}
 
-/// True for failures a later retry may fix (4xx, timeouts, broken connections).
-pub fn is_transient(e: &SendError) -> bool {
-    match e {
-        SendError::Connect(_) | SendError::Timeout(_) => true,
-        SendError::Rejected(r) => r.transient,
-        SendError::Auth(r) => (400..500).contains(&r.code),
-        _ => false,
-    }
-}
 
 /// The exit code for a send error.
 pub fn exit_code(e: &SendError) -> u8 {
@@ -103,40 +51,22 @@ pub fn exit_code(e: &SendError) -> u8 {
     }
 }
 
-/// One line for humans.
-pub fn describe(e: &SendError) -> String {
-    match e {
-        SendError::InvalidMessage(m) => format!("invalid message: {m}"),
-        SendError::PolicyDenied(m) => format!("denied by policy: {m}"),
-        SendError::Connect(m) => format!("connection to the relay failed: {m}"),
-        SendError::Tls(m) => format!("TLS failed: {m}"),
-        SendError::Auth(r) if r.code == 0 => format!("authentication not possible: {}", r.text),
-        SendError::Auth(r) => format!("authentication failed: {}", reply_line(r)),
-        SendError::Rejected(r) => {
-            let kind = if r.transient { "temporarily" } else { "permanently" };
-            format!("rejected {kind} at {}: {}", stage_name(r.stage), reply_line(&r.reply))
-        }
-        SendError::Timeout(s) => format!("timed out waiting at {}", stage_name(*s)),
-        SendError::Protocol(m) => format!("protocol error: {m}"),
-        SendError::OutcomeUnknown(m) => format!("outcome unknown: {m}"),
-    }
-}
 
 /// `{"error": {...}}` for `--json`.
 pub fn error_json(e: &SendError) -> Value {
-    let mut err = json!({ "kind": kind(e), "message": describe(e), "transient": is_transient(e) });
+    let mut err = json!({ "kind": e.kind(), "message": e.describe(), "transient": e.is_transient() });
     match e {
         SendError::Auth(r) => err["reply"] = reply_json(r),
         SendError::Rejected(r) => {
             err["reply"] = reply_json(&r.reply);
-            err["stage"] = json!(stage_name(r.stage));
+            err["stage"] = json!(r.stage.as_str());
             err["rejected"] = json!(r
                 .recipients
                 .iter()
                 .map(|f| json!({ "address": f.address, "reply": reply_json(&f.reply) }))
                 .collect::<Vec<_>>());
         }
-        SendError::Timeout(s) => err["stage"] = json!(stage_name(*s)),
+        SendError::Timeout(s) => err["stage"] = json!(*s.as_str()),
         _ => {}
     }
     json!({ "error": err })

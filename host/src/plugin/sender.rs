@@ -5,14 +5,14 @@
 //! written to the outbox, and its outcome recorded: nothing a plugin handed
 //! over is lost or unaudited, whatever stops the run.
 
-use crate::audit::{AuditLog, Outcome, Record};
+use crate::mail::audit::{AuditLog, Outcome, Record};
 use crate::bindings::transport::Rendered;
 use crate::bindings::types::{Message, Receipt, Reply, SendError};
-use crate::deadletter::{DeadLetters, Pending};
+use crate::mail::deadletter::{DeadLetters, Pending};
 use crate::mailer::Mailer;
-use crate::policy::{Approved, Policy, Refusal};
-use crate::sandbox::Stop;
-use crate::{outbox, report};
+use crate::mail::policy::{Approved, Policy, Refusal};
+use crate::plugin::sandbox::Stop;
+use crate::mail::outbox;
 use anyhow::Result;
 use std::path::PathBuf;
 use wasmtime::component::Linker;
@@ -166,7 +166,7 @@ impl Forwarder {
         let rendered = match rendered {
             Ok(r) => r,
             Err(e) => {
-                self.record(base(Some(&approved), outcome_of(&e), Some(format!("{}: {}", report::kind(&e), report::describe(&e)))))?;
+                self.record(base(Some(&approved), outcome_of(&e), Some(format!("{}: {}", &e.kind(), &e.describe()))))?;
                 return Ok(Err(e));
             }
         };
@@ -244,11 +244,11 @@ impl Forwarder {
                 r
             }
             Err(e) => {
-                let mut r = base(Some(&approved), outcome_of(e), Some(format!("{}: {}", report::kind(e), report::describe(e))));
+                let mut r = base(Some(&approved), outcome_of(e), Some(format!("{}: {}", e.kind(), e.describe())));
                 if let SendError::Rejected(rej) = e {
                     r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
                 }
-                let kept = if report::is_transient(e) || matches!(e, SendError::OutcomeUnknown(_)) {
+                let kept = if e.worth_keeping() {
                     pending.keep(e).map(|p| Some(p.display().to_string()))
                 } else {
                     pending.done().map(|()| None)

@@ -4,19 +4,8 @@
 
 use crate::bindings::wasmail::mail::transcript::{Direction, Host};
 use crate::mailer::MailerState;
-use std::sync::Arc;
 
-/// Where transcript lines go.
-pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
-
-/// A sink that writes each line to standard error.
-pub fn stderr_sink() -> Sink {
-    Arc::new(|line: &str| {
-        use std::io::Write;
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{line}");
-    })
-}
+pub use crate::text::LineSink as Sink;
 
 /// Format one line the way `-v` shows it: `C: `, `S: ` or `* `.
 pub fn format_line(direction: Direction, text: &str) -> String {
@@ -25,7 +14,7 @@ pub fn format_line(direction: Direction, text: &str) -> String {
         Direction::Server => "S: ",
         Direction::Info => "* ",
     };
-    format!("{prefix}{}", crate::report::printable(text))
+    format!("{prefix}{}", crate::text::printable(text))
 }
 
 impl Host for MailerState {

@@ -17,7 +17,7 @@
 
 use crate::bindings::transport::{Envelope, Rendered};
 use crate::bindings::types::SendError;
-use crate::{audit, outbox, report};
+use crate::mail::{audit, outbox};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ pub struct Reason {
 
 impl Reason {
     fn of(e: &SendError) -> Self {
-        Self { kind: report::kind(e).to_owned(), message: report::describe(e), transient: report::is_transient(e) }
+        Self { kind: e.kind().to_owned(), message: e.describe(), transient: e.is_transient() }
     }
 
     fn pending() -> Self {
@@ -105,12 +105,30 @@ impl Letter {
         Envelope { from: self.meta.envelope.from.clone(), recipients: self.meta.envelope.recipients.clone() }
     }
 
+    /// Its id: the file name without extension, as in its audit records.
+    pub fn id(&self) -> String {
+        self.eml.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// An audit record of `outcome` for this letter: its id, envelope,
+    /// Message-ID and plugin.
+    pub fn record(&self, outcome: audit::Outcome) -> audit::Record {
+        let mut r = audit::Record::new(outcome);
+        r.id = Some(self.id());
+        r.plugin = self.meta.plugin.clone().unwrap_or_default();
+        r.from = Some(self.meta.envelope.from.clone());
+        r.recipients = self.meta.envelope.recipients.clone();
+        r.message_id = Some(self.meta.message_id.clone());
+        r
+    }
+
     /// Record another failed attempt.
     pub fn failed_again(&mut self, e: &SendError) -> Result<()> {
         self.meta.attempts += 1;
         self.meta.last_failure_ms = audit::now_ms();
         self.meta.reason = Reason::of(e);
         self.meta.outcome_unknown |= matches!(e, SendError::OutcomeUnknown(_));
+        self.meta.pid = None;
         write_json(&self.json, &self.meta)
     }
 
@@ -184,6 +202,13 @@ impl DeadLetters {
                 continue;
             }
             let eml = json.with_extension("eml");
+            // A process killed while it moved a letter up from `pending/`
+            // may have moved one file of the two: look in both folders.
+            let eml = match json.parent().map(|d| d == pending) {
+                _ if eml.exists() => eml,
+                Some(true) => self.dir.join(eml.file_name().unwrap_or_default()),
+                _ => pending.join(eml.file_name().unwrap_or_default()),
+            };
             if !eml.exists() {
                 continue;
             }
@@ -194,7 +219,7 @@ impl DeadLetters {
             }
             letters.push(Letter { eml, json, meta });
         }
-        letters.sort_by_key(|l| l.meta.first_failure_ms);
+        letters.sort_by(|a, b| (a.meta.first_failure_ms, a.eml.file_name()).cmp(&(b.meta.first_failure_ms, b.eml.file_name())));
         Ok(letters)
     }
 }
@@ -349,6 +374,24 @@ mod tests {
         assert_eq!(letters.len(), 1);
         assert!(letters[0].meta.outcome_unknown);
         letters[0].remove().unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_letter_half_moved_out_of_pending_is_still_found() {
+        let dir = scratch("half");
+        let d = DeadLetters::new(&dir);
+        let p = d.write_ahead(&rendered("5@x"), None).unwrap();
+        let mut meta = p.letter.meta.clone();
+        meta.pid = None;
+        write_json(&p.letter.json, &meta).unwrap();
+        let name = p.letter.eml.file_name().unwrap().to_owned();
+        std::fs::rename(&p.letter.eml, dir.join(&name)).unwrap();
+        let letters = d.list().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].eml, dir.join(&name));
+        letters[0].remove().unwrap();
+        assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -3,12 +3,14 @@
 //! relay accepts it. A message whose outcome is unknown is left alone unless
 //! `--force`: the relay may already have delivered it.
 
+use crate::bindings::types::SendError;
 use crate::config::Config;
-use crate::deadletter::{self, DeadLetters};
+use crate::mail::audit::{self, AuditLog, Outcome};
+use crate::mail::deadletter::{self, DeadLetters};
 use crate::mailer::{Mailer, MailerGrant};
-use crate::relay::RelayArgs;
-use crate::report::{self, CliError, exit};
-use crate::{Runtime, blobs::BlobAccess, transcript};
+use crate::cli::relay_args::RelayArgs;
+use crate::cli::report::{CliError, exit};
+use crate::{Runtime, text};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -24,6 +26,10 @@ pub struct RetryArgs {
     /// The dead-letter folder.
     #[arg(long, value_name = "DIR")]
     pub dead_letter: Option<PathBuf>,
+    /// The audit log each resend is recorded in (default: the config's, else
+    /// `wasmail-audit.jsonl`).
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
     /// Resend messages whose outcome is unknown too (they may arrive twice).
     #[arg(long)]
     pub force: bool,
@@ -71,16 +77,11 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
     let Some((settings, secret, provider)) = relay.resolve(a.verbose).await? else {
         return Err(CliError::new(exit::USAGE, "usage", "retry needs a relay"));
     };
-    let grant = MailerGrant {
-        relay_addrs: settings.addresses.clone(),
-        secret,
-        blobs: BlobAccess::Deny,
-        max_message_bytes: None,
-        transcript: a.verbose.then(transcript::stderr_sink),
-        tls: provider,
-    };
+    let grant = MailerGrant::relay(&settings.addresses, secret, provider).transcript(a.verbose.then(text::stderr_lines));
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     mailer.configure(&settings.to_wit()).await.map_err(|e| CliError::new(exit::DATAERR, "invalid-message", format!("{e:#}")))?;
+    let audit_path = a.audit.clone().or(config.audit.clone()).unwrap_or_else(|| PathBuf::from(audit::DEFAULT_AUDIT));
+    let log = AuditLog::open(&audit_path).map_err(internal)?;
     let mut failed = 0;
     for mut letter in letters {
         let id = letter.meta.message_id.clone();
@@ -89,7 +90,24 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
             continue;
         }
         let bytes = std::fs::read(&letter.eml).map_err(|e| internal(anyhow::anyhow!("{}: {e}", letter.eml.display())))?;
-        match mailer.submit(&letter.envelope(), &bytes).await.map_err(internal)? {
+        // Written ahead like a first delivery: a retried message is in the
+        // audit log before its first byte goes out, whoever sent it first.
+        let mut attempt = letter.record(Outcome::Attempt);
+        attempt.size = Some(bytes.len() as u64);
+        attempt.reason = Some("retry".into());
+        log.append(&attempt).map_err(internal)?;
+        let result = mailer.submit(&letter.envelope(), &bytes).await.map_err(internal)?;
+        let mut outcome = letter.record(match &result {
+            Ok(_) => Outcome::Accepted,
+            Err(SendError::Rejected(_)) => Outcome::Rejected,
+            Err(_) => Outcome::Error,
+        });
+        outcome.reason = Some(match &result {
+            Ok(r) => format!("retry: {}", r.reply.line()),
+            Err(e) => format!("retry: {}: {}", e.kind(), e.describe()),
+        });
+        log.append(&outcome).map_err(internal)?;
+        match result {
             Ok(receipt) => {
                 letter.remove().map_err(internal)?;
                 report_line(a.json, &id, "delivered", &format!("{} {}", receipt.reply.code, receipt.reply.text));
@@ -97,7 +115,7 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
             Err(e) => {
                 failed += 1;
                 letter.failed_again(&e).map_err(internal)?;
-                report_line(a.json, &id, "failed", &report::describe(&e));
+                report_line(a.json, &id, "failed", &&e.describe());
             }
         }
     }

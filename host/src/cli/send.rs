@@ -4,13 +4,12 @@
 
 use crate::Runtime;
 use crate::bindings::types::{Attachment, Content, Mailbox, Message, Priority as WitPriority, Receipt, SendError};
-use crate::blobs::BlobAccess;
-use crate::credentials::Secret;
+use crate::mailer::blobs::BlobAccess;
 use crate::mailer::{Mailer, MailerGrant};
-use crate::deadletter::{self, DeadLetters};
-use crate::relay::RelayArgs;
-use crate::report::{self, CliError, exit};
-use crate::{outbox, tls, transcript};
+use crate::mail::deadletter::{self, DeadLetters};
+use crate::cli::relay_args::RelayArgs;
+use crate::cli::report::{self, CliError, exit};
+use crate::{mail::outbox, mailer::tls, text};
 use std::path::PathBuf;
 use wasmail_mailer::mime::address;
 
@@ -185,7 +184,7 @@ fn print_send_error(json: bool, e: &SendError) -> u8 {
     if json {
         println!("{}", report::error_json(e));
     } else {
-        report::say(report::describe(e));
+        report::say(e.describe());
     }
     report::exit_code(e)
 }
@@ -216,15 +215,9 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
     let Some((settings, secret, provider)) = a.relay.resolve(a.verbose).await? else {
         return to_outbox(rt, a, &msg, blobs).await;
     };
-    let sink = a.verbose.then(transcript::stderr_sink);
-    let grant = MailerGrant {
-        relay_addrs: settings.addresses.clone(),
-        secret,
-        blobs,
-        max_message_bytes: None,
-        transcript: sink,
-        tls: provider,
-    };
+    let grant = MailerGrant::relay(&settings.addresses, secret, provider)
+        .blobs(blobs)
+        .transcript(a.verbose.then(text::stderr_lines));
     let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     // A relay setting the mailer refuses (an EHLO name with a line break,
@@ -255,14 +248,7 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
 async fn to_outbox(rt: &Runtime, a: &SendArgs, msg: &Message, blobs: BlobAccess) -> Result<u8, Early> {
     let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
     let provider = tls::Provider::new(None).map_err(internal)?;
-    let grant = MailerGrant {
-        relay_addrs: vec![],
-        secret: Secret::none(),
-        blobs,
-        max_message_bytes: None,
-        transcript: None,
-        tls: provider,
-    };
+    let grant = MailerGrant::outbox(provider).blobs(blobs);
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     let rendered = match mailer.render(msg).await.map_err(internal)? {
         Ok(r) => r,

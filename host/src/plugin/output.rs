@@ -10,8 +10,7 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
-/// Where finished lines go.
-pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
+pub use crate::text::LineSink;
 
 /// The longest line passed on whole; a longer one is split.
 pub const MAX_LINE_BYTES: usize = 4096;

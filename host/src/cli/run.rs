@@ -4,8 +4,8 @@
 
 use crate::config::Config;
 use crate::plugin::{HostOptions, PluginHost, Refused};
-use crate::report::{self, CliError, exit};
-use crate::{Runtime, text, transcript};
+use crate::cli::report::{self, CliError, exit};
+use crate::{Runtime, text};
 use std::path::PathBuf;
 
 /// The flags of `wasmail run`.
@@ -61,7 +61,7 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
         (None, Some(t)) => t.clone(),
         (None, None) => String::new(),
     };
-    let options = HostOptions { transcript: a.verbose.then(transcript::stderr_sink), output: None };
+    let options = HostOptions { transcript: a.verbose.then(text::stderr_lines), output: None };
     let host = match PluginHost::new(rt, config, options) {
         Ok(h) => h,
         Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),

@@ -4,14 +4,20 @@
 //! `credentials`, `blobs` and `transcript` imports. Deny by default: no
 //! files, no environment, no UDP, no name lookups.
 
+pub mod blobs;
+pub mod credentials;
+pub mod limits;
+pub mod relay;
+pub mod tls;
+pub mod transcript;
+
 use crate::bindings::transport::{Envelope, Relay, Rendered, Undelivered};
 use crate::bindings::types::{Message, Receipt, SendError};
 use crate::bindings::{Mailer as MailerBindings, MailerPre};
-use crate::blobs::BlobAccess;
-use crate::credentials::Secret;
+use crate::mailer::blobs::BlobAccess;
+use crate::mailer::credentials::Secret;
 use crate::engine::{self, AnyhowExt, CacheOutcome};
-use crate::tls;
-use crate::transcript::Sink;
+use crate::mailer::transcript::Sink;
 use anyhow::{Context, Result};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -102,6 +108,44 @@ pub struct MailerGrant {
     pub transcript: Option<Sink>,
     /// The TLS trust.
     pub tls: tls::Provider,
+}
+
+impl MailerGrant {
+    /// Render only (the outbox): no address to connect to, no secret, no
+    /// files, no transcript, no size limit.
+    pub fn outbox(tls: tls::Provider) -> Self {
+        Self {
+            relay_addrs: vec![],
+            secret: Secret::none(),
+            blobs: BlobAccess::Deny,
+            max_message_bytes: None,
+            transcript: None,
+            tls,
+        }
+    }
+
+    /// Reach the relay at `addresses` (and nothing else) with `secret`.
+    pub fn relay(addresses: &[SocketAddr], secret: Secret, tls: tls::Provider) -> Self {
+        Self { relay_addrs: addresses.to_vec(), secret, ..Self::outbox(tls) }
+    }
+
+    /// Attachment files it may open.
+    pub fn blobs(mut self, blobs: BlobAccess) -> Self {
+        self.blobs = blobs;
+        self
+    }
+
+    /// Refuse messages over `max` octets.
+    pub fn max_message_bytes(mut self, max: u64) -> Self {
+        self.max_message_bytes = Some(max);
+        self
+    }
+
+    /// Report the SMTP dialogue here (`-v`).
+    pub fn transcript(mut self, sink: Option<Sink>) -> Self {
+        self.transcript = sink;
+        self
+    }
 }
 
 /// A running mailer instance in its own store.

@@ -94,7 +94,7 @@ mod tests {
     use super::*;
 
     fn scratch(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("wasmail-blobs-{tag}-{}", crate::deadletter::fresh_name()));
+        let d = std::env::temp_dir().join(format!("wasmail-blobs-{tag}-{}", crate::mail::deadletter::fresh_name()));
         std::fs::create_dir_all(d.join("sub")).unwrap();
         std::fs::write(d.join("ok.txt"), "hello").unwrap();
         d

@@ -5,7 +5,7 @@
 //! WebAssembly core spec 2.0: memories and tables grow by `memory.grow` /
 //! `table.grow` and at instantiation.
 
-use crate::policy::Exhausted;
+use crate::mail::policy::Exhausted;
 
 /// Most core instances, memories and tables one plugin store may create.
 pub const MAX_INSTANCES: usize = 16;
