@@ -241,3 +241,29 @@ def test_verbose_transcript_redacts_credentials(run, smtpd, certs, mechanism):
     for secret in secret_forms(USER, PASSWORD):
         assert secret not in proc.stderr, f"secret {secret!r} in stderr"
         assert secret not in proc.stdout, f"secret {secret!r} in stdout"
+
+
+# ---------------------------------------------------------------------------
+# The system's trust store (rustls-native-certs): a CA the machine trusts
+# works without --ca-file, as with msmtp.
+# ---------------------------------------------------------------------------
+
+def test_a_ca_from_the_system_store_needs_no_flag(run, smtpd, certs):
+    server = smtpd(auth={USER: PASSWORD}, starttls_context=certs.server_context(),
+                   auth_require_tls=True)
+
+    proc = run(send(*relay(on_localhost(server), "required"), *login(USER), "-v"),
+               env={"SSL_CERT_FILE": str(certs.ca)})
+
+    assert_exit(proc, EXIT_OK)
+    [received] = server.messages
+    assert received.tls
+
+    # Without it, the same server is not trusted: nothing is sent.
+    server2 = smtpd(auth={USER: PASSWORD}, starttls_context=certs.server_context(),
+                    auth_require_tls=True)
+    proc = run(send(*relay(on_localhost(server2), "required"), *login(USER), "--json"),
+               env={"SSL_CERT_FILE": "/nonexistent.pem", "SSL_CERT_DIR": "/nonexistent"})
+    assert_exit(proc, EXIT_UNAVAILABLE)
+    assert json_error(proc)["kind"] == "tls", describe(proc)
+    assert_no_auth_and_no_mail(server2)
