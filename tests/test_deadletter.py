@@ -280,3 +280,54 @@ max_messages = 100000
     resent = len(kept) - len(unknown)
     if resent:
         assert sink2.wait_for(resent).messages == resent
+
+
+def test_retry_with_no_flags_resends_to_the_relay_each_letter_recorded(run, tmp_path):
+    """As `msmtpq -r`: the `.json` records where the message was going (never
+    the secret), and `wasmail retry` with no relay flags sends it there."""
+    from aiosmtpd.controller import Controller
+    from servers import free_port
+
+    class Collect:
+        def __init__(self):
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(envelope.content)
+            return "250 2.0.0 Ok"
+
+    folder = tmp_path / "dead"
+    port = free_port()  # nothing listens there yet
+    proc = run([*send_args(f"127.0.0.1:{port}", folder), "--ehlo", "client.example"])
+    assert proc.returncode != 0, describe(proc)
+    [meta] = letters(folder)
+    assert meta["relay"] == {"server": f"127.0.0.1:{port}", "tls": "none", "auth": "auto",
+                             "ehlo": "client.example"}, meta
+    assert "password" not in json.dumps(meta).lower()
+
+    handler = Collect()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        proc = run(["retry", "--dead-letter", folder, "--audit", tmp_path / "audit.jsonl"])
+        assert_exit(proc, 0)
+        assert "delivered" in proc.stdout, describe(proc)
+    finally:
+        controller.stop()
+    assert len(handler.messages) == 1
+    assert letters(folder) == []
+    records = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["outcome"] for r in records] == ["attempt", "accepted"]
+
+
+def test_retry_without_a_recorded_relay_needs_one(run, tmp_path):
+    folder = tmp_path / "dead"
+    folder.mkdir()
+    (folder / "1-1-000001.eml").write_bytes(b"Subject: x\r\n\r\nhi\r\n")
+    (folder / "1-1-000001.json").write_text(json.dumps({
+        "message_id": "x@example.com", "envelope": {"from": FROM, "recipients": [TO]},
+        "reason": {"kind": "connect", "message": "down", "transient": True},
+        "outcome_unknown": False, "attempts": 1, "first_failure_ms": 1, "last_failure_ms": 1}))
+    proc = run(["retry", "--dead-letter", folder])
+    assert_exit(proc, 64)
+    assert "records no relay" in proc.stderr, describe(proc)

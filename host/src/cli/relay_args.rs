@@ -4,6 +4,7 @@
 
 use crate::cli::report::{CliError, exit};
 use crate::config::RelayConfig;
+use crate::mail::deadletter::StoredRelay;
 use crate::mailer::credentials::Secret;
 use crate::mailer::relay::{Auth, RelaySettings, Tls, default_ehlo, split_server};
 use crate::mailer::{resolve_relay, tls};
@@ -58,6 +59,39 @@ impl RelayArgs {
             auth: r.auth,
             ehlo: r.ehlo.clone(),
             timeout: r.timeout_secs,
+        }
+    }
+
+    /// What a kept letter records of these settings (no secret).
+    pub fn stored(&self) -> Option<StoredRelay> {
+        let server = self.server.as_deref()?;
+        let (host, port) = split_server(server, self.tls).ok()?;
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        Some(StoredRelay {
+            server: format!("{host}:{port}"),
+            tls: self.tls,
+            tls_name: self.tls_name.clone(),
+            ca_file: self.ca_file.clone(),
+            user: self.user.clone(),
+            auth: self.auth,
+            ehlo: self.ehlo.clone(),
+        })
+    }
+
+    /// The settings a letter recorded, with the secret taken from `secrets`
+    /// (retry's own flags or config) and its timeout cap.
+    pub fn from_stored(r: &StoredRelay, secrets: &Self) -> Self {
+        Self {
+            server: Some(r.server.clone()),
+            tls: r.tls,
+            tls_name: r.tls_name.clone(),
+            ca_file: r.ca_file.clone(),
+            user: r.user.clone(),
+            password_env: secrets.password_env.clone(),
+            password_file: secrets.password_file.clone(),
+            auth: r.auth,
+            ehlo: r.ehlo.clone(),
+            timeout: secrets.timeout,
         }
     }
 

@@ -6,7 +6,7 @@
 use crate::bindings::types::SendError;
 use crate::config::Config;
 use crate::mail::audit::{self, AuditLog, Outcome};
-use crate::mail::deadletter::{self, DeadLetters};
+use crate::mail::deadletter::{self, DeadLetters, Letter};
 use crate::mailer::{Mailer, MailerGrant};
 use crate::cli::relay_args::RelayArgs;
 use crate::cli::report::{CliError, exit};
@@ -17,7 +17,8 @@ use std::path::PathBuf;
 /// The flags of `wasmail retry`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetryArgs {
-    /// The relay (or `--config` for the config file's `[relay]`).
+    /// The relay for every letter (default: the relay each letter records,
+    /// or the config file's `[relay]`). The password flags apply either way.
     #[command(flatten)]
     pub relay: RelayArgs,
     /// Take the relay and the folder from this config file.
@@ -55,18 +56,20 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
         Some(p) => Config::load(p).map_err(|e| CliError::new(exit::CONFIG, "config", format!("{e:#}")))?,
         None => Config::default(),
     };
-    let relay = match (&a.relay.server, &config.relay) {
-        (Some(_), _) => a.relay.clone(),
-        (None, Some(r)) => RelayArgs::from_config(r),
-        (None, None) => return Err(CliError::new(exit::USAGE, "usage", "retry needs --server or a config with [relay]")),
+    // `--server` or the config's relay overrides what the letters recorded;
+    // the secret flags and the timeout always come from here.
+    let given = match (&a.relay.server, &config.relay) {
+        (Some(_), _) => Some(a.relay.clone()),
+        (None, Some(r)) => Some(RelayArgs::from_config(r)),
+        (None, None) => None,
     };
+    let secrets = given.clone().unwrap_or_else(|| a.relay.clone());
     let dir = a
         .dead_letter
         .clone()
         .or(config.dead_letter.clone())
         .unwrap_or_else(|| PathBuf::from(deadletter::DEFAULT_DEAD_LETTER));
     let dead = DeadLetters::new(dir);
-    let internal = |e: anyhow::Error| CliError::new(exit::SOFTWARE, "internal", format!("{e:#}"));
     let letters = dead.list().map_err(internal)?;
     if letters.is_empty() {
         if !a.json {
@@ -74,14 +77,46 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
         }
         return Ok(exit::OK);
     }
+    // One session per relay, in the order the letters were kept.
+    let mut groups: Vec<(RelayArgs, Vec<Letter>)> = Vec::new();
+    for letter in letters {
+        let relay = match (&given, &letter.meta.relay) {
+            (Some(g), _) => g.clone(),
+            (None, Some(stored)) => RelayArgs::from_stored(stored, &secrets),
+            (None, None) => {
+                return Err(CliError::new(
+                    exit::USAGE,
+                    "usage",
+                    format!("{} records no relay: give --server or a config with [relay]", letter.json.display()),
+                ));
+            }
+        };
+        match groups.iter_mut().find(|(r, _)| r.server == relay.server && r.tls == relay.tls && r.user == relay.user) {
+            Some((_, list)) => list.push(letter),
+            None => groups.push((relay, vec![letter])),
+        }
+    }
+    let audit_path = a.audit.clone().or(config.audit.clone()).unwrap_or_else(|| PathBuf::from(audit::DEFAULT_AUDIT));
+    let log = AuditLog::open(&audit_path).map_err(internal)?;
+    let mut failed = 0;
+    for (relay, letters) in groups {
+        failed += retry_group(rt, a, &relay, letters, &log).await?;
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::TEMPFAIL })
+}
+
+fn internal(e: anyhow::Error) -> CliError {
+    CliError::new(exit::SOFTWARE, "internal", format!("{e:#}"))
+}
+
+/// Resend `letters` over one session to `relay`; returns how many failed.
+async fn retry_group(rt: &Runtime, a: &RetryArgs, relay: &RelayArgs, letters: Vec<Letter>, log: &AuditLog) -> Result<u32, CliError> {
     let Some((settings, secret, provider)) = relay.resolve(a.verbose).await? else {
         return Err(CliError::new(exit::USAGE, "usage", "retry needs a relay"));
     };
     let grant = MailerGrant::relay(&settings.addresses, secret, provider).transcript(a.verbose.then(text::stderr_lines));
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     mailer.configure(&settings.to_wit()).await.map_err(|e| CliError::new(exit::DATAERR, "invalid-message", format!("{e:#}")))?;
-    let audit_path = a.audit.clone().or(config.audit.clone()).unwrap_or_else(|| PathBuf::from(audit::DEFAULT_AUDIT));
-    let log = AuditLog::open(&audit_path).map_err(internal)?;
     let mut failed = 0;
     for mut letter in letters {
         let id = letter.meta.message_id.clone();
@@ -110,17 +145,17 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
         match result {
             Ok(receipt) => {
                 letter.remove().map_err(internal)?;
-                report_line(a.json, &id, "delivered", &format!("{} {}", receipt.reply.code, receipt.reply.text));
+                report_line(a.json, &id, "delivered", &receipt.reply.line());
             }
             Err(e) => {
                 failed += 1;
                 letter.failed_again(&e).map_err(internal)?;
-                report_line(a.json, &id, "failed", &&e.describe());
+                report_line(a.json, &id, "failed", &e.describe());
             }
         }
     }
     mailer.close().await.map_err(internal)?;
-    Ok(if failed == 0 { exit::OK } else { exit::TEMPFAIL })
+    Ok(failed)
 }
 
 fn report_line(json: bool, id: &str, outcome: &str, detail: &str) {

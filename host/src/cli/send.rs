@@ -226,7 +226,10 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
         .configure(&settings.to_wit())
         .await
         .map_err(|e| early(exit::DATAERR, "invalid-message", format!("invalid message: {e:#}")))?;
-    let dead = DeadLetters::new(&a.dead_letter);
+    let dead = match a.relay.stored() {
+        Some(relay) => DeadLetters::new(&a.dead_letter).for_relay(relay),
+        None => DeadLetters::new(&a.dead_letter),
+    };
     let mut code = exit::OK;
     for _ in 0..a.repeat.max(1) {
         match mailer.deliver(&msg).await.map_err(internal)? {

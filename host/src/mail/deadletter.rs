@@ -18,6 +18,7 @@
 use crate::bindings::transport::{Envelope, Rendered};
 use crate::bindings::types::SendError;
 use crate::mail::{audit, outbox};
+use crate::mailer::relay::{Auth, Tls};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,31 @@ pub struct StoredEnvelope {
     pub from: String,
     /// RCPT TO.
     pub recipients: Vec<String>,
+}
+
+/// Where a kept message was going: enough for `wasmail retry` to resend it
+/// with no flags (as `msmtpq -r` does). Never the secret: that comes from
+/// retry's own `--password-env`, `--password-file` or config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRelay {
+    /// `HOST:PORT`.
+    pub server: String,
+    /// The TLS mode.
+    pub tls: Tls,
+    /// The name the certificate must carry, when not the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_name: Option<String>,
+    /// Extra trusted CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The AUTH user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The AUTH mechanism.
+    pub auth: Auth,
+    /// The EHLO name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ehlo: Option<String>,
 }
 
 /// Why the message is here.
@@ -86,6 +112,9 @@ pub struct Meta {
     /// process lives, `retry` leaves the message alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The relay it was going to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<StoredRelay>,
 }
 
 /// One kept message.
@@ -149,12 +178,19 @@ fn write_json(path: &Path, meta: &Meta) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
     dir: PathBuf,
+    relay: Option<StoredRelay>,
 }
 
 impl DeadLetters {
     /// The folder at `dir` (created on first use).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self { dir: dir.into(), relay: None }
+    }
+
+    /// Record `relay` in every letter kept from now on.
+    pub fn for_relay(mut self, relay: StoredRelay) -> Self {
+        self.relay = Some(relay);
+        self
     }
 
     /// Its path.
@@ -166,6 +202,7 @@ impl DeadLetters {
     /// the `.json` last: a letter without its `.json` is never half-read.
     pub fn keep(&self, rendered: &Rendered, error: &SendError, plugin: Option<&str>) -> Result<PathBuf> {
         let mut meta = Meta::new(rendered, plugin, None);
+        meta.relay.clone_from(&self.relay);
         meta.attempts = 1;
         meta.reason = Reason::of(error);
         meta.outcome_unknown = matches!(error, SendError::OutcomeUnknown(_));
@@ -176,7 +213,8 @@ impl DeadLetters {
     /// Write `rendered` ahead into `pending/` before it is delivered.
     pub fn write_ahead(&self, rendered: &Rendered, plugin: Option<&str>) -> Result<Pending> {
         let dir = self.dir.join(PENDING);
-        let meta = Meta::new(rendered, plugin, Some(std::process::id()));
+        let mut meta = Meta::new(rendered, plugin, Some(std::process::id()));
+        meta.relay.clone_from(&self.relay);
         let (eml, json) = write_letter(&dir, rendered, &meta)?;
         let id = eml.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Pending { id, letter: Letter { eml, json, meta }, top: self.dir.clone() })
@@ -240,6 +278,7 @@ impl Meta {
             last_failure_ms: now,
             plugin: plugin.map(str::to_owned),
             pid,
+            relay: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! (RFC 4954) and the per-phase timeouts of RFC 5321 4.5.3.2.
 
 use crate::bindings::transport::{AuthMechanism, Relay, Timeouts, TlsMode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// RFC 5321 4.5.3.2.1: the initial 220 greeting, 5 minutes.
@@ -22,7 +22,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REPLY_CAP: Duration = Duration::from_secs(10 * 60);
 
 /// `--tls` / `tls =`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Tls {
     /// Plaintext (must be chosen explicitly).
@@ -37,7 +37,7 @@ pub enum Tls {
 }
 
 /// `--auth` / `auth =`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Auth {
     /// The best the server offers.

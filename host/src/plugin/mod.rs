@@ -280,9 +280,7 @@ impl<'a> PluginHost<'a> {
             delivery,
             mailer,
             audit: self.audit.clone(),
-            dead_letters: crate::mail::deadletter::DeadLetters::new(
-                self.config.dead_letter.clone().unwrap_or_else(|| PathBuf::from(crate::mail::deadletter::DEFAULT_DEAD_LETTER)),
-            ),
+            dead_letters: self.dead_letters(),
             counts: Counts::default(),
             in_flight: None,
             stop: None,
@@ -305,6 +303,17 @@ impl<'a> PluginHost<'a> {
             Ok(UpdateDeadline::Yield(1))
         });
         Ok((store, output))
+    }
+
+    /// The dead-letter folder and write-ahead spool of this config; kept
+    /// letters record the relay, so `wasmail retry` needs no flags.
+    fn dead_letters(&self) -> crate::mail::deadletter::DeadLetters {
+        use crate::mail::deadletter::{DEFAULT_DEAD_LETTER, DeadLetters};
+        let dead = DeadLetters::new(self.config.dead_letter.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DEAD_LETTER)));
+        match self.config.relay.as_ref().and_then(|r| crate::cli::relay_args::RelayArgs::from_config(r).stored()) {
+            Some(relay) => dead.for_relay(relay),
+            None => dead,
+        }
     }
 
     /// Instantiate a fresh plugin+mailer pair without running it (what
