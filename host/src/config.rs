@@ -2,11 +2,40 @@
 //! and one policy table per plugin. Unknown keys are errors, so a typo never
 //! silently loosens a policy.
 
-use crate::mailer::relay::{Auth, Tls};
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// `--tls` / `tls =`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// Plaintext (must be chosen explicitly).
+    None,
+    /// STARTTLS when offered; never AUTH in plaintext.
+    Starttls,
+    /// STARTTLS or fail (the default).
+    #[default]
+    Required,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// `--auth` / `auth =`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Auth {
+    /// The best the server offers.
+    #[default]
+    Auto,
+    /// SASL PLAIN.
+    Plain,
+    /// LOGIN.
+    Login,
+    /// XOAUTH2 (the secret is a bearer token).
+    Xoauth2,
+}
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]

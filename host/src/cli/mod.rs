@@ -3,7 +3,6 @@
 //! with the layers below, and how outcomes are printed.
 
 pub mod inspect;
-pub mod relay_args;
 pub mod report;
 pub mod retry;
 pub mod run;

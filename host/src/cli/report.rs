@@ -121,6 +121,17 @@ impl CliError {
     }
 }
 
+impl From<crate::mailer::relay::RelayError> for CliError {
+    fn from(e: crate::mailer::relay::RelayError) -> Self {
+        use crate::mailer::relay::RelayError;
+        match e {
+            RelayError::Usage(m) => Self::new(exit::USAGE, "usage", m),
+            RelayError::Config(m) => Self::new(exit::CONFIG, "config", m),
+            RelayError::Unreachable(m) => Self::new(exit::UNAVAILABLE, "connect", m),
+        }
+    }
+}
+
 /// Tell the operator something on standard error, prefixed `wasmail: `,
 /// with control characters escaped (see [`printable`]).
 pub fn say(message: impl std::fmt::Display) {

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::mail::audit::{self, AuditLog, Outcome};
 use crate::mail::deadletter::{self, DeadLetters, Letter};
 use crate::mailer::{Mailer, MailerGrant};
-use crate::cli::relay_args::RelayArgs;
+use crate::mailer::relay::RelayArgs;
 use crate::cli::report::{CliError, exit};
 use crate::{Runtime, text};
 use serde_json::json;

@@ -7,7 +7,7 @@ use crate::bindings::types::{Attachment, Content, Mailbox, Message, Priority as 
 use crate::mailer::blobs::BlobAccess;
 use crate::mailer::{Mailer, MailerGrant};
 use crate::mail::deadletter::{self, DeadLetters};
-use crate::cli::relay_args::RelayArgs;
+use crate::mailer::relay::RelayArgs;
 use crate::cli::report::{self, CliError, exit};
 use crate::{mail::outbox, mailer::tls, text};
 use std::path::PathBuf;

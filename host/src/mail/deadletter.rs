@@ -18,7 +18,7 @@
 use crate::bindings::transport::{Envelope, Rendered};
 use crate::bindings::types::SendError;
 use crate::mail::{audit, outbox};
-use crate::mailer::relay::{Auth, Tls};
+use crate::config::{Auth, Tls};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,10 @@
 //! (RFC 4954) and the per-phase timeouts of RFC 5321 4.5.3.2.
 
 use crate::bindings::transport::{AuthMechanism, Relay, Timeouts, TlsMode};
-use serde::{Deserialize, Serialize};
+use crate::config::{Auth, RelayConfig, Tls};
+use crate::mail::deadletter::StoredRelay;
+use crate::mailer::credentials::Secret;
+use crate::mailer::{resolve_relay, tls};
 use std::time::Duration;
 
 /// RFC 5321 4.5.3.2.1: the initial 220 greeting, 5 minutes.
@@ -20,36 +23,6 @@ pub const DATA_END_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The absolute cap on one reply, however slowly it trickles in.
 pub const REPLY_CAP: Duration = Duration::from_secs(10 * 60);
-
-/// `--tls` / `tls =`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Tls {
-    /// Plaintext (must be chosen explicitly).
-    None,
-    /// STARTTLS when offered; never AUTH in plaintext.
-    Starttls,
-    /// STARTTLS or fail (the default).
-    #[default]
-    Required,
-    /// TLS from the first byte (port 465).
-    Implicit,
-}
-
-/// `--auth` / `auth =`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Auth {
-    /// The best the server offers.
-    #[default]
-    Auto,
-    /// SASL PLAIN.
-    Plain,
-    /// LOGIN.
-    Login,
-    /// XOAUTH2 (the secret is a bearer token).
-    Xoauth2,
-}
 
 /// The default port for a TLS mode: 465 for implicit TLS (RFC 8314), 587
 /// for submission with STARTTLS (RFC 6409), 25 for plaintext.
@@ -149,6 +122,150 @@ impl RelaySettings {
         }
     }
 }
+
+/// Why relay settings could not be turned into something to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayError {
+    /// The settings contradict each other or are malformed.
+    Usage(String),
+    /// A file or variable they name cannot be read (CA file, password).
+    Config(String),
+    /// The relay's name does not resolve.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for RelayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Usage(m) | Self::Config(m) | Self::Unreachable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for RelayError {}
+
+/// The relay flags shared by `wasmail send` and `wasmail retry`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RelayArgs {
+    /// The relay, `HOST[:PORT]`.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+    /// How to secure the connection.
+    #[arg(long, value_enum, default_value_t)]
+    pub tls: Tls,
+    /// The name the server's certificate must carry (default: the server's host).
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
+    /// Extra trusted CA certificates (PEM).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The AUTH user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Read the password from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "password_file")]
+    pub password_env: Option<String>,
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+    /// The AUTH mechanism.
+    #[arg(long, value_enum, default_value_t)]
+    pub auth: Auth,
+    /// The EHLO name.
+    #[arg(long)]
+    pub ehlo: Option<String>,
+    /// Cap every SMTP timeout at this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+}
+
+impl RelayArgs {
+    /// The same settings from a config file's `[relay]` table.
+    pub fn from_config(r: &RelayConfig) -> Self {
+        Self {
+            server: Some(r.server.clone()),
+            tls: r.tls,
+            tls_name: r.tls_name.clone(),
+            ca_file: r.ca_file.clone(),
+            user: r.user.clone(),
+            password_env: r.password_env.clone(),
+            password_file: r.password_file.clone(),
+            auth: r.auth,
+            ehlo: r.ehlo.clone(),
+            timeout: r.timeout_secs,
+        }
+    }
+
+    /// What a kept letter records of these settings (no secret).
+    pub fn stored(&self) -> Option<StoredRelay> {
+        let server = self.server.as_deref()?;
+        let (host, port) = split_server(server, self.tls).ok()?;
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        Some(StoredRelay {
+            server: format!("{host}:{port}"),
+            tls: self.tls,
+            tls_name: self.tls_name.clone(),
+            ca_file: self.ca_file.clone(),
+            user: self.user.clone(),
+            auth: self.auth,
+            ehlo: self.ehlo.clone(),
+        })
+    }
+
+    /// The settings a letter recorded, with the secret taken from `secrets`
+    /// (retry's own flags or config) and its timeout cap.
+    pub fn from_stored(r: &StoredRelay, secrets: &Self) -> Self {
+        Self {
+            server: Some(r.server.clone()),
+            tls: r.tls,
+            tls_name: r.tls_name.clone(),
+            ca_file: r.ca_file.clone(),
+            user: r.user.clone(),
+            password_env: secrets.password_env.clone(),
+            password_file: secrets.password_file.clone(),
+            auth: r.auth,
+            ehlo: r.ehlo.clone(),
+            timeout: secrets.timeout,
+        }
+    }
+
+    /// Resolve the relay and gather what a mailer needs to reach it: the
+    /// settings, the secret and the TLS trust. `Ok(None)` without a server.
+    pub async fn resolve(
+        &self,
+        verbose: bool,
+    ) -> Result<Option<(RelaySettings, Secret, tls::Provider)>, RelayError> {
+        let Some(server) = &self.server else { return Ok(None) };
+        let (host, port) = split_server(server, self.tls).map_err(|e| RelayError::Usage(format!("server: {e}")))?;
+        if self.user.is_some() && self.password_env.is_none() && self.password_file.is_none() {
+            return Err(RelayError::Usage("--user needs --password-env or --password-file".into()));
+        }
+        let secret = match (&self.password_env, &self.password_file) {
+            (Some(var), _) => Secret::from_env(var),
+            (None, Some(f)) => Secret::from_file(f),
+            (None, None) => Ok(Secret::none()),
+        }
+        .map_err(|e| RelayError::Config(format!("{e:#}")))?;
+        let provider = tls::Provider::new(self.ca_file.as_deref())
+            .map_err(|e| RelayError::Config(format!("{e:#}")))?;
+        let addresses = resolve_relay(&host, port)
+            .await
+            .map_err(|e| RelayError::Unreachable(format!("{e:#}")))?;
+        let settings = RelaySettings {
+            name: self.tls_name.clone().unwrap_or(host),
+            addresses,
+            port,
+            tls: self.tls,
+            ehlo: self.ehlo.clone().unwrap_or_else(default_ehlo),
+            user: self.user.clone(),
+            auth: self.auth,
+            timeout: self.timeout.map(Duration::from_secs_f64),
+            verbose,
+        };
+        Ok(Some((settings, secret, provider)))
+    }
+}
+
 
 /// The EHLO name when none is configured: this host's name if it is a
 /// usable domain, else an address literal (RFC 5321 4.1.4).

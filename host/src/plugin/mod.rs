@@ -243,10 +243,10 @@ impl<'a> PluginHost<'a> {
             let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
             return Ok((mailer, Delivery::Outbox(dir)));
         };
-        let (settings, secret, tls) = crate::cli::relay_args::RelayArgs::from_config(r)
+        let (settings, secret, tls) = crate::mailer::relay::RelayArgs::from_config(r)
             .resolve(self.options.transcript.is_some())
             .await
-            .map_err(|e| anyhow::anyhow!("relay: {}", e.message))?
+            .map_err(|e| anyhow::anyhow!("relay: {e}"))?
             .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
         let grant = MailerGrant::relay(&settings.addresses, secret, tls)
             .blobs(blobs)
@@ -310,7 +310,7 @@ impl<'a> PluginHost<'a> {
     fn dead_letters(&self) -> crate::mail::deadletter::DeadLetters {
         use crate::mail::deadletter::{DEFAULT_DEAD_LETTER, DeadLetters};
         let dead = DeadLetters::new(self.config.dead_letter.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DEAD_LETTER)));
-        match self.config.relay.as_ref().and_then(|r| crate::cli::relay_args::RelayArgs::from_config(r).stored()) {
+        match self.config.relay.as_ref().and_then(|r| crate::mailer::relay::RelayArgs::from_config(r).stored()) {
             Some(relay) => dead.for_relay(relay),
             None => dead,
         }
