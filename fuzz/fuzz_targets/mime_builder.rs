@@ -10,7 +10,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use mail_parser::{MessageParser, MimeHeaders};
 use wasmail_mailer::mime::address::Mailbox;
-use wasmail_mailer::mime::check::{MAX_LINE, check_lines};
+use wasmail_mailer::mime::lint::{MAX_LINE, check_lines};
 use wasmail_mailer::mime::{Attachment, BuildContext, Content, Draft, Priority, RawMailbox};
 use wasmail_mailer::smtp::dot::{stuff, unstuff};
 

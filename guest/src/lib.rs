@@ -5,6 +5,7 @@
 //! wasi:sockets and wasi:tls, and only `component` knows the WIT bindings;
 //! both exist on wasm32 only.
 
+pub mod deliver;
 pub mod mime;
 pub mod smtp;
 

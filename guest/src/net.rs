@@ -6,7 +6,6 @@ use crate::bindings::wasi::clocks::monotonic_clock;
 use crate::bindings::wasi::io::poll::{self, Pollable};
 use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError};
 use crate::bindings::wasi::sockets::instance_network::instance_network;
-use crate::bindings::wasi::sockets::ip_name_lookup;
 use crate::bindings::wasi::sockets::network::{IpAddress, IpAddressFamily, IpSocketAddress, Ipv4SocketAddress, Ipv6SocketAddress, Network};
 use crate::bindings::wasi::sockets::tcp::{ShutdownType, TcpSocket};
 use crate::bindings::wasi::sockets::tcp_create_socket::create_tcp_socket;
@@ -108,38 +107,19 @@ fn io_err(stage: Stage, tls: bool, e: StreamError) -> SmtpError {
     }
 }
 
-fn socket_addresses(network: &Network, host: &str, port: u16, deadline: u64) -> Result<Vec<IpSocketAddress>, SmtpError> {
-    let literal = host.trim_start_matches('[').trim_end_matches(']');
-    let ips: Vec<IpAddress> = if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
-        vec![to_wasi_ip(ip)]
-    } else {
-        let stream = ip_name_lookup::resolve_addresses(network, host)
-            .map_err(|e| SmtpError::Connect(format!("cannot resolve {host}: {}", code(e))))?;
-        let p = stream.subscribe();
-        let mut ips = Vec::new();
-        loop {
-            match stream.resolve_next_address() {
-                Ok(Some(ip)) => ips.push(ip),
-                Ok(None) => break,
-                Err(crate::bindings::wasi::sockets::network::ErrorCode::WouldBlock) => {
-                    if !wait(&p, deadline) {
-                        return Err(SmtpError::Timeout(Stage::Connect));
-                    }
-                }
-                Err(e) => return Err(SmtpError::Connect(format!("cannot resolve {host}: {}", code(e)))),
-            }
+/// The socket address of an IP address literal (`192.0.2.1`, `[2001:db8::1]`,
+/// as the host writes `relay.addresses`). The mailer resolves no names.
+fn socket_address(literal: &str, port: u16) -> Result<IpSocketAddress, SmtpError> {
+    let bare = literal.trim_start_matches('[').trim_end_matches(']');
+    let ip = bare
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| SmtpError::Connect(format!("{literal:?} is not an IP address (the host resolves the relay's name)")))?;
+    Ok(match to_wasi_ip(ip) {
+        IpAddress::Ipv4(address) => IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address }),
+        IpAddress::Ipv6(address) => {
+            IpSocketAddress::Ipv6(Ipv6SocketAddress { port, flow_info: 0, address, scope_id: 0 })
         }
-        ips
-    };
-    Ok(ips
-        .into_iter()
-        .map(|ip| match ip {
-            IpAddress::Ipv4(address) => IpSocketAddress::Ipv4(Ipv4SocketAddress { port, address }),
-            IpAddress::Ipv6(address) => {
-                IpSocketAddress::Ipv6(Ipv6SocketAddress { port, flow_info: 0, address, scope_id: 0 })
-            }
-        })
-        .collect())
+    })
 }
 
 fn to_wasi_ip(ip: std::net::IpAddr) -> IpAddress {
@@ -156,7 +136,8 @@ fn to_wasi_ip(ip: std::net::IpAddr) -> IpAddress {
 }
 
 impl Net {
-    /// Connect to `host:port`, trying each resolved address in turn, and run
+    /// Connect to `host:port` at each of `addresses` in turn (or at `host`
+    /// itself, when it is an IP address and no addresses are given), and run
     /// the TLS handshake at once when `implicit_tls`.
     pub fn connect(
         host: &str,
@@ -169,13 +150,9 @@ impl Net {
         let network = instance_network();
         let deadline = deadline_after(timeouts.connect);
         let addrs = if addresses.is_empty() {
-            socket_addresses(&network, host, port, deadline)?
+            vec![socket_address(host, port)?]
         } else {
-            let mut v = Vec::new();
-            for a in addresses {
-                v.extend(socket_addresses(&network, a, port, deadline)?);
-            }
-            v
+            addresses.iter().map(|a| socket_address(a, port)).collect::<Result<Vec<_>, _>>()?
         };
         let mut last = format!("no address found for {host}");
         for addr in addrs {

@@ -33,15 +33,16 @@ pub fn base64_encoded_len(n: u64) -> u64 {
 /// result is then cut into lines. The output can never contain a `.` at a
 /// line start, a bare CR or a bare LF (see [`crate::smtp::dot`]).
 pub fn base64_lines(data: &[u8], out: &mut Vec<u8>) {
-    use base64_simd::AsOut;
     let encoded_len = base64_simd::STANDARD.encoded_length(data.len());
     let start = out.len();
-    // Encode in place at the end of `out`, then spread the lines out from the
-    // back so each byte moves once.
+    // Encode at the end of `out`, make room for the line ends (any bytes
+    // will do: each is overwritten; copying some costs no zero-filling),
+    // then spread the lines out from the back so each byte moves once.
     let lines = encoded_len.div_ceil(BASE64_LINE);
-    out.resize(start + encoded_len + 2 * lines, 0);
-    let encoded = base64_simd::STANDARD.encode(data, out[start..start + encoded_len].as_out()).len();
-    debug_assert_eq!(encoded, encoded_len);
+    base64_simd::STANDARD.encode_append(data, out);
+    debug_assert_eq!(out.len(), start + encoded_len);
+    // 2 * lines <= encoded_len whenever there is a line (4 characters or more).
+    out.extend_from_within(start..start + 2 * lines);
     let mut src_end = start + encoded_len;
     let mut dst_end = out.len();
     for line in (0..lines).rev() {

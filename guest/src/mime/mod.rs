@@ -6,7 +6,7 @@
 //! boundaries, so the same draft always gives the same bytes.
 
 pub mod address;
-pub mod check;
+pub mod lint;
 pub mod encode;
 pub mod header;
 pub mod pattern;
@@ -426,7 +426,7 @@ impl Draft {
         let rendered = Rendered { message_id, envelope: c.envelope, segments: out.segments, smtputf8 };
         for (i, s) in rendered.segments.iter().enumerate() {
             if let Segment::Bytes(b) = s {
-                check::check_lines(b, i == 0).map_err(|e| InvalidMessage::new("message", e))?;
+                lint::check_lines(b, i == 0).map_err(|e| InvalidMessage::new("message", e))?;
             }
         }
         Ok(rendered)

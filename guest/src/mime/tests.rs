@@ -84,7 +84,7 @@ fn csmtp_style_message_round_trips() {
     assert_eq!(atts[1].attachment_name(), Some("pic.png"));
     assert_eq!(atts[1].content_type().unwrap().subtype(), Some("png"));
     assert_eq!(atts[1].contents(), png.as_slice());
-    check::check_lines(&raw, true).unwrap();
+    lint::check_lines(&raw, true).unwrap();
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn non_ascii_round_trips() {
         Attachment { filename: "logo.png".into(), content_type: Some("image/png".into()), content: Content::Bytes(vec![1, 2, 3]), content_id: Some("logo".into()) },
     ];
     let raw = bytes(&d);
-    check::check_lines(&raw, true).unwrap();
+    lint::check_lines(&raw, true).unwrap();
     for line in raw.split(|&b| b == b'\n') {
         assert!(line.len() <= 79, "{}", String::from_utf8_lossy(line));
     }
@@ -187,7 +187,7 @@ fn smuggling_bodies_are_safe_before_stuffing() {
         let mut d = draft();
         d.text = Some(format!("hello{seq}MAIL FROM:<x@evil.example>\r\n"));
         let raw = bytes(&d);
-        check::check_lines(&raw, true).unwrap();
+        lint::check_lines(&raw, true).unwrap();
         assert!(!raw.contains(&0));
     }
 }

@@ -170,10 +170,13 @@ fn all_refused(mut rejected: Vec<(Address, Reply)>) -> SmtpError {
     SmtpError::Rejected { stage: Stage::RcptTo, reply, recipients: rejected }
 }
 
+/// The recipients the server accepted and refused.
+type Recipients = (Vec<Address>, Vec<(Address, Reply)>);
+
 /// The recipients a plan's replies accepted and refused, or why the
 /// transaction ends before its data. `replies` may stop short of the plan
 /// (one command per turn stops at the first failure).
-fn evaluate(plan: &[Step<'_>], replies: Vec<Reply>) -> Result<(Vec<Address>, Vec<(Address, Reply)>), SmtpError> {
+fn evaluate(plan: &[Step<'_>], replies: Vec<Reply>) -> Result<Recipients, SmtpError> {
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     for (step, reply) in plan.iter().zip(replies) {
@@ -257,6 +260,11 @@ impl<T: Transport> Session<T> {
     /// What the server offers (after TLS, the post-TLS EHLO).
     pub fn capabilities(&self) -> &Capabilities {
         &self.caps
+    }
+
+    /// The transport, e.g. to check TLS.
+    pub fn transport(&self) -> &T {
+        &self.io
     }
 
     fn note(&mut self, text: &str) {

@@ -1,0 +1,479 @@
+//! Delivery of one message over the kept-open session (RFC 5321 3.3 mail
+//! transactions), with attachment files streamed as base64 (RFC 2045 6.8):
+//! the rules the component's exports follow, in plain Rust.
+//!
+//! - A message is [`Prepared`]: built from its draft (attachment files
+//!   measured, opened again only when streamed, through [`Blobs`]), or taken
+//!   as already rendered bytes (`submit`).
+//! - [`Connection`] keeps one session open from send to send, reopens once a
+//!   kept session the server has closed meanwhile, and drops a session whose
+//!   connection can no longer be trusted.
+//! - What is kept for a retry, and how much may be held in memory
+//!   ([`MAX_IN_MEMORY_BYTES`]), is decided here.
+//!
+//! The component supplies the host's imports (files, the network, the
+//! clock); tests supply fakes.
+
+use crate::mime::address::Address;
+use crate::mime::encode::{BASE64_LINE_BYTES, base64_lines};
+use crate::mime::{self, BuildContext, Content, Draft, Envelope, Rendered, Segment};
+use crate::smtp::SmtpError;
+use crate::smtp::auth::Choice;
+use crate::smtp::command::ClientName;
+use crate::smtp::data::{Chunk, Source};
+use crate::smtp::session::{Config, Outgoing, Session, TlsMode, TransactionResult, Transport};
+use std::time::{Duration, Instant};
+
+/// The largest message the mailer assembles whole in memory: for the outbox
+/// (`render`) and for the dead-letter folder (`deliver`). Larger messages
+/// (huge streamed attachments) are only ever streamed to a relay; a kept copy
+/// is skipped (the caller still has the files) and the outbox refuses them.
+pub const MAX_IN_MEMORY_BYTES: u64 = 64 << 20;
+
+/// Raw bytes read from an attachment file per base64 chunk: a whole number
+/// of 57-byte lines, about 56 KiB.
+pub const STREAM_CHUNK: usize = BASE64_LINE_BYTES * 1024;
+
+/// Why reading an attachment file stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobError {
+    /// The file ended.
+    Closed,
+    /// The read failed.
+    Failed(String),
+}
+
+/// An open attachment file.
+pub trait BlobRead {
+    /// Append at most `max` bytes to `out`, waiting for at least one.
+    fn read(&mut self, max: usize, out: &mut Vec<u8>) -> Result<(), BlobError>;
+}
+
+/// Opens attachment files by the path a message names (the host's `blobs`).
+pub trait Blobs {
+    /// An open file.
+    type Reader: BlobRead;
+    /// Open `path`: its length in octets and its bytes.
+    fn open(&self, path: &str) -> Result<(u64, Self::Reader), String>;
+}
+
+/// The attachment files of one message, indexed by `Content::Stream`: their
+/// paths and the lengths they had when measured. A file is opened only when
+/// its part is streamed, so a message holds at most one file at a time.
+pub struct Streams<B: Blobs> {
+    blobs: B,
+    files: Vec<(String, u64)>,
+}
+
+impl<B: Blobs> Streams<B> {
+    /// No files yet.
+    pub fn new(blobs: B) -> Self {
+        Self { blobs, files: Vec::new() }
+    }
+
+    /// Refuse a message with too many attachments before any file is
+    /// opened, so a message cannot hold the host's file handles by the
+    /// thousand.
+    pub fn check_count(attachments: usize) -> Result<(), SmtpError> {
+        if attachments > mime::MAX_ATTACHMENTS {
+            return Err(SmtpError::InvalidMessage(format!(
+                "attachments: {attachments} is more than {}",
+                mime::MAX_ATTACHMENTS
+            )));
+        }
+        Ok(())
+    }
+
+    /// Measure the file of attachment `i` now; it is opened again when
+    /// streamed.
+    pub fn attach(&mut self, i: usize, path: String) -> Result<Content, SmtpError> {
+        let (len, _file) = self
+            .blobs
+            .open(&path)
+            .map_err(|e| SmtpError::InvalidMessage(format!("attachments[{i}].content: {path}: {e}")))?;
+        self.files.push((path, len));
+        Ok(Content::Stream { index: self.files.len() - 1, len })
+    }
+
+    /// Open file `index` for streaming; it must still have the length it was
+    /// measured with.
+    fn open(&self, index: usize) -> Result<B::Reader, SmtpError> {
+        let Some((path, want)) = self.files.get(index) else {
+            return Err(SmtpError::InvalidMessage("attachment stream missing".into()));
+        };
+        let (len, file) =
+            self.blobs.open(path).map_err(|e| SmtpError::InvalidMessage(format!("attachment {path}: {e}")))?;
+        if len != *want {
+            return Err(SmtpError::InvalidMessage(format!(
+                "attachment {path}: it changed size from {want} to {len} octets while the message was being made"
+            )));
+        }
+        Ok(file)
+    }
+}
+
+/// Feeds a rendered message to the session, base64-encoding attachment
+/// files chunk by chunk so a large file is never held whole.
+struct SegmentSource<'a, B: Blobs> {
+    segments: &'a [Segment],
+    streams: &'a Streams<B>,
+    next: usize,
+    /// The file of the current stream segment, while it is read.
+    current: Option<B::Reader>,
+    /// Bytes left in the current stream segment.
+    left: u64,
+    carry: Vec<u8>,
+    encoded: Encoded,
+}
+
+/// Attachment bytes base64-encoded by the mailer for one send, and the time
+/// it took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Encoded {
+    /// Raw attachment bytes encoded.
+    pub bytes: u64,
+    /// Time spent encoding.
+    pub time: Duration,
+}
+
+impl Encoded {
+    /// The transcript note, when anything was encoded.
+    pub fn note(&self) -> Option<String> {
+        if self.bytes == 0 {
+            return None;
+        }
+        let secs = self.time.as_secs_f64();
+        let mib = self.bytes as f64 / f64::from(1 << 20);
+        Some(format!(
+            "attachments: {mib:.1} MiB base64-encoded in the mailer in {secs:.3} s ({:.0} MiB/s)",
+            mib / secs.max(1e-9)
+        ))
+    }
+}
+
+impl<'a, B: Blobs> SegmentSource<'a, B> {
+    fn new(segments: &'a [Segment], streams: &'a Streams<B>) -> Self {
+        Self {
+            segments,
+            streams,
+            next: 0,
+            current: None,
+            left: 0,
+            carry: Vec::with_capacity(STREAM_CHUNK),
+            encoded: Encoded::default(),
+        }
+    }
+
+    /// Read from the current file into `carry`; once it holds a whole chunk
+    /// (or the file's end), encode it to `out`. False while more must be read.
+    fn stream(&mut self, out: &mut Vec<u8>) -> Result<bool, SmtpError> {
+        if self.current.is_none() {
+            let Some(Segment::Base64Stream { index, .. }) = self.next.checked_sub(1).and_then(|i| self.segments.get(i))
+            else {
+                return Err(SmtpError::InvalidMessage("attachment stream out of order".into()));
+            };
+            self.current = Some(self.streams.open(*index)?);
+        }
+        let Some(file) = self.current.as_mut() else {
+            return Err(SmtpError::InvalidMessage("attachment stream missing".into()));
+        };
+        // `left` may pass 4 GiB: compare as u64 before narrowing.
+        let want = ((STREAM_CHUNK - self.carry.len()) as u64).min(self.left) as usize;
+        let before = self.carry.len();
+        match file.read(want, &mut self.carry) {
+            Ok(()) => {}
+            Err(BlobError::Closed) => {
+                return Err(SmtpError::InvalidMessage(format!(
+                    "attachment file ended {} bytes early (it changed while being sent)",
+                    self.left
+                )));
+            }
+            Err(BlobError::Failed(e)) => return Err(SmtpError::InvalidMessage(format!("attachment read failed: {e}"))),
+        }
+        // A reader that gives more than asked for must not push past the part.
+        self.carry.truncate(before + want);
+        self.left -= (self.carry.len() - before) as u64;
+        if self.carry.len() < STREAM_CHUNK && self.left > 0 {
+            return Ok(false);
+        }
+        let t = Instant::now();
+        base64_lines(&self.carry, out);
+        self.encoded.time += t.elapsed();
+        self.encoded.bytes += self.carry.len() as u64;
+        self.carry.clear();
+        if self.left == 0 {
+            self.current = None;
+        }
+        Ok(true)
+    }
+}
+
+impl<B: Blobs> Source for SegmentSource<'_, B> {
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
+        loop {
+            if self.left > 0 {
+                if self.stream(out)? {
+                    return Ok(Chunk::Base64);
+                }
+                continue;
+            }
+            let Some(seg) = self.segments.get(self.next) else {
+                return Ok(Chunk::Last);
+            };
+            self.next += 1;
+            match seg {
+                Segment::Bytes(b) => {
+                    out.extend_from_slice(b);
+                    return Ok(if self.next < self.segments.len() { Chunk::Text } else { Chunk::Last });
+                }
+                Segment::Base64Stream { len, .. } => self.left = *len,
+            }
+        }
+    }
+}
+
+/// Why a message was not sent: the policy's size limit, or anything the
+/// SMTP side says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// Over the policy's `max_message_bytes`; nothing was sent.
+    PolicyDenied(String),
+    /// Invalid, or refused or failed on the way.
+    Smtp(SmtpError),
+}
+
+impl From<SmtpError> for DeliverError {
+    fn from(e: SmtpError) -> Self {
+        Self::Smtp(e)
+    }
+}
+
+impl DeliverError {
+    /// See [`SmtpError::worth_keeping`]; a policy denial never is.
+    pub fn worth_keeping(&self) -> bool {
+        match self {
+            Self::PolicyDenied(_) => false,
+            Self::Smtp(e) => e.worth_keeping(),
+        }
+    }
+}
+
+/// A message ready to send: its rendered form and the files its streamed
+/// parts come from.
+pub struct Prepared<B: Blobs> {
+    /// The rendered message.
+    pub rendered: Rendered,
+    streams: Streams<B>,
+}
+
+impl<B: Blobs> Prepared<B> {
+    /// Build `draft`, whose files are in `streams`, and hold it to the
+    /// policy's size limit `max_bytes` before anything is sent.
+    pub fn build(
+        draft: &Draft,
+        streams: Streams<B>,
+        ctx: &BuildContext,
+        max_bytes: Option<u64>,
+    ) -> Result<Self, DeliverError> {
+        let rendered = draft.build(ctx).map_err(|e| SmtpError::InvalidMessage(e.to_string()))?;
+        if let Some(max) = max_bytes {
+            let size = rendered.size();
+            if size > max {
+                return Err(DeliverError::PolicyDenied(format!(
+                    "max_message_bytes: the message is {size} octets, the limit is {max}"
+                )));
+            }
+        }
+        Ok(Self { rendered, streams })
+    }
+
+    /// Already rendered bytes with their envelope (`submit`, e.g. from the
+    /// dead-letter folder): checked as the builder checks its own output,
+    /// sent unchanged.
+    pub fn raw(from: &str, recipients: &[String], bytes: Vec<u8>, blobs: B) -> Result<Self, SmtpError> {
+        let invalid = SmtpError::InvalidMessage;
+        let from = Address::parse(from).map_err(|e| invalid(format!("envelope.from: {e}")))?;
+        let recipients = recipients
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Address::parse(r).map_err(|e| invalid(format!("envelope.recipients[{i}]: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if recipients.is_empty() {
+            return Err(invalid("envelope.recipients: empty".into()));
+        }
+        mime::lint::check_lines(&bytes, true).map_err(|e| invalid(format!("bytes: {e}")))?;
+        let smtputf8 = from.needs_smtputf8() || recipients.iter().any(Address::needs_smtputf8);
+        let rendered = Rendered {
+            message_id: message_id_of(&bytes).unwrap_or_default(),
+            envelope: Envelope { from, recipients },
+            segments: vec![Segment::Bytes(bytes)],
+            smtputf8,
+        };
+        Ok(Self { rendered, streams: Streams::new(blobs) })
+    }
+
+    /// The envelope and what the server must support.
+    pub fn outgoing(&self) -> Outgoing<'_> {
+        let r = &self.rendered;
+        Outgoing {
+            from: &r.envelope.from,
+            recipients: &r.envelope.recipients,
+            size: r.size(),
+            eight_bit: r.eight_bit(),
+            smtputf8: r.smtputf8,
+        }
+    }
+
+    /// The whole message in memory, attachment files read again (the
+    /// outbox). Refused over [`MAX_IN_MEMORY_BYTES`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SmtpError> {
+        let size = self.rendered.size();
+        if size > MAX_IN_MEMORY_BYTES {
+            return Err(SmtpError::InvalidMessage(format!(
+                "message: {size} octets is too large for the outbox (at most {MAX_IN_MEMORY_BYTES}); send it to a relay"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        let mut src = SegmentSource::new(&self.rendered.segments, &self.streams);
+        while src.next_chunk(&mut bytes)? != Chunk::Last {}
+        Ok(bytes)
+    }
+
+    /// The exact bytes to keep after `error` (the dead-letter folder): only
+    /// when a retry may help or the outcome is unknown, and the message fits
+    /// in memory. The files are read afresh.
+    pub fn kept(&self, error: &DeliverError) -> Option<Vec<u8>> {
+        if !error.worth_keeping() {
+            return None;
+        }
+        self.to_bytes().ok()
+    }
+}
+
+/// The Message-ID of raw message bytes, from its header section.
+fn message_id_of(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let headers = text.split("\r\n\r\n").next()?;
+    headers.split("\r\n").find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("message-id")
+            .then(|| value.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
+}
+
+/// The relay as `configure` gives it, before any check.
+pub struct RelaySpec {
+    /// The name the certificate must match.
+    pub host: String,
+    /// The addresses the host resolved it to.
+    pub addresses: Vec<String>,
+    /// The TCP port.
+    pub port: u16,
+    /// The EHLO name.
+    pub ehlo: String,
+    /// How to secure the connection.
+    pub tls: TlsMode,
+    /// The AUTH user, if any.
+    pub user: Option<String>,
+    /// The AUTH mechanism.
+    pub auth: Choice,
+    /// Whether to report the dialogue.
+    pub verbose: bool,
+}
+
+/// A checked relay: where to connect and the session's settings.
+pub struct Relay {
+    /// The name the certificate must match.
+    pub host: String,
+    /// The addresses to connect to, in order.
+    pub addresses: Vec<String>,
+    /// The TCP port.
+    pub port: u16,
+    /// The session's settings.
+    pub config: Config,
+    /// Whether to report the dialogue.
+    pub verbose: bool,
+}
+
+impl RelaySpec {
+    /// Check every field, naming the first bad one.
+    pub fn check(self) -> Result<Relay, String> {
+        let client_name = ClientName::new(&self.ehlo).map_err(|e| format!("ehlo: {e}"))?;
+        if self.host.is_empty() || self.host.contains(|c: char| c.is_control() || c == ' ') {
+            return Err("host: must be a host name or IP address".into());
+        }
+        if self.user.as_deref().is_some_and(|u| u.contains(char::is_control)) {
+            return Err("user: contains a control character".into());
+        }
+        Ok(Relay {
+            host: self.host,
+            addresses: self.addresses,
+            port: self.port,
+            config: Config { client_name, tls: self.tls, user: self.user, auth: self.auth },
+            verbose: self.verbose,
+        })
+    }
+}
+
+/// The session kept open from send to send.
+pub struct Connection<T: Transport> {
+    session: Option<Session<T>>,
+}
+
+impl<T: Transport> Default for Connection<T> {
+    fn default() -> Self {
+        Self { session: None }
+    }
+}
+
+impl<T: Transport> Connection<T> {
+    /// Send `msg`, opening a session with `open` when none is kept. A kept
+    /// session that turns out to have been closed by the server is reopened
+    /// once, provided nothing of the message was streamed yet. A session
+    /// whose connection can no longer be trusted is dropped without QUIT.
+    pub fn send<B: Blobs>(
+        &mut self,
+        mut open: impl FnMut() -> Result<Session<T>, SmtpError>,
+        msg: &Prepared<B>,
+    ) -> (Result<TransactionResult, SmtpError>, Encoded) {
+        let out = msg.outgoing();
+        let segments = &msg.rendered.segments;
+        let reused = self.session.is_some();
+        let mut source = SegmentSource::new(segments, &msg.streams);
+        let mut result = self.transact(&mut open, &out, &mut source);
+        if matches!(result, Err(SmtpError::Connect(_))) && reused && source.encoded.bytes == 0 {
+            self.session = None;
+            source = SegmentSource::new(segments, &msg.streams);
+            result = self.transact(&mut open, &out, &mut source);
+        }
+        if let Err(e) = &result
+            && (e.kills_session() || self.session.as_ref().is_some_and(|s| !s.is_usable()))
+        {
+            self.session = None;
+        }
+        (result, source.encoded)
+    }
+
+    fn transact(
+        &mut self,
+        open: &mut impl FnMut() -> Result<Session<T>, SmtpError>,
+        out: &Outgoing<'_>,
+        source: &mut dyn Source,
+    ) -> Result<TransactionResult, SmtpError> {
+        let session = match self.session.take() {
+            Some(s) => s,
+            None => open()?,
+        };
+        self.session.insert(session).send(out, source)
+    }
+
+    /// QUIT and close the kept session, if any.
+    pub fn close(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.quit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
