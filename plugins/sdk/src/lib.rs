@@ -1,7 +1,8 @@
 //! The wasmail plugin SDK: bindings for `world wasmail:mail/plugin` (plus the
 //! monotonic clock) and small helpers, so a plugin is `impl Guest` and
 //! `wasmail_plugin::export!(MyPlugin)`. Errors read as in the WIT
-//! (`policy-denied: ...`), replies as RFC 5321 `code [enhanced] text`.
+//! (`policy-denied: ...`, stage `mail-from`), replies as RFC 5321
+//! `code [enhanced] text`.
 
 /// The generated bindings (`Guest`, `wasi`, `wasmail`).
 pub mod bindings {
@@ -27,7 +28,33 @@ pub use bindings::{Guest, export, wasi};
 use bindings::wasmail;
 
 pub use wasmail::mail::sender::send;
-pub use wasmail::mail::types::{Attachment, Content, Mailbox, Message, Priority, Receipt, Reply, SendError};
+pub use wasmail::mail::types::{Attachment, Content, Mailbox, Message, Priority, Receipt, Reply, SendError, Stage};
+
+impl Stage {
+    /// The stage as the WIT spells it, e.g. `mail-from`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Greeting => "greeting",
+            Self::Ehlo => "ehlo",
+            Self::Tls => "tls",
+            Self::Auth => "auth",
+            Self::MailFrom => "mail-from",
+            Self::RcptTo => "rcpt-to",
+            Self::Data => "data",
+            Self::DataBlock => "data-block",
+            Self::DataEnd => "data-end",
+            Self::Rset => "rset",
+            Self::Quit => "quit",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 impl Mailbox {
     /// A mailbox without a display name.
@@ -72,13 +99,31 @@ pub fn describe(e: &SendError) -> String {
         SendError::Tls(t) => format!("tls: {t}"),
         SendError::Auth(r) => format!("auth: {}", reply(r)),
         SendError::Rejected(r) => format!(
-            "rejected ({}, stage {:?}): {}",
+            "rejected ({}, stage {}): {}",
             if r.transient { "transient" } else { "permanent" },
             r.stage,
             reply(&r.reply)
         ),
-        SendError::Timeout(stage) => format!("timeout in stage {stage:?}"),
+        SendError::Timeout(stage) => format!("timeout in stage {stage}"),
         SendError::Protocol(t) => format!("protocol: {t}"),
         SendError::OutcomeUnknown(t) => format!("outcome-unknown: {t}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_in_the_wit() {
+        let reply = Reply { code: 451, enhanced: Some("4.3.0".into()), text: "try later".into() };
+        let rejected = SendError::Rejected(wasmail::mail::types::Rejection {
+            stage: Stage::MailFrom,
+            transient: true,
+            reply,
+            recipients: vec![],
+        });
+        assert_eq!(describe(&rejected), "rejected (transient, stage mail-from): 451 4.3.0 try later");
+        assert_eq!(describe(&SendError::Timeout(Stage::DataEnd)), "timeout in stage data-end");
     }
 }
