@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use wasmail::cli::report::exit;
 use wasmail::Runtime;
-use wasmail::cli::{inspect, retry, run, send};
+use wasmail::cli::{inspect, retry, run, send, sendmail};
 
 /// How long the process waits at exit for blocking threads to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -25,6 +25,9 @@ enum Command {
     Run(run::RunArgs),
     /// Resend the messages kept in the dead-letter folder.
     Retry(Box<retry::RetryArgs>),
+    /// The sendmail interface: a whole message on standard input (also what
+    /// runs when wasmail is invoked as `sendmail`).
+    Sendmail(Box<sendmail::SendmailArgs>),
     /// Show what a plugin imports and exports, and whether it can run here.
     Inspect {
         /// The plugin component.
@@ -32,8 +35,19 @@ enum Command {
     },
 }
 
+/// The arguments, with `sendmail` put first when the program was started
+/// under that name (a `sendmail` symlink, as cron and PHP expect).
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args.first().and_then(|a| std::path::Path::new(a).file_name().map(|n| n.to_os_string()));
+    if invoked_as.is_some_and(|n| n == "sendmail") {
+        args.insert(1, "sendmail".into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(arguments()) {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version are not errors; every usage error is EX_USAGE.
@@ -65,6 +79,7 @@ fn main() -> ExitCode {
             Command::Send(args) => send::run(&runtime, *args).await,
             Command::Run(args) => run::run(&runtime, args).await,
             Command::Retry(args) => retry::run(&runtime, *args).await,
+            Command::Sendmail(args) => sendmail::run(&runtime, *args).await,
             Command::Inspect { plugin: path } => match inspect::inspect(&runtime, &path) {
                 Ok((text, can_run)) => {
                     print!("{text}");

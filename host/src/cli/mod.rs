@@ -7,3 +7,4 @@ pub mod report;
 pub mod retry;
 pub mod run;
 pub mod send;
+pub mod sendmail;
