@@ -672,3 +672,34 @@ def test_header_value_may_contain_a_colon(run, smtpd):
     [received] = server.messages
     msg = oracle.parse(received.content)
     assert msg.get_all("X") == ["A: v"], received.content
+
+
+# ---------------------------------------------------------------------------
+# Address confusion in the CLI (the CPython CVE-2023-27043 class): a display
+# name must be an RFC 5322 phrase, or the address is refused, naming the
+# field. Nothing is sent.
+# ---------------------------------------------------------------------------
+
+CONFUSABLE = [
+    "alice@example.org(<bob@evil.example>",
+    "alice@example.org <bob@evil.example>",
+    "Alice (alice@example.org) <bob@evil.example>",
+    "alice@example.org, <bob@evil.example>",
+    "\"alice@example.org\" <bob@evil.example> <carol@evil.example>",
+    "[alice@example.org] <bob@evil.example>",
+    "alice:@example.org <bob@evil.example>",
+]
+
+
+@pytest.mark.parametrize("flag", ["--from", "--to", "--cc", "--bcc", "--reply-to"])
+@pytest.mark.parametrize("value", CONFUSABLE)
+def test_confusable_addresses_are_refused_naming_the_field(run, flag, value, tmp_path):
+    args = {"--from": "me@example.com", "--to": "you@example.com"}
+    args[flag] = value
+    cmd = ["send", "--subject", "s", "--text", "t", "--outbox", tmp_path / "out"]
+    for k, v in args.items():
+        cmd += [k, v]
+    proc = run(cmd)
+    assert proc.returncode == 65, describe(proc)
+    assert flag.lstrip("-").replace("-", "_") in proc.stderr.replace("-", "_"), describe(proc)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

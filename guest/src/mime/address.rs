@@ -215,29 +215,80 @@ impl Mailbox {
     }
 
     /// Parse the command-line form: `addr`, `<addr>`, `Name <addr>` or
-    /// `"Name" <addr>`.
+    /// `"Name" <addr>`. The name must be an RFC 5322 3.2.5 phrase: atoms
+    /// and quoted strings, with no unquoted special (`( ) < > @ , ; : \ " .
+    /// [ ]`). Anything else is refused rather than guessed at, so
+    /// `alice@example.org(<bob@evil.example>` cannot pass for alice
+    /// (the CVE-2023-27043 class).
     pub fn parse(s: &str) -> Result<Self, AddressError> {
         check_no_controls(s)?;
         let s = s.trim();
-        let Some(open) = s.rfind('<') else {
+        let Some((name, rest)) = s.rsplit_once('<') else {
             return Self::new(None, s);
         };
-        let rest = &s[open + 1..];
         let addr = rest
             .strip_suffix('>')
             .ok_or_else(|| AddressError::BadMailbox("text after the closing '>'".into()))?;
         if addr.contains(['<', '>']) {
             return Err(AddressError::BadMailbox("nested angle brackets".into()));
         }
-        let mut name = s[..open].trim();
-        if name.len() >= 2 && name.starts_with('"') && name.ends_with('"') {
-            name = &name[1..name.len() - 1];
-        }
-        if name.contains(['<', '>']) {
-            return Err(AddressError::BadMailbox("angle bracket in the display name".into()));
-        }
-        Self::new(Some(name), addr)
+        let name = phrase(name.trim())?;
+        Self::new(Some(&name), addr)
     }
+}
+
+/// RFC 5322 3.2.3 specials: outside a quoted string they make a display
+/// name mean something else to some reader.
+pub const SPECIALS: &[char] = &['(', ')', '<', '>', '@', ',', ';', ':', '\\', '"', '.', '[', ']'];
+
+/// Read an RFC 5322 phrase (RFC 6532: UTF-8 allowed) into its text: words
+/// joined by one space, quoted strings unquoted. Angle brackets are refused
+/// even quoted: a name must not look like an address.
+fn phrase(s: &str) -> Result<String, AddressError> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    let mut pending_space = false;
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => pending_space = !out.is_empty(),
+            '"' => {
+                if pending_space {
+                    out.push(' ');
+                    pending_space = false;
+                }
+                loop {
+                    match chars.next() {
+                        None => return Err(AddressError::BadMailbox("unterminated quoted string in the display name".into())),
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(q) => out.push(q),
+                            None => return Err(AddressError::BadMailbox("a backslash ends the display name".into())),
+                        },
+                        Some('<' | '>') => {
+                            return Err(AddressError::BadMailbox("angle bracket in the display name".into()));
+                        }
+                        Some(q) => out.push(q),
+                    }
+                }
+            }
+            c if SPECIALS.contains(&c) => {
+                return Err(AddressError::BadMailbox(format!(
+                    "the display name has {c:?} outside quotes; write it as \"...\" <address>"
+                )));
+            }
+            c if c.is_whitespace() => {
+                return Err(AddressError::BadMailbox(format!("the display name has the space character U+{:04X}", c as u32)));
+            }
+            c => {
+                if pending_space {
+                    out.push(' ');
+                    pending_space = false;
+                }
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -289,6 +340,29 @@ mod tests {
     }
 
     #[test]
+    fn display_names_are_phrases_or_refused() {
+        for confusing in [
+            "alice@example.org(<bob@evil.example>",
+            "alice@example.org <bob@evil.example>",
+            "Alice (alice@example.org) <bob@evil.example>",
+            "alice@example.org, <bob@evil.example>",
+            "Alice; Bob <bob@evil.example>",
+            "J. Smith <j@example.com>",
+            "\"Alice\" <alice@example.org> <bob@evil.example>",
+            "\"unterminated <bob@evil.example>",
+            "\"a <b@c.example>\" <bob@evil.example>",
+            "[alice] <bob@evil.example>",
+            "alice\u{3000}x <bob@evil.example>",
+        ] {
+            let e = Mailbox::parse(confusing);
+            assert!(matches!(e, Err(AddressError::BadMailbox(_))), "{confusing:?} gave {e:?}");
+        }
+        // Quoted, the specials are plain text.
+        let m = Mailbox::parse("\"alice@example.org (via bob)\" <bob@example.org>").unwrap();
+        assert_eq!(m.name.as_deref(), Some("alice@example.org (via bob)"));
+    }
+
+    #[test]
     fn length_limits() {
         let local = "a".repeat(64);
         assert!(Address::parse(&format!("{local}@example.com")).is_ok());
@@ -313,6 +387,10 @@ mod tests {
         let m = Mailbox::parse("jo@example.com").unwrap();
         assert_eq!(m.name, None);
         assert!(Mailbox::parse("Jo <jo@example.com> x").is_err());
+        let m = Mailbox::parse("\"J. \\\"Jo\\\" Smith\" <jo@example.com>").unwrap();
+        assert_eq!(m.name.as_deref(), Some("J. \"Jo\" Smith"));
+        let m = Mailbox::parse("Zoë  Ångström <z@example.com>").unwrap();
+        assert_eq!(m.name.as_deref(), Some("Zoë Ångström"));
         assert!(Mailbox::parse("Jo <<jo@example.com>>").is_err());
         assert!(Mailbox::new(Some("Jo\r\nBcc: x@y.example"), "jo@example.com").is_err());
     }
