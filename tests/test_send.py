@@ -501,3 +501,22 @@ def test_usage_errors_exit_64(run, smtpd, args):
 
     assert_exit(proc, EXIT_USAGE)
     assert_nothing_sent(server)
+
+
+def test_a_failed_auth_still_ends_with_quit(run, smtpd):
+    """Every session that ends while its connection works ends with QUIT:
+    servers log a dropped one (`lost connection after AUTH`)."""
+    server = smtpd(auth={USER: PASSWORD}, auth_require_tls=False)
+    proc = run(["send", "--from", SENDER, "--to", RECIPIENT, "--subject", SUBJECT,
+                "--text", "hello", *relay(server.address, "none"), *login(USER)],
+               password="wrong-again")
+    assert_exit(proc, EXIT_NOPERM)
+    assert server.record.verbs()[-1] == "QUIT", server.record.verbs()
+
+
+def test_a_refused_message_still_ends_with_quit(run, smtpd):
+    server = smtpd(reject={RECIPIENT})
+    proc = run(["send", "--from", SENDER, "--to", RECIPIENT, "--subject", SUBJECT,
+                "--text", "hello", *relay(server.address, "none")])
+    assert proc.returncode != 0, describe(proc)
+    assert server.record.verbs()[-1] == "QUIT", server.record.verbs()
