@@ -12,6 +12,8 @@ import re
 import time
 from pathlib import Path
 
+import os
+
 import pytest
 
 import oracle
@@ -520,3 +522,39 @@ def test_a_refused_message_still_ends_with_quit(run, smtpd):
                 "--text", "hello", *relay(server.address, "none")])
     assert proc.returncode != 0, describe(proc)
     assert server.record.verbs()[-1] == "QUIT", server.record.verbs()
+
+
+def _run_on_a_terminal(cmd: list) -> tuple[int, bytes]:
+    """Run `cmd` with stdout and stderr on a pseudo-terminal; return its exit
+    code and everything it wrote there."""
+    import os
+    import pty
+    import subprocess
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.wait(timeout=60), out
+
+
+def test_a_large_send_shows_progress_on_a_terminal_only(wasmail, smtp_sink, tmp_path):
+    sink = smtp_sink()
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(8 << 20))
+    base = [wasmail, "send", "--from", SENDER, "--to", RECIPIENT, "--subject", "big",
+            "--text", "see attachment", "--attach", big, *relay(f"127.0.0.1:{sink.port}", "none")]
+    code, out = _run_on_a_terminal(base)
+    assert code == 0, out
+    assert b"MiB" in out and b"left" in out, out[-400:]
+    code, out = _run_on_a_terminal([*base, "--json"])
+    assert code == 0, out
+    assert b"left" not in out, "no progress bar with --json"

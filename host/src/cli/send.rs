@@ -10,7 +10,9 @@ use crate::mail::deadletter::{self, DeadLetters};
 use crate::mailer::relay::RelayArgs;
 use crate::cli::report::{self, CliError, exit};
 use crate::{mail::outbox, mailer::tls, text};
+use crate::mailer::blobs::Progress;
 use std::path::PathBuf;
+use std::sync::Arc;
 use wasmail_mailer::mime::address;
 
 /// `--priority`.
@@ -215,9 +217,11 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
     let Some((settings, secret, provider)) = a.relay.resolve(a.verbose).await? else {
         return to_outbox(rt, a, &msg, blobs).await;
     };
+    let bar = progress_bar(a);
     let grant = MailerGrant::relay(&settings.addresses, secret, provider)
         .blobs(blobs)
-        .transcript(a.verbose.then(text::stderr_lines));
+        .transcript(a.verbose.then(text::stderr_lines))
+        .progress(bar.clone().map(|b| -> Progress { Arc::new(move |n| b.inc(n)) }));
     let internal = |e: anyhow::Error| early(exit::SOFTWARE, "internal", format!("{e:#}"));
     let mut mailer = Mailer::new(&rt.mailer, grant).await.map_err(internal)?;
     // A relay setting the mailer refuses (an EHLO name with a line break,
@@ -245,7 +249,34 @@ async fn run_inner(rt: &Runtime, a: &SendArgs) -> Result<u8, Early> {
         }
     }
     mailer.close().await.map_err(internal)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     Ok(code)
+}
+
+/// Attachments smaller than this in all send without a progress bar.
+pub const PROGRESS_MIN_BYTES: u64 = 4 << 20;
+
+/// A progress bar over the attachment bytes, on a terminal only, never with
+/// `--json`, and only when the attachments are large enough to wait for.
+fn progress_bar(a: &SendArgs) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if a.json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let total: u64 = a.attach.iter().chain(&a.inline).filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    if total < PROGRESS_MIN_BYTES {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total.saturating_mul(u64::from(a.repeat.max(1)))),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    let style = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta} left")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
 }
 
 async fn to_outbox(rt: &Runtime, a: &SendArgs, msg: &Message, blobs: BlobAccess) -> Result<u8, Early> {

@@ -20,6 +20,32 @@ use wasmtime::component::Resource;
 use wasmtime_wasi::p2::DynInputStream;
 use wasmtime_wasi::p2::pipe::AsyncReadStream;
 
+/// Told how many bytes of attachment files were read, as they are read (for
+/// a progress bar).
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A reader that reports what passes through it.
+struct Counting<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counting<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            (self.progress)(read as u64);
+        }
+        polled
+    }
+}
+
 /// Which files the mailer may open.
 #[derive(Debug, Clone, Default)]
 pub enum BlobAccess {
@@ -83,7 +109,11 @@ impl Host for MailerState {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
         };
-        let stream: DynInputStream = Box::new(AsyncReadStream::new(tokio::fs::File::from_std(file)));
+        let file = tokio::fs::File::from_std(file);
+        let stream: DynInputStream = match &self.progress {
+            Some(progress) => Box::new(AsyncReadStream::new(Counting { inner: file, progress: Arc::clone(progress) })),
+            None => Box::new(AsyncReadStream::new(file)),
+        };
         let res = self.table.push(stream)?;
         Ok(Ok((len, res)))
     }

@@ -47,6 +47,7 @@ pub struct MailerState {
     pub(crate) table: ResourceTable,
     pub(crate) secret: Secret,
     pub(crate) blobs: BlobAccess,
+    pub(crate) progress: Option<blobs::Progress>,
     pub(crate) max_message_bytes: Option<u64>,
     pub(crate) transcript: Option<Sink>,
     limits: StoreLimits,
@@ -102,6 +103,8 @@ pub struct MailerGrant {
     pub secret: Secret,
     /// Attachment files it may open.
     pub blobs: BlobAccess,
+    /// Told as attachment files are read.
+    pub progress: Option<blobs::Progress>,
     /// The policy's size limit on every message.
     pub max_message_bytes: Option<u64>,
     /// Where `-v` lines go.
@@ -118,6 +121,7 @@ impl MailerGrant {
             relay_addrs: vec![],
             secret: Secret::none(),
             blobs: BlobAccess::Deny,
+            progress: None,
             max_message_bytes: None,
             transcript: None,
             tls,
@@ -132,6 +136,12 @@ impl MailerGrant {
     /// Attachment files it may open.
     pub fn blobs(mut self, blobs: BlobAccess) -> Self {
         self.blobs = blobs;
+        self
+    }
+
+    /// Report attachment bytes as they are read.
+    pub fn progress(mut self, progress: Option<blobs::Progress>) -> Self {
+        self.progress = progress;
         self
     }
 
@@ -192,6 +202,7 @@ impl Mailer {
             table: ResourceTable::new(),
             secret: grant.secret,
             blobs: grant.blobs,
+            progress: grant.progress,
             max_message_bytes: grant.max_message_bytes,
             transcript: grant.transcript,
             limits: StoreLimitsBuilder::new().memory_size(MAILER_MEMORY_BYTES).build(),
