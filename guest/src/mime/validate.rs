@@ -20,6 +20,11 @@ pub const MAX_SUBJECT: usize = 4096;
 pub const MAX_FILENAME: usize = 1024;
 /// The most attachments.
 pub const MAX_ATTACHMENTS: usize = 1000;
+/// The longest custom header field name: one that still fits a folded line
+/// with its colon (RFC 5322 2.1.1, 78 characters).
+pub const MAX_HEADER_NAME: usize = 76;
+/// The longest content id, without its angle brackets (RFC 2392).
+pub const MAX_CONTENT_ID: usize = 250;
 
 /// Header fields the builder writes itself; a custom header may not repeat them.
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -73,8 +78,8 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty header name".into());
     }
-    if name.len() > 76 {
-        return Err("header name longer than 76 characters".into());
+    if name.len() > MAX_HEADER_NAME {
+        return Err(format!("header name longer than {MAX_HEADER_NAME} characters"));
     }
     match name.bytes().find(|b| !(33..=126).contains(b) || *b == b':') {
         Some(b) => Err(format!("header name contains {:?}", b as char)),
@@ -91,8 +96,8 @@ fn check_content_type(ct: &str) -> Result<(), String> {
 }
 
 fn check_content_id(cid: &str) -> Result<(), String> {
-    if cid.is_empty() || cid.len() > 250 {
-        return Err("must be 1 to 250 characters".into());
+    if cid.is_empty() || cid.len() > MAX_CONTENT_ID {
+        return Err(format!("must be 1 to {MAX_CONTENT_ID} characters"));
     }
     match cid.bytes().find(|b| !b.is_ascii_graphic() || b"<>\"\\()[],;:".contains(b)) {
         Some(b) => Err(format!("contains {:?}", b as char)),

@@ -77,19 +77,31 @@ fn addr(s: &str) -> Address {
     Address::parse(s).unwrap()
 }
 
+/// A session opened over `script`, plaintext, without AUTH.
+fn opened(script: &[&str]) -> Session<Script> {
+    Session::open(Script::new(script), &cfg(TlsMode::None, None), secret).unwrap()
+}
+
+/// Send `data` from a@example.com to `to`, announcing its exact size.
+fn send_to(s: &mut Session<Script>, to: &[&str], data: &[u8]) -> Result<TransactionResult, SmtpError> {
+    let from = addr("a@example.com");
+    let recipients: Vec<Address> = to.iter().map(|a| addr(a)).collect();
+    let msg = Outgoing { from: &from, recipients: &recipients, size: data.len() as u64, eight_bit: false, smtputf8: false };
+    s.send_bytes(&msg, data)
+}
+
 fn writes(s: &Session<Script>) -> String {
     s.io.writes.iter().map(|w| String::from_utf8_lossy(w).into_owned()).collect::<Vec<_>>().join("|")
 }
 
 #[test]
 fn pipelined_transaction_with_partial_acceptance() {
-    let io = Script::new(&[
+    let mut s = opened(&[
         "220 mx ESMTP\r\n",
         "250-mx\r\n250-PIPELINING\r\n250 SIZE 100000\r\n",
         "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n354 go\r\n",
         "250 2.0.0 queued as X\r\n",
     ]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
     let from = addr("a@example.com");
     let rcpts = [addr("b@example.com"), addr("bad@example.com"), addr("c@example.com")];
     let msg = Outgoing { from: &from, recipients: &rcpts, size: 9, eight_bit: false, smtputf8: false };
@@ -108,7 +120,7 @@ fn pipelined_transaction_with_partial_acceptance() {
 
 #[test]
 fn second_message_pipelines_rset() {
-    let io = Script::new(&[
+    let mut s = opened(&[
         "220 mx\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
         "250 ok\r\n250 ok\r\n354 go\r\n",
@@ -117,12 +129,8 @@ fn second_message_pipelines_rset() {
         "250 ok\r\n",
         "221 bye\r\n",
     ]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
-    let from = addr("a@example.com");
-    let rcpts = [addr("b@example.com")];
-    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
-    s.send_bytes(&msg, b"one").unwrap();
-    s.send_bytes(&msg, b"two").unwrap();
+    send_to(&mut s, &["b@example.com"], b"one").unwrap();
+    send_to(&mut s, &["b@example.com"], b"two").unwrap();
     assert!(s.io.writes[3].starts_with(b"RSET\r\nMAIL FROM:<a@example.com>\r\n"));
     assert_eq!(s.io.writes[4], b"two\r\n.\r\n");
     s.quit();
@@ -130,7 +138,7 @@ fn second_message_pipelines_rset() {
 
 #[test]
 fn without_pipelining_one_command_per_turn() {
-    let io = Script::new(&[
+    let mut s = opened(&[
         "220 mx\r\n",
         "250 mx\r\n",
         "250 ok\r\n",
@@ -138,11 +146,7 @@ fn without_pipelining_one_command_per_turn() {
         "354 go\r\n",
         "250 ok\r\n",
     ]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
-    let from = addr("a@example.com");
-    let rcpts = [addr("b@example.com")];
-    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
-    s.send_bytes(&msg, b"abc").unwrap();
+    send_to(&mut s, &["b@example.com"], b"abc").unwrap();
     assert_eq!(
         writes(&s),
         "EHLO client.example\r\n|MAIL FROM:<a@example.com>\r\n|RCPT TO:<b@example.com>\r\n|DATA\r\n|abc\r\n.\r\n"
@@ -151,8 +155,7 @@ fn without_pipelining_one_command_per_turn() {
 
 #[test]
 fn helo_fallback() {
-    let io = Script::new(&["220 old\r\n", "502 5.5.2 what?\r\n", "250 old\r\n"]);
-    let s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let s = opened(&["220 old\r\n", "502 5.5.2 what?\r\n", "250 old\r\n"]);
     assert_eq!(writes(&s), "EHLO client.example\r\n|HELO client.example\r\n");
     assert_eq!(s.capabilities(), &Capabilities::default());
 }
@@ -238,16 +241,11 @@ fn starttls_refused_in_required_mode() {
 
 #[test]
 fn timeout_after_final_dot_is_outcome_unknown() {
-    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n", "<timeout>"]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
-    let from = addr("a@example.com");
-    let rcpts = [addr("b@example.com")];
-    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
-    assert!(matches!(s.send_bytes(&msg, b"abc"), Err(SmtpError::OutcomeUnknown(_))));
+    let mut s = opened(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n", "<timeout>"]);
+    assert!(matches!(send_to(&mut s, &["b@example.com"], b"abc"), Err(SmtpError::OutcomeUnknown(_))));
 
-    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n"]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
-    assert!(matches!(s.send_bytes(&msg, b"abc"), Err(SmtpError::OutcomeUnknown(_))), "EOF after the dot");
+    let mut s = opened(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n"]);
+    assert!(matches!(send_to(&mut s, &["b@example.com"], b"abc"), Err(SmtpError::OutcomeUnknown(_))), "EOF after the dot");
 }
 
 #[test]
@@ -265,16 +263,12 @@ fn greeting_errors() {
 
 #[test]
 fn all_recipients_refused_pipelined() {
-    let io = Script::new(&[
+    let mut s = opened(&[
         "220 mx\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
         "250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n",
     ]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
-    let from = addr("a@example.com");
-    let rcpts = [addr("b@example.com")];
-    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
-    let Err(SmtpError::Rejected { stage, reply, recipients }) = s.send_bytes(&msg, b"abc") else {
+    let Err(SmtpError::Rejected { stage, reply, recipients }) = send_to(&mut s, &["b@example.com"], b"abc") else {
         panic!("expected a rejection");
     };
     assert_eq!(stage, Stage::RcptTo);
@@ -284,8 +278,7 @@ fn all_recipients_refused_pipelined() {
 
 #[test]
 fn capability_mismatches_fail_clearly() {
-    let io = Script::new(&["220 mx\r\n", "250-mx\r\n250 SIZE 10\r\n"]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let mut s = opened(&["220 mx\r\n", "250-mx\r\n250 SIZE 10\r\n"]);
     let from = addr("δ@example.com");
     let rcpts = [addr("b@example.com")];
     let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: true };
@@ -312,12 +305,11 @@ impl Source for Shrinking {
 
 #[test]
 fn a_failure_inside_data_makes_the_session_unusable() {
-    let io = Script::new(&[
+    let mut s = opened(&[
         "220 mx ESMTP\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
         "250 ok\r\n250 ok\r\n354 go\r\n",
     ]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
     let from = addr("a@example.com");
     let rcpts = [addr("b@example.com")];
     let msg = Outgoing { from: &from, recipients: &rcpts, size: 9, eight_bit: false, smtputf8: false };
@@ -421,17 +413,13 @@ fn endless_challenges_are_cancelled() {
 
 #[test]
 fn pipelined_mail_refusal_ends_the_open_data_at_once() {
-    let io = Script::new(&[
+    let mut s = opened(&[
         "220 mx\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
         "550 5.7.1 sender refused\r\n250 ok\r\n354 go\r\n",
         "554 5.5.1 no transaction\r\n",
     ]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
-    let from = addr("a@example.com");
-    let rcpts = [addr("b@example.com")];
-    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
-    let e = s.send_bytes(&msg, b"abc").unwrap_err();
+    let e = send_to(&mut s, &["b@example.com"], b"abc").unwrap_err();
     assert!(matches!(e, SmtpError::Rejected { stage: Stage::MailFrom, ref reply, .. } if reply.code == 550), "{e:?}");
     assert_eq!(s.io.writes.last().map(Vec::as_slice), Some(&b".\r\n"[..]), "the empty data is ended, the message never sent");
     assert!(s.is_usable());
@@ -439,7 +427,7 @@ fn pipelined_mail_refusal_ends_the_open_data_at_once() {
 
 #[test]
 fn pipelined_rset_refusal_reads_every_reply() {
-    let io = Script::new(&[
+    let mut s = opened(&[
         "220 mx\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
         "250 ok\r\n250 ok\r\n354 go\r\n",
@@ -447,12 +435,8 @@ fn pipelined_rset_refusal_reads_every_reply() {
         "452 4.3.1 busy\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 ok\r\n",
     ]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
-    let from = addr("a@example.com");
-    let rcpts = [addr("b@example.com")];
-    let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
-    s.send_bytes(&msg, b"one").unwrap();
-    let e = s.send_bytes(&msg, b"two").unwrap_err();
+    send_to(&mut s, &["b@example.com"], b"one").unwrap();
+    let e = send_to(&mut s, &["b@example.com"], b"two").unwrap_err();
     assert!(matches!(e, SmtpError::Rejected { stage: Stage::Rset, .. }), "{e:?}");
     assert!(e.is_transient());
     assert_eq!(s.io.writes.last().map(Vec::as_slice), Some(&b".\r\n"[..]));
@@ -461,8 +445,7 @@ fn pipelined_rset_refusal_reads_every_reply() {
 
 #[test]
 fn one_at_a_time_all_refused_sends_no_data() {
-    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "550 5.1.1 no\r\n", "450 4.2.1 later\r\n"]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let mut s = opened(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "550 5.1.1 no\r\n", "450 4.2.1 later\r\n"]);
     let from = addr("a@example.com");
     let rcpts = [addr("b@example.com"), addr("c@example.com")];
     let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
@@ -475,8 +458,7 @@ fn one_at_a_time_all_refused_sends_no_data() {
 
 #[test]
 fn one_at_a_time_stops_at_a_421() {
-    let io = Script::new(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "421 4.3.0 closing\r\n"]);
-    let mut s = Session::open(io, &cfg(TlsMode::None, None), secret).unwrap();
+    let mut s = opened(&["220 mx\r\n", "250 mx\r\n", "250 ok\r\n", "421 4.3.0 closing\r\n"]);
     let from = addr("a@example.com");
     let rcpts = [addr("b@example.com"), addr("c@example.com")];
     let msg = Outgoing { from: &from, recipients: &rcpts, size: 3, eight_bit: false, smtputf8: false };
