@@ -68,12 +68,19 @@ $(VENV_STAMP): $(REQUIREMENTS)
 test-setup:
 	bash tests/fresh-setup.sh
 
+# The host is built by the same cargo invocation the tests use, so `make
+# demo` and `make test` share every artifact: a plain `cargo build -p
+# wasmail` resolves features without the test crates (indexmap, futures,
+# regex-syntax, ...) and would compile wasmtime a second time. `--no-run`
+# builds target/debug/wasmail along with the test binaries.
+TEST_PKGS   := -p wasmail-mailer -p wasmail -p wasmail-plugin-report -p wasmail-plugin-bulk
+
 build: setup-build
 	$(CARGO) build --target $(WASM_TARGET) --release -p wasmail-mailer $(PLUGIN_PKGS)
-	$(CARGO) build -p wasmail
+	$(CARGO) test --no-run $(TEST_PKGS)
 
 test: setup-test build
-	$(CARGO) test -p wasmail-mailer -p wasmail -p wasmail-plugin-report -p wasmail-plugin-bulk
+	$(CARGO) test $(TEST_PKGS)
 	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PY) -m pytest -q tests
 
 # bench.py needs only the standard library, so any python3 will do.

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use wasmail::Runtime;
 use wasmail::mail::audit::{AuditLog, Outcome};
 use wasmail::bindings::types::{Mailbox, Message, Priority, SendError};
-use wasmail::mailer::blobs::BlobAccess;
 use wasmail::config::{Config, PluginConfig};
 use wasmail::mailer::credentials::Secret;
 use wasmail::engine::CacheOutcome;
 use wasmail::mailer::{Mailer, MailerGrant};
 use wasmail::plugin::{HostOptions, PluginHost, Refused, RunReport};
-use wasmail::mailer::relay::{RelaySettings, Tls, Auth};
+use wasmail::config::{Auth, Tls};
+use wasmail::mailer::relay::RelaySettings;
 use wasmail::plugin::sandbox::Stop;
 
 fn plugin_dir() -> PathBuf {
