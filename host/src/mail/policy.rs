@@ -172,11 +172,6 @@ impl Policy {
         Self { cfg, sent: 0, attempts: 0, tokens, last: Instant::now() }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &PluginConfig {
-        &self.cfg
-    }
-
     /// Count one call to `send`, before anything else is looked at. Over
     /// `max_attempts` the run must stop (`Err`); over the rate, the call is
     /// denied (`Ok(Err)`). Denied and failed calls count like sent ones.

@@ -29,11 +29,6 @@ impl Secret {
         let line = text.lines().next().unwrap_or("").to_owned();
         Ok(Self(Some(line)))
     }
-
-    /// True when a secret is set.
-    pub fn is_set(&self) -> bool {
-        self.0.is_some()
-    }
 }
 
 impl fmt::Debug for Secret {

@@ -215,18 +215,8 @@ impl RelayArgs {
     /// The settings a letter recorded, with the secret taken from `secrets`
     /// (retry's own flags or config) and its timeout cap.
     pub fn from_stored(r: &StoredRelay, secrets: &Self) -> Self {
-        Self {
-            server: Some(r.server.clone()),
-            tls: r.tls,
-            tls_name: r.tls_name.clone(),
-            ca_file: r.ca_file.clone(),
-            user: r.user.clone(),
-            password_env: secrets.password_env.clone(),
-            password_file: secrets.password_file.clone(),
-            auth: r.auth,
-            ehlo: r.ehlo.clone(),
-            timeout: secrets.timeout,
-        }
+        let StoredRelay { server, tls, tls_name, ca_file, user, auth, ehlo } = r.clone();
+        Self { server: Some(server), tls, tls_name, ca_file, user, auth, ehlo, ..secrets.clone() }
     }
 
     /// Resolve the relay and gather what a mailer needs to reach it: the

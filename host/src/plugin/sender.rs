@@ -179,13 +179,7 @@ impl Forwarder {
     fn to_outbox(&mut self, dir: &std::path::Path, approved: Approved, rendered: Rendered) -> Result<Result<Receipt, SendError>> {
         let path = match outbox::write(dir, &rendered.bytes) {
             Ok(p) => p,
-            Err(e) => {
-                let why = format!("{e:#}");
-                let mut r = base(Some(&approved), Outcome::Error, Some(format!("outbox: {why}")));
-                r.message_id = Some(rendered.message_id);
-                self.record(r)?;
-                return Err(self.stop(Stop::Host(format!("the outbox could not keep a message: {why}"))));
-            }
+            Err(e) => return Err(self.could_not_keep("outbox", &approved, rendered.message_id, &e)),
         };
         let mut r = base(Some(&approved), Outcome::Accepted, None);
         r.size = Some(rendered.bytes.len() as u64);
@@ -204,13 +198,7 @@ impl Forwarder {
     async fn to_relay(&mut self, approved: Approved, rendered: Rendered) -> Result<Result<Receipt, SendError>> {
         let pending = match self.dead_letters.write_ahead(&rendered, Some(&self.plugin)) {
             Ok(p) => p,
-            Err(e) => {
-                let why = format!("{e:#}");
-                let mut r = base(Some(&approved), Outcome::Error, Some(format!("spool: {why}; not sent")));
-                r.message_id = Some(rendered.message_id);
-                self.record(r)?;
-                return Err(self.stop(Stop::Host(format!("the spool could not keep a message: {why}"))));
-            }
+            Err(e) => return Err(self.could_not_keep("spool", &approved, rendered.message_id, &e)),
         };
         let mut attempt = base(Some(&approved), Outcome::Attempt, None);
         attempt.id = Some(pending.id.clone());
@@ -271,6 +259,18 @@ impl Forwarder {
         r.message_id = Some(message_id);
         self.record(r)?;
         Ok(result)
+    }
+
+    /// The `outbox` or the `spool` could not keep a message, so it was not
+    /// sent: audit that, and stop the run (the host, not the plugin, failed).
+    fn could_not_keep(&mut self, place: &str, approved: &Approved, message_id: String, e: &anyhow::Error) -> anyhow::Error {
+        let why = format!("{e:#}");
+        let mut r = base(Some(approved), Outcome::Error, Some(format!("{place}: {why}; not sent")));
+        r.message_id = Some(message_id);
+        if let Err(e) = self.record(r) {
+            return e;
+        }
+        self.stop(Stop::Host(format!("the {place} could not keep a message: {why}")))
     }
 
     fn settle_unknown(&mut self, approved: Approved, pending: Pending, message_id: String, why: &str) -> Result<()> {
