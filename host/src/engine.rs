@@ -17,6 +17,15 @@ pub const MAX_MEMORY_BYTES: usize = 1 << 30;
 /// per concurrent run). Each slot costs start-up time (guard pages), so
 /// this stays small.
 pub const POOL_INSTANCES: u32 = 32;
+/// Core module instances one component may create. A componentize-py 0.25
+/// plugin has 14 (CPython and its libraries, each a module; 38 when built
+/// with `--stub-wasi`), componentize-js 0.23 4, Rust or C 1 to 3.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// Linear memories one component's instances may define (each is summed
+/// into the plugin's `memory_mib` by `PluginLimiter`).
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+/// Tables one component's instances may define.
+pub const MAX_TABLES_PER_COMPONENT: u32 = 64;
 /// The wasm stack size for every instance.
 pub const MAX_WASM_STACK: usize = 1 << 20;
 /// How often the epoch ticker advances, i.e. the CPU-limit granularity.
@@ -44,15 +53,26 @@ pub fn engine() -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_INSTANCES);
     pool.total_stacks(POOL_INSTANCES);
-    pool.total_core_instances(POOL_INSTANCES * 4);
+    // Room for a few Python plugins at once next to their mailers.
+    pool.total_core_instances(POOL_INSTANCES * 8);
     pool.total_memories(POOL_INSTANCES * 2);
-    pool.total_tables(POOL_INSTANCES * 4);
+    pool.total_tables(POOL_INSTANCES * 16);
     pool.max_memory_size(MAX_MEMORY_BYTES);
-    pool.max_core_instances_per_component(16);
-    pool.max_memories_per_component(4);
-    pool.max_tables_per_component(8);
+    pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT);
+    pool.max_memories_per_component(MAX_MEMORIES_PER_COMPONENT);
+    pool.max_tables_per_component(MAX_TABLES_PER_COMPONENT);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config).anyhow().context("creating the wasmtime engine")
+}
+
+/// The per-component counts [`engine`] accepts, for checking a component
+/// before it is compiled.
+pub fn component_limits() -> crate::plugin::imports::ComponentLimits {
+    crate::plugin::imports::ComponentLimits {
+        core_instances: MAX_CORE_INSTANCES_PER_COMPONENT as usize,
+        memories: MAX_MEMORIES_PER_COMPONENT as usize,
+        tables: MAX_TABLES_PER_COMPONENT as usize,
+    }
 }
 
 /// Where compiled components are cached: `$WASMAIL_CACHE_DIR`, else
@@ -126,9 +146,20 @@ pub fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
     format!("{}-{:016x}.cwasm", sha256_hex(bytes), h.finish())
 }
 
+/// The marker of a failed compile, next to where its artifact would be.
+fn failure_marker(artifact: &Path) -> PathBuf {
+    artifact.with_extension("failed")
+}
+
 /// Load a component from `bytes`, using the compiled-code cache when its
-/// folder is private to this user.
+/// folder is private to this user. A compile that fails is remembered (a
+/// `.failed` marker with the error, under the same key), so the next
+/// attempt with the same bytes and engine fails at once instead of paying
+/// for the compile again; such failures are [`LoadFailed`] errors.
+///
+/// [`LoadFailed`]: crate::plugin::imports::LoadFailed
 pub fn load_component(engine: &Engine, bytes: &[u8], label: &str) -> Result<(Component, CacheOutcome)> {
+    use crate::plugin::imports::LoadFailed;
     let dir = match private_cache_dir() {
         Ok(d) => Some(d),
         Err(e) => {
@@ -154,7 +185,36 @@ pub fn load_component(engine: &Engine, bytes: &[u8], label: &str) -> Result<(Com
             Err(e) => tracing::warn!("ignoring cached {label}: {e:#}"),
         }
     }
-    let component = Component::new(engine, bytes).anyhow().with_context(|| format!("compiling {label}"))?;
+    if let Some(marker) = path.as_deref().map(failure_marker)
+        && let Ok(meta) = std::fs::symlink_metadata(&marker)
+        && meta.is_file()
+        && check_private(&marker, &meta).is_ok()
+    {
+        let why = std::fs::read_to_string(&marker).unwrap_or_default();
+        return Err(LoadFailed {
+            what: format!("compiling {label} failed before: {}", why.trim()),
+            hint: format!("the failure is remembered, so nothing was compiled now; delete {} to try again", marker.display()),
+        }
+        .into());
+    }
+    let component = match Component::new(engine, bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("{:#}", anyhow::Error::from(e));
+            if let Some(marker) = path.as_deref().map(failure_marker)
+                && let Err(e) = write_private(&marker, why.as_bytes())
+            {
+                tracing::warn!("could not remember the failed compile of {label}: {e:#}");
+            }
+            return Err(LoadFailed {
+                what: format!("compiling {label} failed: {why}"),
+                hint: "the component is malformed, or uses a feature this wasmtime does not support; \
+                       `wasmail inspect` shows what it imports. The failure is remembered for these exact bytes"
+                    .into(),
+            }
+            .into());
+        }
+    };
     if let Some(path) = &path
         && let Err(e) = store(path, &component)
     {
@@ -163,13 +223,18 @@ pub fn load_component(engine: &Engine, bytes: &[u8], label: &str) -> Result<(Com
     Ok((component, CacheOutcome::Compiled))
 }
 
-fn store(path: &Path, component: &Component) -> Result<()> {
-    let bytes = component.serialize().anyhow()?;
-    // Write then rename, so a concurrent reader never sees half a file.
+/// Write `bytes` to `path` through a temporary file and a rename.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+fn store(path: &Path, component: &Component) -> Result<()> {
+    let bytes = component.serialize().anyhow()?;
+    // Write then rename, so a concurrent reader never sees half a file.
+    write_private(path, &bytes)
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] on a background thread,

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use wasmail::cli::report::exit;
 use wasmail::Runtime;
-use wasmail::cli::{inspect, retry, run, send, sendmail};
+use wasmail::cli::{compile, inspect, retry, run, send, sendmail};
 
 /// How long the process waits at exit for blocking threads to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -28,6 +28,8 @@ enum Command {
     /// The sendmail interface: a whole message on standard input (also what
     /// runs when wasmail is invoked as `sendmail`).
     Sendmail(Box<sendmail::SendmailArgs>),
+    /// Check and compile plugins ahead of time, into the cache `run` uses.
+    Compile(compile::CompileArgs),
     /// Show what a plugin imports and exports, and whether it can run here.
     Inspect {
         /// The plugin component.
@@ -80,10 +82,11 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&runtime, args).await,
             Command::Retry(args) => retry::run(&runtime, *args).await,
             Command::Sendmail(args) => sendmail::run(&runtime, *args).await,
+            Command::Compile(args) => compile::run(&runtime, args),
             Command::Inspect { plugin: path } => match inspect::inspect(&runtime, &path) {
-                Ok((text, can_run)) => {
+                Ok((text, code)) => {
                     print!("{text}");
-                    if can_run { exit::OK } else { exit::NOPERM }
+                    code
                 }
                 Err(e) => {
                     wasmail::cli::report::say(format_args!("{e:#}"));

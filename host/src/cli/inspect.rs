@@ -1,54 +1,80 @@
 //! `wasmail inspect`: what a plugin component (WebAssembly component model)
-//! imports and exports, and whether it may run here.
+//! imports and exports, what the host does with each import (`ok`,
+//! `denied at run time`, `refused`, and why), and whether it may run here.
+//! The imports are read from the binary before anything is compiled; a
+//! component that passes is then compiled (or found in the cache) and its
+//! types checked, so "can run here" means `wasmail run` will start it.
 
 use crate::Runtime;
-use crate::engine;
-use crate::plugin::{check_component, import_allowed};
+use crate::cli::report::exit;
+use crate::engine::{self, CacheOutcome};
+use crate::plugin::{self, LoadFailed, Refused, classify};
 use anyhow::{Context, Result};
+use std::fmt::Write;
 use std::path::Path;
 
-/// `wasmail inspect`: what a component imports and exports, and whether it
-/// can run here.
-pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, bool)> {
-    use std::fmt::Write;
+/// `wasmail inspect`: the report, and the exit code (0 can run, 77
+/// refused, 65 cannot be loaded: not a component, over a limit, or its
+/// compile failed).
+pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, u8)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let (component, _) = engine::load_component(&rt.engine, &bytes, "plugin")?;
-    let ty = component.component_type();
     let mut out = String::new();
     let _ = writeln!(out, "{}\n  sha256 {}", path.display(), engine::sha256_hex(&bytes));
-    let _ = writeln!(out, "imports:");
-    let mut refused = Vec::new();
-    for (name, _) in ty.imports(&rt.engine) {
-        let ok = import_allowed(name);
-        if !ok {
-            refused.push(name.to_owned());
+    let scan = match plugin::imports::scan(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(out, "verdict: cannot run here: {e:#}");
+            return Ok((out, exit::DATAERR));
         }
-        let _ = writeln!(out, "  {} {name}{}", if ok { "ok  " } else { "DENY" }, describe_import(name));
+    };
+    let _ = writeln!(
+        out,
+        "  {} bytes, {} core instances, {} memories, {} tables",
+        bytes.len(),
+        scan.core_instances,
+        scan.memories,
+        scan.tables
+    );
+    let _ = writeln!(out, "imports:");
+    let width = scan.imports.iter().map(String::len).max().unwrap_or(0);
+    for name in &scan.imports {
+        let (verdict, why) = classify(name);
+        let _ = writeln!(out, "  {:<18}  {name:<width$}  ({why})", verdict.label());
     }
     let _ = writeln!(out, "exports:");
-    for (name, _) in ty.exports(&rt.engine) {
+    for (name, _) in &scan.exports {
         let _ = writeln!(out, "  {name}");
     }
-    let verdict = check_component(&rt.engine, &component);
-    match &verdict {
-        Ok(()) => {
-            let _ = writeln!(out, "verdict: can run here; it may send mail through wasmail:mail/sender under its policy");
+    let started = std::time::Instant::now();
+    let verdict = plugin::preflight(&bytes).and_then(|_| plugin::prepare(&rt.engine, &bytes, "plugin"));
+    let code = match &verdict {
+        Ok((_, cache)) => {
+            let denied = scan.imports.iter().any(|n| classify(n).0 == plugin::Verdict::Denied);
+            let _ = writeln!(
+                out,
+                "verdict: can run here; it may send mail through wasmail:mail/sender under its policy{}",
+                if denied { " (the imports denied at run time fail cleanly when called)" } else { "" }
+            );
+            let _ = match cache {
+                CacheOutcome::Hit => writeln!(out, "compiled: from the cache"),
+                CacheOutcome::Compiled => writeln!(
+                    out,
+                    "compiled: now, in {:.1} s (cached for the next run)",
+                    started.elapsed().as_secs_f64()
+                ),
+            };
+            exit::OK
         }
         Err(e) => {
-            let _ = writeln!(out, "verdict: cannot run here: {e}");
+            let _ = writeln!(out, "verdict: cannot run here: {e:#}");
+            if e.is::<Refused>() {
+                exit::NOPERM
+            } else if e.is::<LoadFailed>() {
+                exit::DATAERR
+            } else {
+                exit::NOINPUT
+            }
         }
-    }
-    Ok((out, verdict.is_ok()))
-}
-
-fn describe_import(name: &str) -> &'static str {
-    match name.split('@').next().unwrap_or(name) {
-        "wasmail:mail/sender" => "  (send mail, under its policy)",
-        "wasi:filesystem/types" | "wasi:filesystem/preopens" => "  (files: only a folder its policy grants, read-only)",
-        "wasi:cli/environment" => "  (environment: always empty)",
-        "wasi:cli/stdout" | "wasi:cli/stderr" => "  (output: captured, prefixed, capped)",
-        n if n.starts_with("wasi:sockets/") => "  (network: never granted to plugins)",
-        n if n.starts_with("wasi:tls/") => "  (TLS: never granted to plugins)",
-        _ => "",
-    }
+    };
+    Ok((out, code))
 }

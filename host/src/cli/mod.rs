@@ -2,6 +2,7 @@
 //! codes, RFC 5321 replies in the output): flags, what each command does
 //! with the layers below, and how outcomes are printed.
 
+pub mod compile;
 pub mod inspect;
 pub mod report;
 pub mod retry;

@@ -11,7 +11,9 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// Command line usage error.
     pub const USAGE: u8 = 64;
-    /// The message is malformed.
+    /// The message is malformed (`send`), or a plugin component cannot be
+    /// loaded: not a component, over the engine's per-component limits, or
+    /// its compile failed (`run`, `compile`, `inspect`).
     pub const DATAERR: u8 = 65;
     /// An input file cannot be read.
     pub const NOINPUT: u8 = 66;

@@ -3,7 +3,7 @@
 //! the outbox.
 
 use crate::config::Config;
-use crate::plugin::{HostOptions, PluginHost, Refused};
+use crate::plugin::{HostOptions, LoadFailed, PluginHost, Refused};
 use crate::cli::report::{self, CliError, exit};
 use crate::{Runtime, text};
 use std::path::PathBuf;
@@ -69,6 +69,9 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
     let plugin = match host.load(&a.plugin, a.name.as_deref()) {
         Ok(p) => p,
         Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
+        // Not a component, over the engine's per-component limits, or its
+        // compile failed: the component, not the file, is the problem.
+        Err(e) if e.is::<LoadFailed>() => return fail(a.json, exit::DATAERR, "load", &format!("{e:#}")),
         Err(e) => return fail(a.json, exit::NOINPUT, "load", &format!("{e:#}")),
     };
     let ran = match host.run(&plugin, &input).await {

@@ -4,6 +4,7 @@
 //! session (RFC 5321). Each plugin gets its own store, separate from the
 //! mailer's.
 
+pub mod imports;
 pub mod output;
 pub mod sandbox;
 pub mod sender;
@@ -27,37 +28,13 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasData, InstancePre, Linker, ResourceTable};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+pub use imports::{LoadFailed, Scan, Verdict, classify, import_allowed};
 
 /// The folder a plugin's grant is mounted at, read-only.
 pub const GRANT_MOUNT: &str = "/data";
 pub use crate::plugin::sandbox::{MAX_INSTANCES, MAX_TABLE_ELEMENTS};
-
-/// Interfaces a plugin may import. Everything else (wasi:sockets, wasi:tls,
-/// wasi:http, the mailer's own interfaces, ...) is refused before it runs.
-pub const ALLOWED_IMPORTS: &[&str] = &[
-    "wasmail:mail/sender@",
-    "wasmail:mail/types@",
-    "wasi:io/error@",
-    "wasi:io/poll@",
-    "wasi:io/streams@",
-    "wasi:clocks/wall-clock@",
-    "wasi:clocks/monotonic-clock@",
-    "wasi:random/random@",
-    "wasi:random/insecure@",
-    "wasi:random/insecure-seed@",
-    "wasi:cli/environment@",
-    "wasi:cli/exit@",
-    "wasi:cli/stdin@",
-    "wasi:cli/stdout@",
-    "wasi:cli/stderr@",
-    "wasi:cli/terminal-input@",
-    "wasi:cli/terminal-output@",
-    "wasi:cli/terminal-stdin@",
-    "wasi:cli/terminal-stdout@",
-    "wasi:cli/terminal-stderr@",
-    "wasi:filesystem/types@",
-    "wasi:filesystem/preopens@",
-];
 
 /// A plugin refused before it ran (an import it may not have, no `run`).
 #[derive(Debug)]
@@ -71,11 +48,6 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// True when a plugin may import `name`.
-pub fn import_allowed(name: &str) -> bool {
-    ALLOWED_IMPORTS.iter().any(|p| name.starts_with(p))
-}
-
 /// The plugin's store data.
 pub struct PluginState {
     wasi: WasiCtx,
@@ -84,6 +56,8 @@ pub struct PluginState {
     forwarder: Forwarder,
     cpu_ticks: u64,
     cpu_stop: Option<Stop>,
+    http: WasiHttpCtx,
+    no_http: DenyHttp,
 }
 
 impl WasiView for PluginState {
@@ -92,19 +66,59 @@ impl WasiView for PluginState {
     }
 }
 
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.no_http }
+    }
+}
+
+/// wasi:http for plugins: requests may be built (componentize-js's fetch
+/// imports the interfaces whether or not a plugin uses them), but sending
+/// one always fails with `HTTP-request-denied`. Nothing is connected,
+/// resolved or read.
+struct DenyHttp;
+
+impl WasiHttpHooks for DenyHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<wasmtime_wasi_http::WasiBody>,
+                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    ),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        tracing::debug!("plugin HTTP request to {} denied", request.uri());
+        drop(request);
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
 struct Table;
 impl HasData for Table {
     type Data<'a> = &'a mut ResourceTable;
 }
 
-/// The plugin linker: exactly the allowed WASI interfaces and `sender`.
-/// No sockets, no TLS, no HTTP are even linked.
+/// The plugin linker: exactly the interfaces of [`imports`]'s rules. The
+/// allowed WASI interfaces (io, clocks, random, cli, filesystem) and
+/// `sender`; and, for the toolchains that import them whatever the plugin
+/// does, wasi:sockets (over a WASI context that allows no TCP, no UDP, no
+/// lookups and no address) and wasi:http (whose every request is denied).
+/// No TLS, no mailer interface, nothing else is linked.
 fn plugin_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PluginState>> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
     use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random, sockets};
     use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+    use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
     let mut l = Linker::new(engine);
     io::error::add_to_linker::<_, Table>(&mut l, |t: &mut PluginState| &mut t.table)?;
     io::poll::add_to_linker::<_, Table>(&mut l, |t: &mut PluginState| &mut t.table)?;
@@ -126,6 +140,17 @@ fn plugin_linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<PluginSta
     cli::terminal_stderr::add_to_linker::<_, WasiCli>(&mut l, PluginState::cli)?;
     filesystem::types::add_to_linker::<_, WasiFilesystem>(&mut l, PluginState::filesystem)?;
     filesystem::preopens::add_to_linker::<_, WasiFilesystem>(&mut l, PluginState::filesystem)?;
+    // Denied at run time: the store's WASI context allows no network use.
+    let network = sockets::network::LinkOptions::default();
+    sockets::network::add_to_linker::<_, WasiSockets>(&mut l, &network, PluginState::sockets)?;
+    sockets::instance_network::add_to_linker::<_, WasiSockets>(&mut l, PluginState::sockets)?;
+    sockets::tcp_create_socket::add_to_linker::<_, WasiSockets>(&mut l, PluginState::sockets)?;
+    sockets::tcp::add_to_linker::<_, WasiSockets>(&mut l, PluginState::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<_, WasiSockets>(&mut l, PluginState::sockets)?;
+    sockets::udp::add_to_linker::<_, WasiSockets>(&mut l, PluginState::sockets)?;
+    sockets::ip_name_lookup::add_to_linker::<_, WasiSockets>(&mut l, PluginState::sockets)?;
+    // Denied at run time: `DenyHttp` refuses every request.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut l)?;
     sender::add_to_linker(&mut l, |s: &mut PluginState| &mut s.forwarder)?;
     Ok(l)
 }
@@ -212,12 +237,12 @@ impl<'a> PluginHost<'a> {
     }
 
     /// Read, check, compile (or load from the cache) and link a plugin.
+    /// Its imports, exports and counts are checked before it is compiled.
     pub fn load(&self, path: &Path, name: Option<&str>) -> Result<Plugin> {
         let name = name.map_or_else(|| Self::name_for(path), str::to_owned);
         let max = self.policy_for(&name)?.max_component_bytes;
         let bytes = read_bounded(path, max)?;
-        let (component, cache) = engine::load_component(&self.rt.engine, &bytes, &format!("plugin {name}"))?;
-        check_component(&self.rt.engine, &component)?;
+        let (component, cache) = prepare(&self.rt.engine, &bytes, &format!("plugin {name}"))?;
         let pre = self.linker.instantiate_pre(&component).anyhow().with_context(|| format!("linking plugin {name}"))?;
         Ok(Plugin { name, sha256: engine::sha256_hex(&bytes), cache, pre })
     }
@@ -264,7 +289,10 @@ impl<'a> PluginHost<'a> {
         let sink = self.options.output.clone().unwrap_or_else(crate::text::stderr_lines);
         let output = PluginOutput::new(&plugin.name, cfg.max_output_bytes, sink);
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(output.stream(Stream::Stdout)).stderr(output.stream(Stream::Stderr)).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        wasi.stdout(output.stream(Stream::Stdout)).stderr(output.stream(Stream::Stderr)).allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
         if let Some(folder) = &cfg.folder {
             wasi.preopened_dir(folder, GRANT_MOUNT, FsPerms::ReadOnly)
                 .anyhow()
@@ -285,7 +313,16 @@ impl<'a> PluginHost<'a> {
             in_flight: None,
             stop: None,
         };
-        let state = PluginState { wasi: wasi.build(), table, limits, forwarder, cpu_ticks: 0, cpu_stop: None };
+        let state = PluginState {
+            wasi: wasi.build(),
+            table,
+            limits,
+            forwarder,
+            cpu_ticks: 0,
+            cpu_stop: None,
+            http: WasiHttpCtx::new(),
+            no_http: DenyHttp,
+        };
         let mut store = Store::new(&self.rt.engine, state);
         store.limiter(|s| &mut s.limits);
         let cpu_limit = (cfg.cpu_ms / engine::EPOCH_TICK.as_millis().max(1) as u64).max(1);
@@ -371,9 +408,46 @@ impl<'a> PluginHost<'a> {
     }
 }
 
+/// Check a component before compiling it (its imports, `run`, the
+/// engine's per-component counts), then compile it or load it from the
+/// cache, and check its types. A refused import or a missing `run` is
+/// [`Refused`]; a file that is not a component, a count over a limit or a
+/// failed compile is [`LoadFailed`].
+pub fn prepare(engine: &wasmtime::Engine, bytes: &[u8], label: &str) -> Result<(Component, CacheOutcome)> {
+    let scan = preflight(bytes)?;
+    tracing::debug!(
+        "{label}: {} imports, {} core instances, {} memories, {} tables",
+        scan.imports.len(),
+        scan.core_instances,
+        scan.memories,
+        scan.tables
+    );
+    let (component, cache) = engine::load_component(engine, bytes, label)?;
+    check_component(engine, &component)?;
+    Ok((component, cache))
+}
+
+/// The checks [`prepare`] makes before compiling, on the bytes alone.
+pub fn preflight(bytes: &[u8]) -> Result<Scan> {
+    let scan = imports::scan(bytes).map_err(|e| LoadFailed {
+        what: format!("{e:#}"),
+        hint: "a plugin is a WebAssembly component of `world plugin` (wit/): see docs/plugins.md for each language's build".into(),
+    })?;
+    if let Some((name, why)) = scan.refused_import() {
+        bail!(Refused(format!("it imports {name}, which plugins may not use ({why})")));
+    }
+    if !scan.exports_run() {
+        bail!(Refused("it does not export `run: func(input: string) -> result<string, string>`".into()));
+    }
+    if let Some(over) = scan.over_limits(&engine::component_limits()) {
+        bail!(over);
+    }
+    Ok(scan)
+}
+
 /// Read a component file of at most `max` bytes: the size is checked before
 /// anything is read, and the read stops at the limit whatever the file does.
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path).with_context(|| format!("reading plugin {}", path.display()))?;
     let too_big = || Refused(format!("{} is larger than max_component_bytes ({max} bytes)", path.display()));

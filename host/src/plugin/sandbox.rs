@@ -7,8 +7,16 @@
 
 use crate::mail::policy::Exhausted;
 
-/// Most core instances, memories and tables one plugin store may create.
-pub const MAX_INSTANCES: usize = 16;
+/// Most core instances one plugin store may create: a componentize-py
+/// component has 14, 38 with `--stub-wasi` (the engine's per-component
+/// limit is the same).
+pub const MAX_INSTANCES: usize = crate::engine::MAX_CORE_INSTANCES_PER_COMPONENT as usize;
+/// Most linear memories one plugin store may create (all of them summed
+/// under `memory_mib`).
+pub const MAX_MEMORIES: usize = crate::engine::MAX_MEMORIES_PER_COMPONENT as usize;
+/// Most tables one plugin store may create (their elements summed under
+/// [`MAX_TABLE_ELEMENTS`]).
+pub const MAX_TABLES: usize = crate::engine::MAX_TABLES_PER_COMPONENT as usize;
 /// Most table elements (function references), summed over every table.
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
@@ -99,11 +107,11 @@ impl wasmtime::ResourceLimiter for PluginLimiter {
     }
 
     fn tables(&self) -> usize {
-        MAX_INSTANCES
+        MAX_TABLES
     }
 
     fn memories(&self) -> usize {
-        MAX_INSTANCES
+        MAX_MEMORIES
     }
 }
 
