@@ -1,9 +1,9 @@
 //! The wasmail mailer: MIME assembly (RFC 5322, RFC 2045-2049) and an SMTP
 //! client (RFC 5321) that runs as a wasm32-wasip2 component.
 //!
-//! `mime` and `smtp` are plain Rust, tested natively. Only `net` touches
-//! wasi:sockets and wasi:tls, and only `component` knows the WIT bindings;
-//! both exist on wasm32 only.
+//! `mime`, `smtp` and `deliver` are plain Rust, tested natively. Only `net`
+//! touches wasi:sockets and wasi:tls, and only `component` knows the WIT
+//! bindings; both exist on wasm32 only.
 
 pub mod deliver;
 pub mod mime;

@@ -1,4 +1,5 @@
-//! Session tests: scripted server bytes in, exact client bytes out.
+//! Session tests (RFC 5321 dialogue, RFC 2920 pipelining, RFC 3207 STARTTLS,
+//! RFC 4954 AUTH): scripted server bytes in, exact client bytes out.
 
 use super::*;
 use crate::smtp::auth::Mechanism;
