@@ -132,9 +132,12 @@ fn hostile_filename_stays_one_parameter() {
     assert_eq!(a.attachment_name(), Some("a.pdf\"; name=\"b.exe"));
 }
 
+/// A change that spoils a draft.
+type Spoil = Box<dyn Fn(&mut Draft)>;
+
 #[test]
 fn field_named_errors() {
-    let cases: Vec<(Box<dyn Fn(&mut Draft)>, &str)> = vec![
+    let cases: Vec<(Spoil, &str)> = vec![
         (Box::new(|d| d.subject = "a\r\nBcc: x@evil.example".into()), "subject"),
         (Box::new(|d| d.subject = "a\u{2028}b".into()), "subject"),
         (Box::new(|d| d.subject = "a\u{85}b".into()), "subject"),
