@@ -5,7 +5,14 @@
 #   setup-build  the wasm32-wasip2 target: all `build` and `demo` need
 #   setup-test   smtp-sink (Postfix) and openssl from apt, and ./.venv with
 #                the pinned tests/requirements.txt: what `test` adds
-#   setup        both (tests/fresh-setup.sh checks it on a clean copy)
+#   setup-js     node and npm (Debian's nodejs and npm packages) if missing,
+#                and ./node_modules from package-lock.json (componentize-js)
+#   setup        all three (tests/fresh-setup.sh checks it on a clean copy)
+#
+# The Python and JavaScript example plugins (`lang-plugins`) are built by
+# `test` and `bench`, not by `build`: `make demo` needs Rust and nothing
+# else, while those two already need the venv (componentize-py is pinned in
+# tests/requirements.txt) and add node.
 #
 # Nothing is pip-installed into the system's Python (PEP 668 forbids it on
 # Debian 12+ and Ubuntu 23.04+): PYTHON only creates the venv, and every
@@ -27,10 +34,17 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 BUILD_STAMP := target/.setup-build-done
 VENV_STAMP  := $(VENV)/.requirements-installed
+NODE_STAMP  := node_modules/.installed
+# The plugin WIT package (no wasi:tls): the one folder plugin toolchains read.
+PLUGIN_WIT  := wit
+WIT_FILES   := $(shell find wit -name '*.wit')
+PY_PLUGINS  := python_hello python_netgrab
+JS_PLUGINS  := js_hello js_netgrab
+LANG_WASM   := $(foreach p,$(PY_PLUGINS) $(JS_PLUGINS),$(WASM_DIR)/wasmail_plugin_$(p).wasm)
 
-.PHONY: setup setup-build setup-test setup-servers test-setup build test demo bench fuzz clean
+.PHONY: setup setup-build setup-test setup-servers setup-js test-setup build lang-plugins test demo bench fuzz clean
 
-setup: setup-build setup-test
+setup: setup-build setup-test setup-js
 
 setup-build: $(BUILD_STAMP)
 
@@ -63,6 +77,31 @@ $(VENV_STAMP): $(REQUIREMENTS)
 	$(PY) -m pip install -q --disable-pip-version-check --require-virtualenv -r $(REQUIREMENTS)
 	@touch $@
 
+# node (Debian's nodejs) and npm only where missing; componentize-js and its
+# dependencies at the exact versions of package-lock.json, in ./node_modules.
+setup-js: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm from apt"; \
+	  $(SUDO) apt-get update -qq && $(APT_INSTALL) nodejs npm; }
+	npm ci --no-audit --no-fund
+	@touch $@
+
+# The Python and JavaScript plugins, each rebuilt when its source, its SDK
+# or the WIT changes. componentize-py takes about 20 s and makes an 18 MB
+# component; componentize-js about 20-30 s for 12 MB.
+lang-plugins: $(LANG_WASM)
+
+$(WASM_DIR)/wasmail_plugin_python_%.wasm: plugins/python-%/app.py plugins/sdk-python/wasmail_plugin.py $(WIT_FILES) | $(VENV_STAMP)
+	@mkdir -p $(WASM_DIR)
+	$(VENV)/bin/componentize-py -d $(PLUGIN_WIT) -w wasmail:mail/plugin componentize \
+	  -p plugins/python-$* -p plugins/sdk-python app -o $@
+
+$(WASM_DIR)/wasmail_plugin_js_%.wasm: plugins/js-%/app.js plugins/sdk-js/wasmail-plugin.js plugins/build-js.mjs $(WIT_FILES) | $(NODE_STAMP)
+	@mkdir -p $(WASM_DIR)
+	node plugins/build-js.mjs plugins/js-$*/app.js $(PLUGIN_WIT) $@
+
 # The set-up itself, as on a fresh machine: `make setup` with the system's
 # /usr/bin/python3 in a clean copy of this tree (.ci/run runs it).
 test-setup:
@@ -79,12 +118,15 @@ build: setup-build
 	$(CARGO) build --target $(WASM_TARGET) --release -p wasmail-mailer $(PLUGIN_PKGS)
 	$(CARGO) test --no-run $(TEST_PKGS)
 
-test: setup-test build
+test: setup-test build lang-plugins
 	$(CARGO) test $(TEST_PKGS)
+	@# Compiled once ahead of time (cached in ~/.cache/wasmail), so no test
+	@# pays for an 18 MB component's first compile inside its timeout.
+	$(WASMAIL) compile $(LANG_WASM)
 	WASMAIL_BIN=$(CURDIR)/$(WASMAIL) WASMAIL_PLUGINS=$(CURDIR)/$(WASM_DIR) $(PY) -m pytest -q tests
 
 # bench.py needs only the standard library, so any python3 will do.
-bench: setup-servers build
+bench: setup-servers build lang-plugins
 	@command -v msmtp >/dev/null && command -v swaks >/dev/null || \
 	  $(APT_INSTALL) msmtp swaks
 	$(CARGO) build --release -p wasmail -p wasmail-bench

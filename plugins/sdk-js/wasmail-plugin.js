@@ -1,0 +1,150 @@
+// The wasmail plugin SDK for JavaScript (componentize-js).
+//
+// Typed helpers (JSDoc) over the `wasmail:mail/sender@0.1.0` import that
+// componentize-js binds for `world wasmail:mail/plugin` (the WIT package in
+// the repository's wit/), mirroring the Rust SDK (`plugins/sdk`): `text()`
+// is `Message::text`; `describe()` and `reply()` print errors and replies
+// the same way.
+//
+//     import { text, send, SendFailed } from './wasmail-plugin.js';
+//
+//     export function run(input) {
+//       try {
+//         const receipt = send(text([input.trim()], 'Hello', 'Hi there.\n'));
+//         return `sent ${receipt.messageId}`;
+//       } catch (e) {
+//         if (e instanceof SendFailed) throw e.message;   // `run` returns err(...)
+//         throw e;
+//       }
+//     }
+//
+// Field names are the WIT names in camelCase (`replyTo`, `contentType`,
+// `messageId`); variants are `{ tag, val }`; enums are strings.
+
+import { send as witSend } from 'wasmail:mail/sender@0.1.0';
+
+/**
+ * @typedef {{ name?: string, address: string }} Mailbox
+ * @typedef {{ tag: 'bytes', val: Uint8Array } | { tag: 'file', val: string }} Content
+ * @typedef {{ filename: string, contentType?: string, content: Content, contentId?: string }} Attachment
+ * @typedef {'highest' | 'high' | 'normal' | 'low' | 'lowest'} Priority
+ * @typedef {{
+ *   from?: Mailbox, replyTo?: Mailbox, to: Mailbox[], cc: Mailbox[], bcc: Mailbox[],
+ *   subject: string, text?: string, html?: string, attachments: Attachment[],
+ *   priority: Priority, headers: [string, string][]
+ * }} Message
+ * @typedef {{ code: number, enhanced?: string, text: string }} Reply
+ * @typedef {{ messageId: string, accepted: string[],
+ *   rejected: { address: string, reply: Reply }[], size: bigint, reply: Reply }} Receipt
+ * @typedef {{ tag: string, val: any }} SendError
+ */
+
+/** A mailbox: `addr('a@example.com')` or `addr('a@example.com', 'Ann')`.
+ * @returns {Mailbox} */
+export function addr(address, name) {
+  return name === undefined ? { address } : { name, address };
+}
+
+function mailboxes(to) {
+  const list = Array.isArray(to) ? to : [to];
+  return list.map((r) => (typeof r === 'string' ? addr(r) : r));
+}
+
+/** A plain-text message to `to`, From left to the host's policy
+ * (`default_from`). Like the Rust SDK's `Message::text`; set more fields on
+ * the result (`html`, `attachments`, `cc`, `headers`, ...) as needed.
+ * @param {string | Mailbox | (string | Mailbox)[]} to
+ * @returns {Message} */
+export function text(to, subject, body) {
+  return {
+    to: mailboxes(to),
+    cc: [],
+    bcc: [],
+    subject,
+    text: body,
+    attachments: [],
+    priority: 'normal',
+    headers: [],
+  };
+}
+
+/** An HTML message; with `textBody` too it is multipart/alternative.
+ * @returns {Message} */
+export function html(to, subject, htmlBody, textBody) {
+  const msg = text(to, subject, textBody);
+  if (textBody === undefined) delete msg.text;
+  msg.html = htmlBody;
+  return msg;
+}
+
+/** An attachment carrying its bytes (a string is sent as UTF-8). Without
+ * `contentType` the mailer guesses it from the file name; a `contentId`
+ * makes it inline (`cid:`).
+ * @param {Uint8Array | string} data
+ * @returns {Attachment} */
+export function attachBytes(filename, data, contentType, contentId) {
+  const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+  const a = { filename, content: { tag: 'bytes', val: bytes } };
+  if (contentType !== undefined) a.contentType = contentType;
+  if (contentId !== undefined) a.contentId = contentId;
+  return a;
+}
+
+/** An attachment by reference: `path` is relative to the folder the
+ * plugin's policy grants (`folder`); the host opens and streams it.
+ * @returns {Attachment} */
+export function attachFile(path, filename, contentType, contentId) {
+  const a = { filename: filename ?? path.split('/').pop(), content: { tag: 'file', val: path } };
+  if (contentType !== undefined) a.contentType = contentType;
+  if (contentId !== undefined) a.contentId = contentId;
+  return a;
+}
+
+/** A server reply as `code [enhanced] text` (RFC 5321, RFC 3463).
+ * @param {Reply} r */
+export function reply(r) {
+  return r.enhanced ? `${r.code} ${r.enhanced} ${r.text}` : `${r.code} ${r.text}`;
+}
+
+/** A `send-error` as `<case>: <detail>`, the case named as in the WIT.
+ * @param {SendError} e */
+export function describe(e) {
+  switch (e.tag) {
+    case 'auth':
+      return `auth: ${reply(e.val)}`;
+    case 'rejected':
+      return `rejected (${e.val.transient ? 'transient' : 'permanent'}, stage ${e.val.stage}): ${reply(e.val.reply)}`;
+    case 'timeout':
+      return `timeout in stage ${e.val}`;
+    default:
+      return `${e.tag}: ${e.val}`;
+  }
+}
+
+/** Thrown by `send` when the host or the relay did not take a message.
+ * `error` is the WIT `send-error`, `kind` its case (`policy-denied`, ...). */
+export class SendFailed extends Error {
+  /** @param {SendError} error */
+  constructor(error) {
+    super(describe(error));
+    this.name = 'SendFailed';
+    this.error = error;
+    this.kind = error.tag;
+  }
+}
+
+/** Send `msg` through `wasmail:mail/sender`. Returns the receipt, or throws
+ * `SendFailed` (the policy's denials included).
+ * @param {Message} msg
+ * @returns {Receipt} */
+export function send(msg) {
+  try {
+    return witSend(msg);
+  } catch (e) {
+    // componentize-js throws the err case of a result as `e.payload`.
+    if (e && typeof e === 'object' && 'payload' in e && e.payload && 'tag' in e.payload) {
+      throw new SendFailed(e.payload);
+    }
+    throw e;
+  }
+}

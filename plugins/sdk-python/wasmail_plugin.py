@@ -1,0 +1,174 @@
+"""The wasmail plugin SDK for Python (componentize-py).
+
+Typed helpers over the bindings that componentize-py generates for
+`world wasmail:mail/plugin` (the WIT package in the repository's wit/),
+mirroring the Rust SDK (`plugins/sdk`): `text()` is `Message::text`,
+`describe()` and `reply()` print errors and replies the same way.
+
+    import wit_world
+    import wasmail_plugin as mail
+
+    class WitWorld(wit_world.WitWorld):
+        def run(self, input: str) -> str:
+            msg = mail.text([input.strip()], "Hello", "Hi there.\\n")
+            try:
+                receipt = mail.send(msg)
+            except mail.SendFailed as e:
+                raise mail.Err(str(e))      # `run` returns err(...)
+            return f"sent {receipt.message_id}"
+
+Build with `componentize-py -d WIT -w wasmail:mail/plugin componentize
+-p DIR_OF_APP -p DIR_OF_THIS_FILE app -o plugin.wasm` (docs/plugins.md).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from componentize_py_types import Err
+from wit_world.imports import sender
+from wit_world.imports.types import (
+    Attachment,
+    Content_Bytes,
+    Content_File,
+    Mailbox,
+    Message,
+    Priority,
+    Receipt,
+    Reply,
+    SendError,
+    SendError_Auth,
+    SendError_Connect,
+    SendError_InvalidMessage,
+    SendError_OutcomeUnknown,
+    SendError_PolicyDenied,
+    SendError_Protocol,
+    SendError_Rejected,
+    SendError_Timeout,
+    SendError_Tls,
+)
+
+__all__ = [
+    "Attachment", "Err", "Mailbox", "Message", "Priority", "Receipt", "Reply", "SendError",
+    "SendFailed", "addr", "attach_bytes", "attach_file", "describe", "html", "kind", "reply",
+    "send", "text",
+]
+
+Recipients = Union[str, Mailbox, Iterable[Union[str, Mailbox]]]
+
+
+def addr(address: str, name: Optional[str] = None) -> Mailbox:
+    """A mailbox: `addr("a@example.com")` or `addr("a@example.com", "Ann")`."""
+    return Mailbox(name=name, address=address)
+
+
+def _mailboxes(recipients: Recipients) -> List[Mailbox]:
+    if isinstance(recipients, (str, Mailbox)):
+        recipients = [recipients]
+    return [r if isinstance(r, Mailbox) else addr(r) for r in recipients]
+
+
+def text(to: Recipients, subject: str, body: str) -> Message:
+    """A plain-text message to `to`, From left to the host's policy
+    (`default_from`). Like the Rust SDK's `Message::text`; set more fields on
+    the result (`html`, `attachments`, `cc`, `headers`, ...) as needed."""
+    return Message(
+        from_=None,
+        reply_to=None,
+        to=_mailboxes(to),
+        cc=[],
+        bcc=[],
+        subject=subject,
+        text=body,
+        html=None,
+        attachments=[],
+        priority=Priority.NORMAL,
+        headers=[],
+    )
+
+
+def html(to: Recipients, subject: str, html_body: str, text_body: Optional[str] = None) -> Message:
+    """An HTML message; with `text_body` too it is multipart/alternative."""
+    msg = text(to, subject, text_body) if text_body is not None else text(to, subject, "")
+    if text_body is None:
+        msg.text = None
+    msg.html = html_body
+    return msg
+
+
+def attach_bytes(filename: str, data: bytes, content_type: Optional[str] = None,
+                 content_id: Optional[str] = None) -> Attachment:
+    """An attachment carrying its bytes. Without `content_type` the mailer
+    guesses it from the file name; a `content_id` makes it inline (`cid:`)."""
+    return Attachment(filename=filename, content_type=content_type,
+                      content=Content_Bytes(bytes(data)), content_id=content_id)
+
+
+def attach_file(path: str, filename: Optional[str] = None, content_type: Optional[str] = None,
+                content_id: Optional[str] = None) -> Attachment:
+    """An attachment by reference: `path` is relative to the folder the
+    plugin's policy grants (`folder`); the host opens and streams it."""
+    return Attachment(filename=filename or path.rsplit("/", 1)[-1], content_type=content_type,
+                      content=Content_File(path), content_id=content_id)
+
+
+_KINDS: Sequence[Tuple[type, str]] = (
+    (SendError_InvalidMessage, "invalid-message"),
+    (SendError_PolicyDenied, "policy-denied"),
+    (SendError_Connect, "connect"),
+    (SendError_Tls, "tls"),
+    (SendError_Auth, "auth"),
+    (SendError_Rejected, "rejected"),
+    (SendError_Timeout, "timeout"),
+    (SendError_Protocol, "protocol"),
+    (SendError_OutcomeUnknown, "outcome-unknown"),
+)
+
+
+def kind(err: SendError) -> str:
+    """The WIT case name of a `send-error`: `policy-denied`, `rejected`, ..."""
+    for cls, name in _KINDS:
+        if isinstance(err, cls):
+            return name
+    return type(err).__name__
+
+
+def reply(r: Reply) -> str:
+    """A server reply as `code [enhanced] text` (RFC 5321, RFC 3463)."""
+    return f"{r.code} {r.enhanced} {r.text}" if r.enhanced else f"{r.code} {r.text}"
+
+
+def _stage(stage) -> str:
+    return stage.name.lower().replace("_", "-")
+
+
+def describe(err: SendError) -> str:
+    """A `send-error` as `<case>: <detail>`, the case named as in the WIT."""
+    if isinstance(err, SendError_Auth):
+        return f"auth: {reply(err.value)}"
+    if isinstance(err, SendError_Rejected):
+        r = err.value
+        how = "transient" if r.transient else "permanent"
+        return f"rejected ({how}, stage {_stage(r.stage)}): {reply(r.reply)}"
+    if isinstance(err, SendError_Timeout):
+        return f"timeout in stage {_stage(err.value)}"
+    return f"{kind(err)}: {err.value}"
+
+
+class SendFailed(Exception):
+    """Raised by `send` when the host or the relay did not take a message.
+    `error` is the WIT `send-error`, `kind` its case (`policy-denied`, ...)."""
+
+    def __init__(self, error: SendError):
+        super().__init__(describe(error))
+        self.error = error
+        self.kind = kind(error)
+
+
+def send(msg: Message) -> Receipt:
+    """Send `msg` through `wasmail:mail/sender`. Returns the receipt, or
+    raises `SendFailed` (the policy's denials included)."""
+    try:
+        return sender.send(msg)
+    except Err as e:
+        raise SendFailed(e.value) from None
