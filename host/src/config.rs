@@ -35,6 +35,9 @@ pub enum Auth {
     Login,
     /// XOAUTH2 (the secret is a bearer token).
     Xoauth2,
+    /// CRAM-MD5 (RFC 2195): the password never crosses the wire.
+    #[serde(rename = "cram-md5")]
+    CramMd5,
 }
 
 /// The whole file.

@@ -116,6 +116,7 @@ impl RelaySettings {
                 Auth::Plain => AuthMechanism::Plain,
                 Auth::Login => AuthMechanism::Login,
                 Auth::Xoauth2 => AuthMechanism::Xoauth2,
+                Auth::CramMd5 => AuthMechanism::CramMd5,
             },
             timeouts: timeouts(self.timeout),
             verbose: self.verbose,
