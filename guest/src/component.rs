@@ -18,6 +18,7 @@ use crate::bindings::wasmail::mail::{blobs, credentials, limits};
 use crate::deliver::{
     BlobError, BlobRead, Blobs, Connection, DeliverError, Prepared, Relay, RelaySpec, Streams,
 };
+use crate::mime;
 use crate::mime::address::Address;
 use crate::mime::{Attachment, BuildContext, Content, Draft, Priority, RawMailbox};
 use crate::net::{Net, Timeouts};
@@ -206,7 +207,10 @@ fn draft(msg: wit::Message) -> Result<(Draft, Streams<HostBlobs>), SmtpError> {
     for (i, a) in msg.attachments.into_iter().enumerate() {
         let content = match a.content {
             wit::Content::Bytes(b) => Content::Bytes(b),
-            wit::Content::File(path) => streams.attach(i, path)?,
+            wit::Content::File(path) => {
+                let sniff = mime::render::needs_charset(&mime::render::declared_type(a.content_type.as_deref(), &a.filename));
+                streams.attach(i, path, sniff)?
+            }
         };
         attachments.push(Attachment { filename: a.filename, content_type: a.content_type, content, content_id: a.content_id });
     }

@@ -57,6 +57,23 @@ pub trait Blobs {
     fn open(&self, path: &str) -> Result<(u64, Self::Reader), String>;
 }
 
+/// The largest text attachment file read ahead to learn its charset.
+pub const MAX_SNIFF_BYTES: u64 = 1 << 20;
+
+/// Whether the `len` bytes of `file` are UTF-8.
+fn is_utf8(file: &mut impl BlobRead, len: u64) -> Result<bool, String> {
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    while (bytes.len() as u64) < len {
+        let want = usize::try_from(len - bytes.len() as u64).unwrap_or(usize::MAX);
+        match file.read(want, &mut bytes) {
+            Ok(()) => {}
+            Err(BlobError::Closed) => return Err("it ended early".into()),
+            Err(BlobError::Failed(e)) => return Err(e),
+        }
+    }
+    Ok(std::str::from_utf8(&bytes).is_ok())
+}
+
 /// The attachment files of one message, indexed by `Content::Stream`: their
 /// paths and the lengths they had when measured. A file is opened only when
 /// its part is streamed, so a message holds at most one file at a time.
@@ -85,14 +102,15 @@ impl<B: Blobs> Streams<B> {
     }
 
     /// Measure the file of attachment `i` now; it is opened again when
-    /// streamed.
-    pub fn attach(&mut self, i: usize, path: String) -> Result<Content, SmtpError> {
-        let (len, _file) = self
-            .blobs
-            .open(&path)
-            .map_err(|e| SmtpError::InvalidMessage(format!("attachments[{i}].content: {path}: {e}")))?;
+    /// streamed. With `sniff` (a text/* type without a charset) a file of at
+    /// most [`MAX_SNIFF_BYTES`] is read through to learn whether it is
+    /// UTF-8; a larger one is not, and goes out as a binary type.
+    pub fn attach(&mut self, i: usize, path: String, sniff: bool) -> Result<Content, SmtpError> {
+        let field = |e: String| SmtpError::InvalidMessage(format!("attachments[{i}].content: {path}: {e}"));
+        let (len, mut file) = self.blobs.open(&path).map_err(field)?;
+        let utf8 = if sniff && len <= MAX_SNIFF_BYTES { Some(is_utf8(&mut file, len).map_err(field)?) } else { None };
         self.files.push((path, len));
-        Ok(Content::Stream { index: self.files.len() - 1, len })
+        Ok(Content::Stream { index: self.files.len() - 1, len, utf8 })
     }
 
     /// Open file `index` for streaming; it must still have the length it was

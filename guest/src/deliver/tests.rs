@@ -93,7 +93,7 @@ fn prepared(files: &Files) -> Prepared<Files> {
     let mut streams = Streams::new(files.clone());
     let mut attachments = Vec::new();
     for (i, (path, _)) in files.files.iter().enumerate() {
-        let content = streams.attach(i, (*path).to_owned()).unwrap();
+        let content = streams.attach(i, (*path).to_owned(), false).unwrap();
         attachments.push(Attachment { filename: (*path).into(), content_type: None, content, content_id: None });
     }
     let draft = Draft {
@@ -161,7 +161,7 @@ fn too_many_attachments_are_refused_before_any_file_is_opened() {
     let e = Streams::<Files>::check_count(mime::MAX_ATTACHMENTS + 1).unwrap_err();
     assert!(matches!(e, SmtpError::InvalidMessage(m) if m.starts_with("attachments: ")));
     let mut streams = Streams::new(Files::default());
-    let e = streams.attach(3, "missing.pdf".into()).unwrap_err();
+    let e = streams.attach(3, "missing.pdf".into(), false).unwrap_err();
     assert_eq!(e, SmtpError::InvalidMessage("attachments[3].content: missing.pdf: no such file".into()));
 }
 
@@ -437,4 +437,25 @@ fn streams_more_than_4_gib() {
     assert_eq!(peer.data, size + 3);
     let end = b"AAAAAAA=\r\n--=_wm_0123456789abcdef_0--\r\n.\r\n";
     assert!(peer.tail.ends_with(end), "{:?}", String::from_utf8_lossy(&peer.tail));
+}
+
+#[test]
+fn a_small_text_file_is_read_ahead_to_learn_its_charset() {
+    let files = Files {
+        files: vec![
+            ("notes.txt", Fake::bytes("Grüße\n".as_bytes())),
+            ("latin1.txt", Fake::bytes(&[b'G', 0xfc, b'e'])),
+            ("huge.log", Fake::zeros(MAX_SNIFF_BYTES + 1)),
+        ],
+        ..Files::default()
+    };
+    let mut streams = Streams::new(files);
+    let utf8 = |c: Content| match c {
+        Content::Stream { utf8, .. } => utf8,
+        Content::Bytes(_) => panic!("a file is a stream"),
+    };
+    assert_eq!(utf8(streams.attach(0, "notes.txt".into(), true).unwrap()), Some(true));
+    assert_eq!(utf8(streams.attach(1, "latin1.txt".into(), true).unwrap()), Some(false));
+    assert_eq!(utf8(streams.attach(2, "huge.log".into(), true).unwrap()), None, "too big to read ahead");
+    assert_eq!(utf8(streams.attach(3, "notes.txt".into(), false).unwrap()), None, "not text: not read");
 }

@@ -49,6 +49,9 @@ pub enum Content {
         index: usize,
         /// Its length in bytes.
         len: u64,
+        /// Whether its bytes are UTF-8, when the caller read them to know
+        /// (see `render::attachment_type`); `None` when it did not.
+        utf8: Option<bool>,
     },
 }
 

@@ -53,7 +53,10 @@ impl HeaderWriter {
         let needs_encoding = !value.is_ascii()
             || value.contains("=?")
             || value.split(' ').any(|w| w.len() + name.len() + 2 > HEADER_FOLD)
-            || value.contains('\t');
+            || value.contains('\t')
+            // Spaces beyond a line's worth cannot all stay where they are
+            // (see below): encoded words carry them.
+            || value.split(' ').filter(|w| w.is_empty()).count() > HEADER_FOLD;
         if value.is_empty() {
             self.out.push_str("\r\n");
             return;
@@ -65,7 +68,10 @@ impl HeaderWriter {
         } else {
             let mut first = true;
             for word in value.split(' ') {
-                if !first && self.column() + 1 + word.len() > HEADER_FOLD {
+                // Fold only before a word: a fold before the empty "word"
+                // of a doubled or trailing space would leave a line of
+                // white space alone (obsolete syntax, RFC 5322 4.2).
+                if !first && !word.is_empty() && self.column() + 1 + word.len() > HEADER_FOLD {
                     self.out.push_str("\r\n");
                 }
                 self.out.push(' ');

@@ -145,10 +145,7 @@ fn write_node(node: &Node<'_>, out: &mut Out, boundary_base: &str, counter: &mut
             }
         }
         Node::File(a) => {
-            let ct = match &a.content_type {
-                Some(ct) => ct.clone(),
-                None => mime_guess::from_path(&a.filename).first_or_octet_stream().essence_str().to_owned(),
-            };
+            let ct = attachment_type(a);
             let mut h = format!("Content-Type: {ct}{}\r\n", mime_parameter("name", &a.filename));
             let disposition = if a.content_id.is_some() { "inline" } else { "attachment" };
             h.push_str(&format!("Content-Disposition: {disposition}{}\r\n", mime_parameter("filename", &a.filename)));
@@ -159,7 +156,7 @@ fn write_node(node: &Node<'_>, out: &mut Out, boundary_base: &str, counter: &mut
             out.cur.extend_from_slice(h.as_bytes());
             match &a.content {
                 Content::Bytes(b) => base64_lines(b, &mut out.cur),
-                Content::Stream { index, len } => {
+                Content::Stream { index, len, .. } => {
                     out.flush();
                     out.segments.push(Segment::Base64Stream { index: *index, len: *len });
                 }
@@ -192,3 +189,35 @@ fn write_node(node: &Node<'_>, out: &mut Out, boundary_base: &str, counter: &mut
     }
 }
 
+
+/// The declared type of an attachment, or the one its file name suggests.
+pub fn declared_type(content_type: Option<&str>, filename: &str) -> String {
+    match content_type {
+        Some(ct) => ct.to_owned(),
+        None => mime_guess::from_path(filename).first_or_octet_stream().essence_str().to_owned(),
+    }
+}
+
+/// True when `content_type` is text/* with no charset: its bytes must be
+/// looked at to say which charset (RFC 2046 4.1.2: without one, a reader
+/// takes US-ASCII).
+pub fn needs_charset(content_type: &str) -> bool {
+    let lower = content_type.to_ascii_lowercase();
+    lower.trim_start().starts_with("text/") && !lower.contains("charset=")
+}
+
+/// The Content-Type of an attachment as sent: a text/* type without a
+/// charset gets `charset=utf-8` when its bytes are UTF-8, and otherwise
+/// stops claiming to be text (`application/octet-stream`), since its
+/// charset is unknown.
+pub fn attachment_type(a: &Attachment) -> String {
+    let ct = declared_type(a.content_type.as_deref(), &a.filename);
+    if !needs_charset(&ct) {
+        return ct;
+    }
+    let utf8 = match &a.content {
+        Content::Bytes(b) => std::str::from_utf8(b).is_ok(),
+        Content::Stream { utf8, .. } => utf8.unwrap_or(false),
+    };
+    if utf8 { format!("{}; charset=utf-8", ct.trim_end().trim_end_matches(';')) } else { "application/octet-stream".to_owned() }
+}

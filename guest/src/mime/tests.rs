@@ -212,7 +212,7 @@ fn streamed_attachment_size_is_exact() {
     d.attachments = vec![Attachment {
         filename: "big.bin".into(),
         content_type: None,
-        content: Content::Stream { index: 0, len: 1_000_000 },
+        content: Content::Stream { index: 0, len: 1_000_000, utf8: None },
         content_id: None,
     }];
     let r = d.build(&ctx()).unwrap();
@@ -221,4 +221,56 @@ fn streamed_attachment_size_is_exact() {
     encode::base64_lines(&vec![7u8; 1_000_000], &mut stream);
     let literal: usize = r.segments.iter().map(|s| if let Segment::Bytes(b) = s { b.len() } else { 0 }).sum();
     assert_eq!(r.size(), (literal + stream.len()) as u64);
+}
+
+#[test]
+fn text_attachments_say_their_charset_or_stop_claiming_to_be_text() {
+    use super::render::attachment_type;
+    let att = |name: &str, ct: Option<&str>, content: Content| Attachment {
+        filename: name.into(),
+        content_type: ct.map(Into::into),
+        content,
+        content_id: None,
+    };
+    let cases = [
+        (att("notes.txt", None, Content::Bytes("Grüße".as_bytes().to_vec())), "text/plain; charset=utf-8"),
+        (att("latin1.txt", None, Content::Bytes(vec![b'G', 0xfc, b'e'])), "application/octet-stream"),
+        (att("a.csv", Some("text/csv; charset=iso-8859-1"), Content::Bytes(vec![0xfc])), "text/csv; charset=iso-8859-1"),
+        (att("a.png", None, Content::Bytes(vec![0xff, 0xd8])), "image/png"),
+        (att("big.log", Some("text/plain"), Content::Stream { index: 0, len: 9, utf8: Some(true) }), "text/plain; charset=utf-8"),
+        (att("huge.log", Some("text/plain;"), Content::Stream { index: 0, len: 9, utf8: None }), "application/octet-stream"),
+    ];
+    for (a, want) in cases {
+        assert_eq!(attachment_type(&a), want, "{}", a.filename);
+    }
+}
+
+#[test]
+fn folding_never_leaves_a_line_of_white_space() {
+    use super::header::HeaderWriter;
+    for subject in [
+        format!("{} ", "a".repeat(69)),
+        format!("{}  b", "a".repeat(68)),
+        format!("{}{}", "word ".repeat(30), " ".repeat(5)),
+        format!("x{}y", " ".repeat(200)),
+        "   leading".to_owned(),
+    ] {
+        let mut w = HeaderWriter::default();
+        w.unstructured("Subject", &subject);
+        let bytes = w.into_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+            assert!(!line.trim().is_empty(), "a white-space line in {text:?}");
+            assert!(line.len() <= super::lint::MAX_LINE, "{line:?}");
+        }
+        let whole = [&bytes[..], b"\r\nbody\r\n"].concat();
+        let parsed = MessageParser::default().parse(&whole).unwrap();
+        // Unfolding keeps every space (RFC 5322 2.2.3); readers may collapse runs.
+        let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(parsed.subject().map(words), Some(words(&subject)), "{text:?}");
+        let unfolded = text.trim_start_matches("Subject:").trim_end_matches("\r\n").replace("\r\n", "");
+        if !unfolded.contains("=?") {
+            assert_eq!(&unfolded[1..], subject, "unfolding gives the subject back exactly");
+        }
+    }
 }
