@@ -243,7 +243,12 @@ impl<'a> PluginHost<'a> {
         let max = self.policy_for(&name)?.max_component_bytes;
         let bytes = read_bounded(path, max)?;
         let (component, cache) = prepare(&self.rt.engine, &bytes, &format!("plugin {name}"))?;
-        let pre = self.linker.instantiate_pre(&component).anyhow().with_context(|| format!("linking plugin {name}"))?;
+        // Every import passed the check, so a link error is a type mismatch:
+        // the plugin was built against another version of the WIT.
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadFailed {
+            what: format!("linking plugin {name}: {:#}", anyhow::Error::from(e)),
+            hint: "it was built against another version of wit/ than this wasmail; rebuild it against this checkout's wit/".into(),
+        })?;
         Ok(Plugin { name, sha256: engine::sha256_hex(&bytes), cache, pre })
     }
 
