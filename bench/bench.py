@@ -42,6 +42,15 @@ ONESHOT_RUNS = 15
 INSTANTIATE_ROUNDS = 2000
 #: The large attachment.
 ATTACHMENT_MIB = int(os.environ.get("BENCH_ATTACHMENT_MIB", "1024"))
+# The hello plugin in each language: first run (its compile included, the
+# mailer's not) and cached run, wall time and peak RSS of the process.
+HELLO_PLUGINS = {
+    "rust": "wasmail_plugin_hello.wasm",
+    "python": "wasmail_plugin_python_hello.wasm",
+    "js": "wasmail_plugin_js_hello.wasm",
+}
+# First runs compile 12-18 MB components (10-70 s each): fewer of them.
+COMPILE_RUNS = int(os.environ.get("BENCH_COMPILE_RUNS", "2"))
 
 
 def free_port() -> int:
@@ -132,6 +141,16 @@ allowed_from = ["*"]
 default_from = "hello@example.com"
 allowed_recipients = ["*"]
 allowed_headers = ["X-Mailer"]
+[plugins.python_hello]
+allowed_from = ["*"]
+default_from = "hello@example.com"
+allowed_recipients = ["*"]
+allowed_headers = ["X-Mailer"]
+[plugins.js_hello]
+allowed_from = ["*"]
+default_from = "hello@example.com"
+allowed_recipients = ["*"]
+allowed_headers = ["X-Mailer"]
 """)
     body = work / "body.txt"
     line = "x" * 70 + "\n"
@@ -206,6 +225,7 @@ allowed_headers = ["X-Mailer"]
         discard.terminate()
         discard.wait(timeout=5)
     att_secs = statistics.median(r[0] for r in att_runs)
+    hello = hello_plugins(work, env, config)
     native = median(lambda: float(subprocess.run([str(MICRO), "base64", str(ATTACHMENT_MIB)],
                                                  check=True, capture_output=True, text=True).stdout))
     return {
@@ -217,6 +237,7 @@ allowed_headers = ["X-Mailer"]
         "throughput_msgs_per_s": {k: round(v, 1) for k, v in tp.items()},
         "oneshot_wall_ms": {k: round(v, 2) for k, v in oneshot.items()},
         "instantiate_us_p50": round(instantiate, 2),
+        "hello_plugins": hello,
         "attachment_1gib": {
             "mib": ATTACHMENT_MIB,
             "peak_rss_mib": round(max(r[1] for r in att_runs), 1),
@@ -226,6 +247,47 @@ allowed_headers = ["X-Mailer"]
             "native_b64_mb_s": round(native, 1),
         },
     }
+
+
+def run_with_rss(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of one run, under /usr/bin/time."""
+    t = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], env=env, check=True,
+                          capture_output=True, text=True)
+    secs = time.perf_counter() - t
+    return secs, int(proc.stderr.strip().splitlines()[-1]) / 1024
+
+
+def hello_plugins(work: Path, env: dict, config: Path) -> dict:
+    """The hello plugin in Rust, Python and JavaScript, one message each to
+    the sink: the first run (a cache holding the mailer but not the plugin,
+    so the plugin's compile is in it) and a cached run."""
+    import hashlib
+    warm = Path(env["WASMAIL_CACHE_DIR"])
+    out = {}
+    for lang, file in HELLO_PLUGINS.items():
+        path = PLUGINS / file
+        if not path.exists():
+            print(f"bench: {path} missing (make lang-plugins); skipping {lang}", file=sys.stderr)
+            continue
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        cmd = [str(WASMAIL), "run", str(path), "--config", str(config), "--input-text", "sink@example.com"]
+        first = []
+        for i in range(COMPILE_RUNS):
+            cold = work / f"cache-{lang}-{i}"
+            shutil.copytree(warm, cold, ignore=lambda _d, names: [n for n in names if n.startswith(sha)])
+            first.append(run_with_rss(cmd, dict(env, WASMAIL_CACHE_DIR=str(cold))))
+            shutil.rmtree(cold, ignore_errors=True)
+        run_with_rss(cmd, env)  # fills the warm cache
+        cached = [run_with_rss(cmd, env) for _ in range(RUNS)]
+        out[lang] = {
+            "component_mb": round(path.stat().st_size / 1e6, 1),
+            "first_run_s": round(statistics.median(r[0] for r in first), 2),
+            "first_run_peak_rss_mib": round(max(r[1] for r in first), 1),
+            "cached_run_ms": round(1000 * statistics.median(r[0] for r in cached), 1),
+            "cached_run_peak_rss_mib": round(max(r[1] for r in cached), 1),
+        }
+    return out
 
 
 def ratios(r: dict) -> dict:
@@ -279,7 +341,13 @@ def table(r: dict, q: dict) -> str:
               f"| {att['mib']} MiB attachment: base64 inside the mailer | {att['guest_b64_mb_s']:.0f} MiB/s |",
               f"| {att['mib']} MiB attachment: file to socket, end to end | {att['end_to_end_mb_s']:.0f} MiB/s |",
               f"| native `base64` crate, same data | {att['native_b64_mb_s']:.0f} MiB/s |",
-              "", "| ratio (this run) | value | target |", "|---|---:|---:|",
+              "", "| hello plugin, one message | MB | first run (compile) | peak RSS | cached run | peak RSS |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for lang, h in r.get("hello_plugins", {}).items():
+        lines.append(f"| {lang} | {h['component_mb']:.1f} | {h['first_run_s']:.1f} s | "
+                     f"{h['first_run_peak_rss_mib']:.0f} MiB | {h['cached_run_ms']:.0f} ms | "
+                     f"{h['cached_run_peak_rss_mib']:.0f} MiB |")
+    lines += ["", "| ratio (this run) | value | target |", "|---|---:|---:|",
               f"| wasmail run / smtp-source | {q['run_vs_smtp_source']:.2f} | ≥ 1.5 |",
               f"| wasmail send (one-shot) / msmtp | {q.get('oneshot_vs_msmtp', float('nan')):.2f} | ≤ 0.25 |",
               f"| guest base64 / native base64 | {q['guest_vs_native_b64']:.2f} | ≥ 0.5 |",

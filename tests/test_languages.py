@@ -269,14 +269,12 @@ def test_the_rust_guide_works_from_an_empty_folder(wasmail, tmp_path):
     section = guide_section("A plugin in Rust")
     script = guide_script(section)
     assert "cargo build" in script and "wasmail run" in script, script
-    # The guide's folder layout: an empty folder next to the wasmail checkout.
+    # The guide's folder layout: the folder that holds the wasmail checkout.
     (tmp_path / "wasmail").symlink_to(REPO)
-    work = tmp_path / "work"
-    work.mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "wasmail").symlink_to(wasmail)
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", WASMAIL=str(tmp_path / "wasmail"))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
     # The build's own output, kept between runs of the suite (the guide's
     # `target/` paths then point there).
     target = REPO / "target" / "guide"
@@ -284,12 +282,13 @@ def test_the_rust_guide_works_from_an_empty_folder(wasmail, tmp_path):
     script = re.sub(r"(?<![\w/])target/", f"{target}/", script)
     (tmp_path / "guide.sh").write_text(script)
 
-    proc = subprocess.run(["bash", "-euo", "pipefail", str(tmp_path / "guide.sh")], cwd=work,
+    proc = subprocess.run(["bash", "-euo", "pipefail", str(tmp_path / "guide.sh")], cwd=tmp_path,
                           env=env, capture_output=True, text=True,
                           timeout=GUIDE_BUILD_TIMEOUT_S)
 
     assert proc.returncode == 0, f"{describe(proc)}\n--- script ---\n{script}"
-    emls = list(work.rglob("outbox/*.eml"))
+    emls = list((tmp_path / "hello-plugin" / "outbox").glob("*.eml"))
     assert len(emls) == 1, f"{emls}\n{describe(proc)}"
     msg = oracle.parse(emls[0].read_bytes())
     assert oracle.addresses(msg, "To") == ["you@example.com"], emls[0].read_text()
+    assert proc.stdout.strip().endswith(emls[0].name), describe(proc)   # `ls outbox`
