@@ -492,7 +492,7 @@ def test_bad_input_is_refused_before_sending(run, smtpd, tmp_path, args, code, n
     ["--password", PASSWORD],              # secrets never on the command line
     ["--tls", "sometimes"],
     ["--priority", "urgent"],
-    ["--auth", "cram-md5"],
+    ["--auth", "digest-md5"],
     ["--no-such-option"],
 ], ids=["password-flag", "tls-value", "priority-value", "auth-value", "unknown-option"])
 def test_usage_errors_exit_64(run, smtpd, args):
@@ -558,3 +558,19 @@ def test_a_large_send_shows_progress_on_a_terminal_only(wasmail, smtp_sink, tmp_
     code, out = _run_on_a_terminal([*base, "--json"])
     assert code == 0, out
     assert b"left" not in out, "no progress bar with --json"
+
+
+def test_explicit_normal_priority_is_written_and_unset_is_not(run, tmp_path):
+    """CSmtp's SetXPriority(XPRIORITY_NORMAL) writes `X-Priority: 3 (Normal)`;
+    leaving the priority unset writes no header."""
+    for extra, expected in [(["--priority", "normal"], b"X-Priority: 3 (Normal)\r\n"), ([], None)]:
+        out = tmp_path / f"out{len(extra)}"
+        proc = run(["send", "--from", SENDER, "--to", RECIPIENT, "--subject", "p", "--text", "t",
+                    "--outbox", out, *extra])
+        assert_exit(proc, EXIT_OK)
+        [eml] = list(out.glob("*.eml"))
+        data = eml.read_bytes()
+        if expected:
+            assert expected in data, data[:500]
+        else:
+            assert b"X-Priority" not in data, data[:500]

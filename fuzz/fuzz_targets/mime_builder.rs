@@ -168,12 +168,13 @@ impl Input {
                     content_id: a.content_id.as_ref().map(|c| c.get(CONTENT_IDS)),
                 })
                 .collect(),
-            priority: match self.priority % 5 {
-                0 => Priority::Highest,
-                1 => Priority::High,
-                2 => Priority::Normal,
-                3 => Priority::Low,
-                _ => Priority::Lowest,
+            priority: match self.priority % 6 {
+                0 => Some(Priority::Highest),
+                1 => Some(Priority::High),
+                2 => Some(Priority::Normal),
+                3 => Some(Priority::Low),
+                4 => Some(Priority::Lowest),
+                _ => None,
             },
             headers: self.headers.iter().map(|(n, v)| (n.get(HEADER_NAMES), v.get(HEADER_VALUES))).collect(),
         }

@@ -224,7 +224,7 @@ fn draft(msg: wit::Message) -> Result<(Draft, Streams<HostBlobs>), SmtpError> {
         text: msg.text,
         html: msg.html,
         attachments,
-        priority: msg.priority.into(),
+        priority: msg.priority.map(Into::into),
         headers: msg.headers,
     };
     Ok((draft, streams))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use wasmail::Runtime;
 use wasmail::mail::audit::{AuditLog, Outcome};
-use wasmail::bindings::types::{Mailbox, Message, Priority, SendError};
+use wasmail::bindings::types::{Mailbox, Message, SendError};
 use wasmail::config::{Config, PluginConfig};
 use wasmail::mailer::credentials::Secret;
 use wasmail::engine::CacheOutcome;
@@ -264,7 +264,7 @@ fn message(to: &str) -> Message {
         text: Some("t".into()),
         html: None,
         attachments: vec![],
-        priority: Priority::Normal,
+        priority: None,
         headers: vec![],
     }
 }

@@ -75,7 +75,7 @@ pub enum Priority {
     Highest,
     /// 2 (High).
     High,
-    /// 3: no header.
+    /// 3 (Normal), written out.
     #[default]
     Normal,
     /// 4 (Low).
@@ -105,8 +105,8 @@ pub struct Draft {
     pub html: Option<String>,
     /// Attachments and inline parts.
     pub attachments: Vec<Attachment>,
-    /// `X-Priority`.
-    pub priority: Priority,
+    /// `X-Priority`; none writes no header.
+    pub priority: Option<Priority>,
     /// Extra header fields.
     pub headers: Vec<(String, String)>,
 }

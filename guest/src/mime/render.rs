@@ -10,13 +10,13 @@ use super::lint;
 use super::validate::Checked;
 
 impl Priority {
-    fn header_value(self) -> Option<&'static str> {
+    fn header_value(self) -> &'static str {
         match self {
-            Self::Highest => Some("1 (Highest)"),
-            Self::High => Some("2 (High)"),
-            Self::Normal => None,
-            Self::Low => Some("4 (Low)"),
-            Self::Lowest => Some("5 (Lowest)"),
+            Self::Highest => "1 (Highest)",
+            Self::High => "2 (High)",
+            Self::Normal => "3 (Normal)",
+            Self::Low => "4 (Low)",
+            Self::Lowest => "5 (Lowest)",
         }
     }
 }
@@ -47,8 +47,8 @@ impl Draft {
         }
         h.unstructured("Subject", &self.subject);
         h.field("Message-ID", &format!("<{message_id}>"));
-        if let Some(p) = self.priority.header_value() {
-            h.field("X-Priority", p);
+        if let Some(p) = self.priority {
+            h.field("X-Priority", p.header_value());
         }
         for (name, value) in &self.headers {
             h.unstructured(name, value);

@@ -51,7 +51,7 @@ fn csmtp_style_message_round_trips() {
     d.reply_to = Some(mb(None, "reply@example.com"));
     d.cc = vec![mb(Some("Copy"), "cc@example.org")];
     d.bcc = vec![mb(None, "hidden@example.net")];
-    d.priority = Priority::High;
+    d.priority = Some(Priority::High);
     d.headers = vec![("X-Mailer".into(), "The Bat! (v3.02) Professional".into())];
     let png: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
     d.attachments = vec![

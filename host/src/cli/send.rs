@@ -16,14 +16,13 @@ use std::sync::Arc;
 use wasmail_mailer::mime::address;
 
 /// `--priority`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Priority {
     /// X-Priority 1.
     Highest,
     /// X-Priority 2.
     High,
-    /// No header.
-    #[default]
+    /// X-Priority 3, written out.
     Normal,
     /// X-Priority 4.
     Low,
@@ -67,9 +66,9 @@ pub struct SendArgs {
     /// Attach a file inline with Content-ID = its file name (`cid:NAME` in HTML).
     #[arg(long, value_name = "FILE")]
     pub inline: Vec<PathBuf>,
-    /// X-Priority.
-    #[arg(long, value_enum, default_value_t)]
-    pub priority: Priority,
+    /// X-Priority (none unless given; `normal` writes `3 (Normal)`).
+    #[arg(long, value_enum)]
+    pub priority: Option<Priority>,
     /// The X-Mailer header.
     #[arg(long, value_name = "TEXT")]
     pub x_mailer: Option<String>,
@@ -171,13 +170,13 @@ fn message(a: &SendArgs) -> Result<Message, Early> {
         text,
         html,
         attachments,
-        priority: match a.priority {
+        priority: a.priority.map(|p| match p {
             Priority::Highest => WitPriority::Highest,
             Priority::High => WitPriority::High,
             Priority::Normal => WitPriority::Normal,
             Priority::Low => WitPriority::Low,
             Priority::Lowest => WitPriority::Lowest,
-        },
+        }),
         headers,
     })
 }

@@ -278,7 +278,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::{Attachment, Content, Priority};
+    use crate::bindings::types::{Attachment, Content};
     use wasmail_mailer::mime::address::Address;
     use proptest::prelude::*;
 
@@ -301,7 +301,7 @@ mod tests {
             text: Some("t".into()),
             html: None,
             attachments: vec![],
-            priority: Priority::Normal,
+            priority: None,
             headers: vec![],
         }
     }

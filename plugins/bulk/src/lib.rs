@@ -6,7 +6,7 @@
 
 
 use serde::Deserialize;
-use wasmail_plugin::{Mailbox, Message, Priority, describe, send};
+use wasmail_plugin::{Mailbox, Message, describe, send};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,7 +103,7 @@ impl wasmail_plugin::Guest for Bulk {
                 text: Some(text.clone()),
                 html: None,
                 attachments: Vec::new(),
-                priority: Priority::Normal,
+                priority: None,
                 headers: headers.clone(),
             };
             if let Err(e) = send(&msg) {

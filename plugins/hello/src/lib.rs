@@ -1,7 +1,7 @@
 //! The hello plugin: sends one short greeting to the address given as input.
 
 
-use wasmail_plugin::{Mailbox, Message, Priority, describe, send};
+use wasmail_plugin::{Mailbox, Message, describe, send};
 
 /// The recipient when the input is empty.
 const DEFAULT_TO: &str = "demo@example.com";
@@ -37,7 +37,7 @@ impl wasmail_plugin::Guest for Hello {
             ),
             html: None,
             attachments: Vec::new(),
-            priority: Priority::Normal,
+            priority: None,
             headers: vec![("X-Mailer".to_string(), "wasmail hello plugin".to_string())],
         };
         let receipt =

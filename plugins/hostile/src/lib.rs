@@ -18,7 +18,7 @@
 
 use std::hint::black_box;
 
-use wasmail_plugin::{Attachment, Content, Mailbox, Message, Priority, describe, send};
+use wasmail_plugin::{Attachment, Content, Mailbox, Message, describe, send};
 
 const MODES: &str = "loop, grow, recurse, panic, read-outside, read-inside, spoof-from, \
 bcc-outside, cc-outside, many-recipients, big, flood, crlf-subject, crlf-address, header, \
@@ -290,7 +290,7 @@ fn message(to: &str, subject: &str) -> Message {
         text: Some("Sent by the wasmail hostile test plugin.\n".to_string()),
         html: None,
         attachments: Vec::new(),
-        priority: Priority::Normal,
+        priority: None,
         headers: Vec::new(),
     }
 }

@@ -3,7 +3,7 @@
 
 
 use serde::Deserialize;
-use wasmail_plugin::{Attachment, Content, Mailbox, Message, Priority, describe, send};
+use wasmail_plugin::{Attachment, Content, Mailbox, Message, describe, send};
 
 /// The plugin input, e.g.
 /// `{"to": ["a@example.com"], "title": "Sales", "rows": [{"name": "north", "value": 12.5}]}`.
@@ -65,7 +65,7 @@ impl wasmail_plugin::Guest for Report {
                 content: Content::Bytes(csv(&input.rows).into_bytes()),
                 content_id: None,
             }],
-            priority: Priority::Normal,
+            priority: None,
             headers: vec![("X-Mailer".to_string(), "wasmail report plugin".to_string())],
         };
         let receipt =

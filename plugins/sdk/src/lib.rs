@@ -76,7 +76,7 @@ impl Message {
             text: Some(text.to_owned()),
             html: None,
             attachments: vec![],
-            priority: Priority::Normal,
+            priority: None,
             headers: vec![],
         }
     }
