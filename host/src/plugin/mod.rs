@@ -488,22 +488,25 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
     let text = format!("{e:?}");
     tracing::debug!("plugin stopped: {text}");
     let trap = e.downcast_ref::<wasmtime::Trap>().copied();
-    if trap == Some(wasmtime::Trap::StackOverflow) || text.contains("call stack exhausted") {
+    if trap == Some(wasmtime::Trap::StackOverflow) {
         return "stack: the plugin exhausted its wasm stack (unbounded recursion?)".into();
     }
     // Rust's data stack lives at the bottom of linear memory and grows down:
-    // overflowing it wraps the stack pointer to just under 4 GiB.
-    if let Some(addr) = text
-        .split("memory fault at wasm address 0x")
-        .nth(1)
-        .and_then(|rest| u64::from_str_radix(rest.split(|c: char| !c.is_ascii_hexdigit()).next().unwrap_or(""), 16).ok())
-        && addr >= 0xF000_0000 {
-            return "stack: the plugin overflowed its stack (unbounded recursion?)".into();
-        }
+    // overflowing it wraps the stack pointer to just under 4 GiB. wasmtime
+    // gives the faulting address only in its message.
+    if trap == Some(wasmtime::Trap::MemoryOutOfBounds)
+        && let Some(addr) = text
+            .split("memory fault at wasm address 0x")
+            .nth(1)
+            .and_then(|rest| u64::from_str_radix(rest.split(|c: char| !c.is_ascii_hexdigit()).next().unwrap_or(""), 16).ok())
+        && addr >= 0xF000_0000
+    {
+        return "stack: the plugin overflowed its stack (unbounded recursion?)".into();
+    }
     if matches!(e.downcast_ref::<wasmtime::component::ResourceTableError>(), Some(wasmtime::component::ResourceTableError::Full)) {
         return format!("max_resources: the plugin holds more than {} resources", cfg.max_resources);
     }
-    if trap == Some(wasmtime::Trap::UnreachableCodeReached) || text.contains("unreachable") {
+    if trap == Some(wasmtime::Trap::UnreachableCodeReached) {
         return "the plugin panicked or aborted (wasm `unreachable`; its stderr above says why)".into();
     }
     // The causes, without the wasm backtrace.
