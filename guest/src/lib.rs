@@ -13,8 +13,8 @@ pub mod smtp;
 mod bindings {
     //! Guest bindings for `world mailer`, generated from the vendored WIT.
     wit_bindgen::generate!({
-        path: "../wit",
-        world: "wasmail:mail/mailer",
+        path: "../wit/mailer",
+        world: "wasmail:mailer/mailer",
         features: ["tls"],
         generate_all,
     });

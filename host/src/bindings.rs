@@ -2,15 +2,17 @@
 //! mail API of RFC 5322 messages and RFC 5321 delivery), generated once from
 //! the vendored WIT set by the component model's `bindgen!`.
 //!
-//! The `mailer` world is the one bindgen! covers: its exports (`sender`,
+//! The `mailer` world (package `wasmail:mailer`, wit/mailer/, which imports
+//! wasi:tls and so lives apart from wit/, the folder plugin toolchains read)
+//! is the one bindgen! covers: its exports (`sender`,
 //! `transport`) are what the host calls, its imports (`credentials`, `blobs`,
 //! `transcript`) are what the host implements, and `wasmail:mail/types` is
 //! shared with the plugin side, whose single import (`sender.send`) and
 //! export (`run`) are linked by hand in `sender.rs` with these same types.
 
 wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "wasmail:mail/mailer",
+    path: "../wit/mailer",
+    world: "wasmail:mailer/mailer",
     imports: { default: async | trappable },
     exports: { default: async },
     with: {

@@ -63,7 +63,7 @@ export function text(to, subject, body) {
     subject,
     text: body,
     attachments: [],
-    priority: 'normal',
+    priority: undefined,
     headers: [],
   };
 }

@@ -82,7 +82,7 @@ def text(to: Recipients, subject: str, body: str) -> Message:
         text=body,
         html=None,
         attachments=[],
-        priority=Priority.NORMAL,
+        priority=None,
         headers=[],
     )
 

@@ -5,8 +5,6 @@
 wit_bindgen::generate!({
     path: "../../wit",
     world: "wasmail:mail/plugin",
-    // Needed to parse the package: `world mailer` imports the gated wasi:tls.
-    features: ["tls"],
     generate_all,
 });
 

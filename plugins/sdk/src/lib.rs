@@ -16,8 +16,6 @@ pub mod bindings {
         }
     ",
     world: "wasmail:sdk/plugin-sdk",
-    // The package also holds `world mailer`, which imports the gated wasi:tls.
-    features: ["tls"],
     generate_all,
     pub_export_macro: true,
     default_bindings_module: "wasmail_plugin::bindings",
