@@ -10,13 +10,17 @@
 //!   connection can no longer be trusted.
 //! - What is kept for a retry, and how much may be held in memory
 //!   ([`MAX_IN_MEMORY_BYTES`]), is decided here.
+//! - A message is signed (DKIM, RFC 6376) once, after it is built: a first
+//!   pass over its body (files included) for the body hash, the signature
+//!   from the host, the field on top. The send, the outbox copy and the
+//!   dead-letter copy all carry that one field.
 //!
 //! The component supplies the host's imports (files, the network, the
 //! clock); tests supply fakes.
 
 use crate::mime::address::Address;
 use crate::mime::encode::{BASE64_LINE_BYTES, base64_lines};
-use crate::mime::{self, BuildContext, Content, Draft, Envelope, Rendered, Segment};
+use crate::mime::{self, BuildContext, Content, Draft, Envelope, Rendered, Segment, dkim};
 use crate::smtp::SmtpError;
 use crate::smtp::auth::Choice;
 use crate::smtp::command::ClientName;
@@ -294,15 +298,76 @@ impl<B: Blobs> Prepared<B> {
         max_bytes: Option<u64>,
     ) -> Result<Self, DeliverError> {
         let rendered = draft.build(ctx).map_err(|e| SmtpError::InvalidMessage(e.to_string()))?;
+        let msg = Self { rendered, streams };
+        msg.check_size(max_bytes)?;
+        Ok(msg)
+    }
+
+    /// Hold the message to the policy's size limit `max_bytes`.
+    pub fn check_size(&self, max_bytes: Option<u64>) -> Result<(), DeliverError> {
         if let Some(max) = max_bytes {
-            let size = rendered.size();
+            let size = self.rendered.size();
             if size > max {
                 return Err(DeliverError::PolicyDenied(format!(
                     "max_message_bytes: the message is {size} octets, the limit is {max}"
                 )));
             }
         }
-        Ok(Self { rendered, streams })
+        Ok(())
+    }
+
+    /// Sign the message with DKIM (RFC 6376) as `identity`, at `time`
+    /// (seconds since the epoch, `t=`): the body hash from a first pass over
+    /// the body (attachment files read through, chunk by chunk, as they will
+    /// be sent), then `sign` (the host, which holds the key) signs the
+    /// canonical header data, and the DKIM-Signature field goes on top. A
+    /// message whose From domain is neither the signing domain nor one of
+    /// its subdomains is left unsigned: `Ok(false)`.
+    pub fn sign(
+        &mut self,
+        identity: &dkim::Identity,
+        time: u64,
+        sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+    ) -> Result<bool, DeliverError> {
+        if !identity.covers(self.rendered.envelope.from.domain()) {
+            return Ok(false);
+        }
+        let header_len = match self.rendered.segments.first() {
+            Some(Segment::Bytes(b)) => memchr::memmem::find(b, b"\r\n\r\n").map(|i| i + 2),
+            _ => None,
+        };
+        let Some(header_len) = header_len else {
+            return Err(SmtpError::InvalidMessage("message: no header section to sign".into()).into());
+        };
+        let body_hash = self.body_hash(identity.body_canon, header_len + 2)?;
+        let Some(Segment::Bytes(first)) = self.rendered.segments.first_mut() else {
+            return Err(SmtpError::InvalidMessage("message: no header section to sign".into()).into());
+        };
+        let unsigned = dkim::unsigned(identity, &first[..header_len], &body_hash, time);
+        let signature = sign(&unsigned.data).map_err(|e| DeliverError::PolicyDenied(format!("dkim: {e}")))?;
+        let field = unsigned.signed(&signature);
+        mime::lint::check_lines(field.as_bytes(), true)
+            .map_err(|e| SmtpError::InvalidMessage(format!("dkim-signature: {e}")))?;
+        first.splice(0..0, field.into_bytes());
+        Ok(true)
+    }
+
+    /// The hash of the body (everything after the first `skip` bytes), in
+    /// one pass over the segments as they would be sent.
+    fn body_hash(&self, canon: dkim::Canonicalization, mut skip: usize) -> Result<[u8; 32], SmtpError> {
+        let mut hasher = dkim::BodyHasher::new(canon);
+        let mut src = SegmentSource::new(&self.rendered.segments, &self.streams);
+        let mut buf = Vec::with_capacity(2 * STREAM_CHUNK);
+        loop {
+            buf.clear();
+            let chunk = src.next_chunk(&mut buf)?;
+            let n = skip.min(buf.len());
+            skip -= n;
+            hasher.update(&buf[n..]);
+            if chunk == Chunk::Last {
+                return Ok(hasher.finish());
+            }
+        }
     }
 
     /// Already rendered bytes with their envelope (`submit`, e.g. from the

@@ -459,3 +459,113 @@ fn a_small_text_file_is_read_ahead_to_learn_its_charset() {
     assert_eq!(utf8(streams.attach(2, "huge.log".into(), true).unwrap()), None, "too big to read ahead");
     assert_eq!(utf8(streams.attach(3, "notes.txt".into(), false).unwrap()), None, "not text: not read");
 }
+
+fn identity(domain: &str) -> dkim::Identity {
+    dkim::Identity {
+        domain: domain.into(),
+        selector: "s1".into(),
+        algorithm: dkim::Algorithm::Ed25519Sha256,
+        header_canon: dkim::Canonicalization::Relaxed,
+        body_canon: dkim::Canonicalization::Simple,
+        extra_headers: vec![],
+        expire_secs: None,
+    }
+}
+
+/// The header section and body of whole message bytes.
+fn split(bytes: &[u8]) -> (&[u8], &[u8]) {
+    let i = memchr::memmem::find(bytes, b"\r\n\r\n").unwrap();
+    (&bytes[..i + 2], &bytes[i + 4..])
+}
+
+#[test]
+fn signing_hashes_streamed_files_and_every_copy_carries_the_one_signature() {
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let files = Files { files: vec![("a.bin", Fake::bytes(&data))], ..Files::default() };
+    let mut msg = prepared(&files);
+    let unsigned_size = msg.rendered.size();
+    let mut signed_data = Vec::new();
+    let signed = msg
+        .sign(&identity("example.com"), 1_795_707_464, |data| {
+            signed_data = data.to_vec();
+            Ok(vec![0x42; 64])
+        })
+        .unwrap();
+    assert!(signed);
+    let bytes = msg.to_bytes().unwrap();
+    assert_eq!(bytes.len() as u64, msg.rendered.size());
+    assert!(msg.rendered.size() > unsigned_size);
+    assert!(bytes.starts_with(b"DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/simple; d=example.com;\r\n s=s1;"));
+    // The body hash is the hash of the body as sent, file included.
+    let (section, body) = split(&bytes);
+    let field = dkim::header_fields(section)[0];
+    let bare: String = String::from_utf8_lossy(field).split_whitespace().collect();
+    let bh = bare.split("bh=").nth(1).unwrap().split(';').next().unwrap().to_owned();
+    use base64::Engine;
+    let want = base64::engine::general_purpose::STANDARD.encode(dkim::body_hash(dkim::Canonicalization::Simple, body));
+    assert_eq!(bh, want);
+    // The signed data ends with the field itself, b= empty.
+    assert!(signed_data.ends_with(b"; b="));
+    assert!(signed_data.starts_with(b"from:a@example.com\r\n"));
+    // The kept copy is the same bytes, signature included.
+    let error = DeliverError::Smtp(SmtpError::Timeout(Stage::DataEnd));
+    assert_eq!(msg.kept(&error).unwrap(), bytes);
+    // And it is what the bytes-in-memory message signs to.
+    let mut draft = Draft {
+        from: Some(mb("a@example.com")),
+        to: vec![mb("b@example.org")],
+        subject: "files".into(),
+        text: Some("see attached\n".into()),
+        ..Draft::default()
+    };
+    draft.attachments =
+        vec![Attachment { filename: "a.bin".into(), content_type: None, content: Content::Bytes(data), content_id: None }];
+    let mut in_memory = Prepared::build(&draft, Streams::new(Files::default()), &ctx(), None).unwrap();
+    let mut in_memory_data = Vec::new();
+    in_memory
+        .sign(&identity("example.com"), 1_795_707_464, |data| {
+            in_memory_data = data.to_vec();
+            Ok(vec![0x42; 64])
+        })
+        .unwrap();
+    assert_eq!(in_memory_data, signed_data);
+    assert_eq!(in_memory.to_bytes().unwrap(), bytes);
+}
+
+#[test]
+fn mail_from_another_domain_is_not_signed() {
+    let files = Files::default();
+    let mut msg = prepared(&files);
+    let before = msg.to_bytes().unwrap();
+    let called = Cell::new(false);
+    for domain in ["mail.example.com", "xample.com", "com.example"] {
+        let signed = msg
+            .sign(&identity(domain), 1, |_| {
+                called.set(true);
+                Ok(vec![1])
+            })
+            .unwrap();
+        assert!(!signed, "{domain}");
+    }
+    assert!(!called.get());
+    assert_eq!(msg.to_bytes().unwrap(), before);
+    // The parent domain covers it.
+    assert!(msg.sign(&identity("com"), 1, |_| Ok(vec![1])).unwrap());
+}
+
+#[test]
+fn a_refused_signature_is_a_policy_denial_and_nothing_is_sent() {
+    let mut msg = prepared(&Files::default());
+    let e = msg.sign(&identity("example.com"), 1, |_| Err("no key".into())).unwrap_err();
+    assert_eq!(e, DeliverError::PolicyDenied("dkim: no key".into()));
+    assert!(!e.worth_keeping());
+}
+
+#[test]
+fn the_size_limit_counts_the_signature() {
+    let mut msg = prepared(&Files::default());
+    let size = msg.rendered.size();
+    msg.sign(&identity("example.com"), 1, |_| Ok(vec![0; 64])).unwrap();
+    assert!(msg.check_size(Some(size)).is_err());
+    assert!(msg.check_size(Some(msg.rendered.size())).is_ok());
+}

@@ -9,10 +9,13 @@
 //! - [`validate`]: every field of a draft checked, its limits;
 //! - [`render`]: the MIME tree and its bytes;
 //! - [`lint`]: the last check of the serialised bytes;
+//! - [`dkim`]: DKIM canonicalization, the body hash and the signature field
+//!   (the key stays with the host);
 //! - [`address`], [`header`], [`encode`]: the pieces they are made of;
 //!   [`pattern`]: allow-list patterns over the same addresses.
 
 pub mod address;
+pub mod dkim;
 pub mod draft;
 pub mod encode;
 pub mod header;

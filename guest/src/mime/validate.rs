@@ -45,6 +45,8 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "x-priority",
     "return-path",
     "received",
+    // Only the mailer signs (RFC 6376), with the host's key.
+    "dkim-signature",
 ];
 
 impl RawMailbox {
