@@ -13,7 +13,11 @@
 //! imitates the host); `attach-fifo`, `read-fifo` (a FIFO in the grant);
 //! `many-files` (thousands of file attachments); `long-domain` (a 231-byte
 //! From domain); `reply-to-outside`, `display-at`, `percent-route` (policy
-//! gaps).
+//! gaps). Red-team modes (host/tests/redteam.rs): `newline-flood` (output
+//! that is all line ends), `huge-subject:MIB`, `huge-header:MIB`,
+//! `huge-name:MIB` (text the policy's size floor does not count),
+//! `attach:NAME` (any file of the grant), `invalid-loop`, `send-loop`
+//! (calls that never stop, refused or accepted).
 
 
 use std::hint::black_box;
@@ -24,7 +28,8 @@ const MODES: &str = "loop, grow, recurse, panic, read-outside, read-inside, spoo
 bcc-outside, cc-outside, many-recipients, big, flood, crlf-subject, crlf-address, header, \
 resources, send-ok, attach-file, attach-outside, deny-loop, huge-header-loop, big-bytes, e-acute, \
 qp-heavy, print-flood, forge, attach-fifo, read-fifo, many-files, long-domain, reply-to-outside, \
-display-at, percent-route";
+display-at, percent-route, newline-flood, huge-subject:MIB, huge-header:MIB, huge-name:MIB, \
+attach:NAME, invalid-loop, send-loop";
 
 /// The address the policy allows.
 const OK: &str = "ok@example.com";
@@ -147,9 +152,52 @@ impl wasmail_plugin::Guest for Hostile {
                 try_send(&msg)
             }
             "percent-route" => try_send(&message("victim%elsewhere.example@example.com", "a source route")),
-            other => Err(format!("unknown mode {other:?}; modes: {MODES}")),
+            // Red-team modes (host/tests/redteam.rs).
+            "newline-flood" => {
+                // One byte of output per line: what the operator sees is the
+                // prefix, once per byte.
+                print!("{}", "\n".repeat(1 << 20));
+                Ok("done".to_string())
+            }
+            "invalid-loop" => send_loop(message(OK, "hi\r\nBcc: victim@elsewhere.example")),
+            "send-loop" => send_loop(message(OK, "again and again")),
+            other => match other.split_once(':') {
+                Some(("huge-subject", mib)) => {
+                    let msg = message(OK, &"a".repeat(mib_of(mib)));
+                    try_send(&msg)
+                }
+                Some(("huge-header", mib)) => {
+                    let mut msg = message(OK, "a huge allowed header");
+                    msg.headers.push(("X-Mailer".to_string(), "a".repeat(mib_of(mib))));
+                    try_send(&msg)
+                }
+                Some(("huge-name", mib)) => {
+                    let mut msg = message(OK, "a huge display name");
+                    msg.to[0].name = Some("a".repeat(mib_of(mib)));
+                    try_send(&msg)
+                }
+                Some(("attach", name)) => try_send(&with_file(message(OK, "a named file from the grant"), name)),
+                _ => Err(format!("unknown mode {other:?}; modes: {MODES}")),
+            },
         }
     }
+}
+
+/// `mib` MiB (the text after `mode:`), in bytes.
+fn mib_of(mib: &str) -> usize {
+    mib.trim().parse::<usize>().unwrap_or(1) << 20
+}
+
+/// Calls `send` with `msg` forever, whatever it returns: only the host's
+/// attempt budget ends it.
+fn send_loop(msg: Message) -> Result<String, String> {
+    let mut accepted = 0u64;
+    for _ in 0u64.. {
+        if send(&msg).is_ok() {
+            accepted += 1;
+        }
+    }
+    Err(format!("the loop ended after {accepted} accepted"))
 }
 
 wasmail_plugin::export!(Hostile);

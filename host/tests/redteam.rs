@@ -1,0 +1,549 @@
+//! Red-team tests: a hostile plugin author or a careless operator against
+//! the promises of README.md's Security table and docs/plugins.md.
+//!
+//! A test marked `#[ignore = "redteam: ..."]` asserts the CORRECT behaviour
+//! and fails today: it is a finding, to be unmarked when fixed. The other
+//! tests are attacks that held, kept as regression tests.
+//!
+//! Run one with `cargo test -p wasmail --test redteam NAME`; the ignored
+//! ones with `-- --ignored`. The hostile plugin must be built first
+//! (`cargo build --target wasm32-wasip2 --release -p wasmail-plugin-hostile`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use wasmail::Runtime;
+use wasmail::config::{Config, PluginConfig, RelayConfig, Tls};
+use wasmail::mail::audit::{AuditLog, Outcome};
+use wasmail::plugin::output::{PluginOutput, Stream};
+use wasmail::plugin::sandbox::Stop;
+use wasmail::plugin::{HostOptions, LoadFailed, PluginHost, Refused, RunReport};
+
+// ---------------------------------------------------------------------------
+// Fixtures (the same shape as host/tests/plugins.rs)
+// ---------------------------------------------------------------------------
+
+fn plugin_dir() -> PathBuf {
+    std::env::var_os("WASMAIL_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"))
+}
+
+fn plugin(name: &str) -> PathBuf {
+    let p = plugin_dir().join(format!("wasmail_plugin_{name}.wasm"));
+    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
+    p
+}
+
+fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wasmail-redteam-cache-{}", std::process::id()));
+        // SAFETY: set once, before any thread of this test binary reads it.
+        unsafe { std::env::set_var("WASMAIL_CACHE_DIR", &dir) };
+        Runtime::new().expect("runtime")
+    })
+}
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let p = std::env::temp_dir().join(format!("wasmail-redteam-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Fixture {
+    dir: Dir,
+    config: Config,
+    audit: PathBuf,
+    outbox: PathBuf,
+    data: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+fn fixture_with(tag: &str, tweak: impl FnOnce(&mut PluginConfig, &mut Config)) -> Fixture {
+    let dir = Dir::new(tag);
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("report.csv"), "a,b\n1,2\n").unwrap();
+    let mut policy = PluginConfig::outbox_default();
+    policy.allowed_from = vec!["*@example.com".into()];
+    policy.default_from = Some("Hostile Test <plugin@example.com>".into());
+    policy.allowed_recipients = vec!["*@example.com".into()];
+    policy.max_recipients = 10;
+    policy.max_messages = 5;
+    policy.max_message_bytes = 1 << 20;
+    policy.memory_mib = 32;
+    policy.cpu_ms = 2_000;
+    policy.wall_ms = 20_000;
+    policy.max_resources = 200;
+    policy.folder = Some(data.clone());
+    let mut config = Config::default();
+    let audit = dir.0.join("audit.jsonl");
+    let outbox = dir.0.join("outbox");
+    config.audit = Some(audit.clone());
+    config.outbox = Some(outbox.clone());
+    config.dead_letter = Some(dir.0.join("dead-letter"));
+    config.plugins.insert("hello".into(), policy.clone());
+    tweak(&mut policy, &mut config);
+    config.plugins.insert("hostile".into(), policy);
+    Fixture { dir, config, audit, outbox, data, lines: Arc::default() }
+}
+
+fn fixture(tag: &str) -> Fixture {
+    fixture_with(tag, |_, _| {})
+}
+
+fn host(f: &Fixture) -> PluginHost<'static> {
+    let lines = Arc::clone(&f.lines);
+    let options = HostOptions {
+        transcript: None,
+        output: Some(Arc::new(move |l: &str| lines.lock().unwrap().push(l.to_owned()))),
+    };
+    PluginHost::new(runtime(), f.config.clone(), options).expect("host")
+}
+
+async fn run(host: &PluginHost<'_>, name: &str, input: &str) -> RunReport {
+    let p = host.load(&plugin(name), None).expect("load");
+    host.run(&p, input).await.expect("run")
+}
+
+fn output_err(r: &RunReport) -> &str {
+    match &r.output {
+        Some(Err(e)) => e,
+        other => panic!("expected the plugin to return an error, got {other:?} / {:?}", r.stopped),
+    }
+}
+
+fn component_file(f: &Fixture, name: &str, wat: &str) -> (PathBuf, String) {
+    let bytes = wat::parse_str(wat).unwrap();
+    let path = f.dir.0.join(format!("{name}.wasm"));
+    std::fs::write(&path, &bytes).unwrap();
+    (path, wasmail::engine::sha256_hex(&bytes))
+}
+
+fn cache_entries(sha256: &str) -> Vec<String> {
+    runtime();
+    let dir = PathBuf::from(std::env::var_os("WASMAIL_CACHE_DIR").unwrap());
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(sha256)).collect())
+        .unwrap_or_default()
+}
+
+fn outbox_files(f: &Fixture) -> usize {
+    std::fs::read_dir(&f.outbox).map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "eml"))).count()).unwrap_or(0)
+}
+
+/// The characters `text::is_unsafe` escapes: what must never reach a terminal.
+fn has_unsafe(s: &str) -> bool {
+    s.chars().any(wasmail::text::is_unsafe)
+}
+
+// ---------------------------------------------------------------------------
+// Findings (ignored: they fail until fixed)
+// ---------------------------------------------------------------------------
+
+/// FINDING (output forgery): `wasmail inspect` is what an operator runs on a
+/// plugin they do not trust, and it prints the component's import and
+/// export names as they are in the binary. The scan reads them with
+/// wasmparser's `Parser`, which does not validate names, so a name can hold
+/// ESC, CR, LF and bidi overrides: an import can clear the screen and print
+/// a forged "verdict: can run here" line. Every name should go through
+/// `text::printable` (host/src/cli/inspect.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redteam: wasmail inspect prints import/export names from the binary unescaped (terminal escapes, forged lines)"]
+async fn inspect_escapes_names_from_the_binary() {
+    let f = fixture("inspect-names");
+    let forged = "x\\1b[2J\\1b[H\\0averdict: can run here\\0d\\e2\\80\\ae";
+    let (path, _) = component_file(
+        &f,
+        "evil",
+        &format!(
+            r#"(component
+                (import "{forged}" (instance))
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func (export "run") (canon lift (core func $i "f")))
+                (func (export "{forged}") (canon lift (core func $i "f"))))"#
+        ),
+    );
+    let (text, code) = wasmail::cli::inspect::inspect(runtime(), &path).expect("inspect");
+    assert_eq!(code, 77, "the import is refused: {text}");
+    for line in text.lines() {
+        assert!(!has_unsafe(line), "an unescaped control or bidi character reaches the terminal: {line:?}");
+    }
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("verdict:")).count(),
+        1,
+        "a component's name printed a verdict line of its own:\n{text}"
+    );
+}
+
+/// FINDING (degraded): `check_component` only checks that some function is
+/// exported as `run`, not its type. A `run: func()` (or any other
+/// signature) passes `load`, `wasmail compile` and `wasmail inspect`
+/// ("verdict: can run here"), is instantiated (its start function runs)
+/// and only then fails at `get_typed_func`, reported as "the plugin
+/// trapped" (exit 70) instead of the documented refusal (exit 77, "it does
+/// not export `run: func(input: string) -> result<string, string>`").
+/// host/src/plugin/mod.rs `check_component`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redteam: a `run` export of another type passes load/compile/inspect and fails only at run time (exit 70, not 77)"]
+async fn a_run_export_of_another_type_is_refused_at_load() {
+    let f = fixture("run-signature");
+    let host = host(&f);
+    for (label, wat) in [
+        (
+            "func()",
+            r#"(component
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func (export "run") (canon lift (core func $i "f"))))"#,
+        ),
+        (
+            "func(input: u32) -> u32",
+            r#"(component
+                (core module $m (func (export "f") (param i32) (result i32) local.get 0))
+                (core instance $i (instantiate $m))
+                (func (export "run") (param "input" u32) (result u32) (canon lift (core func $i "f"))))"#,
+        ),
+    ] {
+        let (path, _) = component_file(&f, "hostile", wat);
+        match host.load(&path, None) {
+            Err(e) => assert!(e.is::<Refused>() && format!("{e:#}").contains("run"), "{label}: {e:#}"),
+            Ok(p) => {
+                let r = host.run(&p, "").await.expect("run");
+                panic!("{label}: loaded as a plugin; the run ended with stopped={:?} exit={}", r.stopped, r.exit_code());
+            }
+        }
+    }
+}
+
+/// FINDING (degraded): the preflight count of core instances and memories
+/// ("refused before it is compiled", docs/plugins.md) counts a nested
+/// component's instances once, however many times it is instantiated. A
+/// component that instantiates a 4-instance nested component 8 times
+/// (33 core instances, 32 memories; the limit is 8) passes the preflight, is compiled
+/// (the cost the preflight exists to avoid), and only then fails.
+/// host/src/plugin/imports.rs `scan` (ComponentInstanceSection is not
+/// counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redteam: preflight counts a nested component's core instances once, however often it is instantiated; the component is compiled before it fails"]
+async fn nested_component_instances_are_counted_before_compiling() {
+    let f = fixture("nested");
+    let host = host(&f);
+    let inner_instances = "(core instance (instantiate $m))\n".repeat(4);
+    let outer_instances = "(instance (instantiate $inner))\n".repeat(8);
+    let (path, sha) = component_file(
+        &f,
+        "hostile",
+        &format!(
+            r#"(component
+                (component $inner
+                  (core module $m (memory 1) (func (export "f")))
+                  {inner_instances})
+                {outer_instances}
+                (core module $n (func (export "f")))
+                (core instance $i (instantiate $n))
+                (func (export "run") (canon lift (core func $i "f"))))"#
+        ),
+    );
+    let scan = wasmail::plugin::imports::scan(&std::fs::read(&path).unwrap()).unwrap();
+    let err = host.load(&path, None).err();
+    assert!(
+        matches!(&err, Some(e) if e.is::<LoadFailed>()),
+        "33 core instances and 32 memories loaded: scan counted {} instances and {} memories; {err:?}",
+        scan.core_instances,
+        scan.memories
+    );
+    assert_eq!(cache_entries(&sha), Vec::<String>::new(), "it was compiled before it was refused (scan counted {} instances)", scan.core_instances);
+}
+
+/// FINDING (degraded): `max_output_bytes` counts the plugin's bytes, not
+/// what the operator is shown. Every line gets the `[name] ` prefix and
+/// every control character becomes a `\u{..}` escape, so one byte of
+/// plugin output becomes up to `len(name) + 3` bytes (a line end) or 6
+/// bytes (ESC) on the terminal. With the cap at 100,000 bytes a plugin
+/// printing only line ends makes 100,000 lines, about 1.1 MB, of host
+/// output. (host/src/plugin/output.rs `write`: `s.written += take` charges
+/// the input, not the emitted lines.) Correct: what is emitted, prefixes
+/// and escapes included, stays within the cap (plus one note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redteam: max_output_bytes caps the plugin's bytes, not the emitted lines: line ends and escapes amplify output ~11x/6x"]
+async fn the_output_cap_bounds_what_the_operator_sees() {
+    // In-process, on the output type itself.
+    for (what, bytes) in [("line ends", vec![b'\n'; 1 << 20]), ("ESC", vec![0x1b; 1 << 20])] {
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let s = Arc::clone(&seen);
+        let out = PluginOutput::new("hostile", 100_000, Arc::new(move |l: &str| s.lock().unwrap().push(l.to_owned())));
+        out.write(Stream::Stdout, &bytes);
+        out.finish();
+        let emitted: usize = seen.lock().unwrap().iter().map(|l| l.len() + 1).sum();
+        assert!(emitted < 100_000 + 4_096, "{what}: 100,000 bytes of plugin output became {emitted} bytes of host output");
+    }
+    // And through a real plugin run.
+    let f = fixture_with("newline-flood", |p, _| p.max_output_bytes = 100_000);
+    let host = host(&f);
+    let r = run(&host, "hostile", "newline-flood").await;
+    assert!(r.stopped.is_none(), "{:?}", r.stopped);
+    let lines = f.lines.lock().unwrap();
+    let emitted: usize = lines.iter().map(|l| l.len() + 1).sum();
+    assert!(emitted < 100_000 + 4_096, "{} lines, {emitted} bytes from a 100,000-byte cap", lines.len());
+}
+
+/// FINDING (promise broken: "nothing it hands over is ... unaudited"):
+/// without a relay, `to_outbox` writes the message into the outbox first
+/// and appends its `accepted` record after. When the audit log cannot be
+/// written (here: /dev/full, i.e. a full disk), the run is stopped with
+/// `host: the audit log could not be written`, but the message stays in
+/// the outbox with no record at all. host/src/plugin/sender.rs
+/// `to_outbox` (the relay path writes ahead and audits `attempt` before
+/// sending; the outbox path has no equivalent). Correct: no mail leaves
+/// the plugin's hands without its record: the outbox file is removed (or
+/// never written) when its record cannot be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "redteam: outbox mail is written before its audit record; an unwritable audit log leaves an unaudited message in the outbox"]
+async fn an_unwritable_audit_log_leaves_no_unaudited_mail() {
+    if !Path::new("/dev/full").exists() {
+        return;
+    }
+    let f = fixture_with("audit-full", |_, c| c.audit = Some(PathBuf::from("/dev/full")));
+    let host = host(&f);
+    let r = run(&host, "hostile", "send-ok").await;
+    assert!(matches!(&r.stop, Some(Stop::Host(why)) if why.contains("audit log")), "{:?} {:?}", r.stopped, r.output);
+    assert_eq!(outbox_files(&f), 0, "a message is in the outbox and no audit record says so ({:?})", f.outbox);
+}
+
+// ---------------------------------------------------------------------------
+// Attacks that held (regression tests)
+// ---------------------------------------------------------------------------
+
+/// Text the policy's size floor does not count (the subject, a header
+/// value, a display name), 48 MiB of it: refused as `invalid-message`
+/// naming the field (the mailer's per-field limits), never a mailer
+/// failure, and the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_text_outside_the_bodies_is_refused_naming_the_field() {
+    let f = fixture_with("huge-text", |p, _| {
+        p.memory_mib = 160;
+        p.cpu_ms = 20_000;
+        p.wall_ms = 60_000;
+    });
+    let host = host(&f);
+    for (mode, field) in [("huge-subject:48", "subject"), ("huge-header:48", "headers[0]"), ("huge-name:48", "to[0]")] {
+        let r = run(&host, "hostile", mode).await;
+        assert!(r.stopped.is_none(), "{mode}: the run was stopped: {:?}", r.stopped);
+        let e = output_err(&r);
+        assert!(e.starts_with(&format!("invalid-message: {field}")) || e.starts_with("policy-denied"), "{mode}: {e:.300}");
+        assert!(e.len() < 1_000, "{mode}: a {}-byte error", e.len());
+        let last = AuditLog::read(&f.audit).unwrap().pop().unwrap();
+        assert_eq!(last.outcome, Outcome::Error, "{mode}: {last:?}");
+    }
+    assert_eq!(outbox_files(&f), 0);
+}
+
+
+/// Loops of every refusal kind, and of accepted sends, end at the attempt
+/// budget with one bounded audit record per call: invalid-message,
+/// policy-denied (the rate, and max_messages once the run has sent its
+/// messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_of_every_refusal_kind_end_at_the_attempt_budget() {
+    for (mode, tweak) in [
+        ("invalid-loop", (|_: &mut PluginConfig| {}) as fn(&mut PluginConfig)),
+        ("send-loop", |p: &mut PluginConfig| p.rate_per_minute = Some(2)),
+        ("send-loop", |p: &mut PluginConfig| p.rate_per_minute = Some(0)),
+        ("send-loop", |_: &mut PluginConfig| {}),
+    ] {
+        let f = fixture_with("loops", |p, _| {
+            p.max_messages = 5;
+            p.max_attempts = Some(50);
+            tweak(p);
+        });
+        let host = host(&f);
+        let r = run(&host, "hostile", mode).await;
+        assert!(matches!(&r.stop, Some(Stop::Budget(e)) if e.key == "max_attempts"), "{mode}: {:?} {:?}", r.stopped, r.output);
+        assert_eq!(r.counts.attempts, 51, "{mode}");
+        let records = AuditLog::read(&f.audit).unwrap();
+        assert_eq!(records.len(), 51, "{mode}: one record per call");
+        assert!(r.counts.accepted <= 5, "{mode}: {:?}", r.counts);
+        assert_eq!(records.iter().filter(|x| x.outcome == Outcome::Accepted).count() as u64, r.counts.accepted);
+        assert_eq!(outbox_files(&f) as u64, r.counts.accepted, "{mode}");
+    }
+}
+
+/// Odd files in the grant, attached by reference: each refused with a
+/// reason, at once, without blocking or reading them; a huge sparse file is
+/// refused by its size, not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_files_in_the_grant_are_refused_quickly() {
+    let f = fixture_with("odd-files", |p, _| p.wall_ms = 10_000);
+    let outside = f.dir.0.join("secret.txt");
+    std::fs::write(&outside, "TOPSECRET").unwrap();
+    let d = &f.data;
+    std::os::unix::fs::symlink(&outside, d.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("../secret.txt", d.join("rel-link")).unwrap();
+    std::os::unix::fs::symlink("loop-b", d.join("loop-a")).unwrap();
+    std::os::unix::fs::symlink("loop-a", d.join("loop-b")).unwrap();
+    std::os::unix::fs::symlink("report.csv", d.join("inner-link")).unwrap();
+    std::fs::create_dir(d.join("dir.csv")).unwrap();
+    std::os::unix::fs::symlink("..", d.join("up")).unwrap();
+    let sock = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+    let c = std::ffi::CString::new(d.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let sparse = std::fs::File::create(d.join("sparse.bin")).unwrap();
+    sparse.set_len(100 << 30).unwrap();
+    std::fs::write(d.join("unreadable.csv"), "x").unwrap();
+    std::fs::set_permissions(d.join("unreadable.csv"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    std::fs::write(d.join("é ü б\u{202e}.csv"), "ok").unwrap();
+    let host = host(&f);
+    for name in ["abs-link", "rel-link", "loop-a", "inner-link", "dir.csv", "up/secret.txt", "sock", "fifo", "sparse.bin", "missing", "report.csv/", "./report.csv"] {
+        let started = std::time::Instant::now();
+        let r = run(&host, "hostile", &format!("attach:{name}")).await;
+        let e = output_err(&r).to_owned();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{name}: took {:?}", started.elapsed());
+        assert!(e.starts_with("invalid-message") || e.starts_with("policy-denied: max_message_bytes"), "{name}: {e}");
+        assert_eq!(outbox_files(&f), 0, "{name}: {e}");
+    }
+    // Non-ASCII names are fine (and a root-run test can read mode 000).
+    let r = run(&host, "hostile", "attach:é ü б\u{202e}.csv").await;
+    assert!(matches!(&r.output, Some(Ok(o)) if o.starts_with("sent")), "{:?}", r.output);
+    drop(sock);
+}
+
+/// A dead-letter folder that cannot hold the write-ahead copy (it is a
+/// file): the message is not sent, the run stops with `host:` and the
+/// attempt is audited as not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_spool_stops_the_run_and_sends_nothing() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap().to_string();
+    listener.set_nonblocking(true).unwrap();
+    let f = fixture_with("spool-file", |_, c| {
+        c.relay = Some(toml::from_str::<RelayConfig>(&format!("server = \"{server}\"\ntls = \"none\"\n")).unwrap());
+    });
+    let dead = f.dir.0.join("dead-letter");
+    std::fs::write(&dead, "not a folder").unwrap();
+    assert!(matches!(f.config.relay.as_ref().map(|r| r.tls), Some(Tls::None)));
+    let host = host(&f);
+    let r = run(&host, "hostile", "send-ok").await;
+    assert!(matches!(&r.stop, Some(Stop::Host(why)) if why.contains("spool")), "{:?} {:?}", r.stopped, r.output);
+    let last = AuditLog::read(&f.audit).unwrap().pop().unwrap();
+    assert_eq!(last.outcome, Outcome::Error);
+    assert!(last.reason.as_deref().unwrap().contains("not sent"), "{last:?}");
+    assert!(listener.accept().is_err(), "nothing may reach the relay");
+}
+
+/// Config values at their edges: empty and half patterns allow nothing,
+/// `max_message_bytes = 0` and `max_messages = 0` send nothing, and huge
+/// numbers neither panic nor overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_config_values_fail_closed() {
+    for pattern in ["", "@", "*@", "*@*.", "@example.com", "*@.example.com", "*@example.com.", " ", "*@*.*", "\u{FF0A}@example.com"] {
+        let f = fixture_with("patterns", |p, _| p.allowed_recipients = vec![pattern.into()]);
+        let host = host(&f);
+        let r = run(&host, "hostile", "send-ok").await;
+        assert!(output_err(&r).starts_with("policy-denied: allowed_recipients"), "{pattern:?}: {:?}", r.output);
+    }
+    for (label, tweak) in [
+        ("max_message_bytes = 0", (|p: &mut PluginConfig| p.max_message_bytes = 0) as fn(&mut PluginConfig)),
+        ("max_messages = 0", |p: &mut PluginConfig| p.max_messages = 0),
+        ("max_recipients = 0", |p: &mut PluginConfig| p.max_recipients = 0),
+    ] {
+        let f = fixture_with("zero", |p, _| tweak(p));
+        let host = host(&f);
+        let r = run(&host, "hostile", "send-ok").await;
+        assert!(output_err(&r).starts_with("policy-denied"), "{label}: {:?} {:?}", r.output, r.stopped);
+        assert_eq!(outbox_files(&f), 0, "{label}");
+    }
+    let f = fixture_with("huge", |p, _| {
+        p.cpu_ms = u64::MAX;
+        p.wall_ms = u64::MAX;
+        p.memory_mib = u64::MAX;
+        p.max_output_bytes = usize::MAX;
+        p.max_attempts = Some(u64::MAX);
+        p.max_resources = usize::MAX;
+        p.rate_per_minute = Some(u32::MAX);
+    });
+    let host = host(&f);
+    let r = run(&host, "hostile", "send-ok").await;
+    assert!(matches!(&r.output, Some(Ok(o)) if o.starts_with("sent")), "{:?} {:?}", r.output, r.stopped);
+    // A config file over the spool's size cap is refused at load.
+    let path = f.dir.0.join("wasmail.toml");
+    std::fs::write(&path, "[plugins.x]\nmax_message_bytes = 67108865\n").unwrap();
+    assert!(Config::load(&path).is_err());
+}
+
+/// Non-ASCII everywhere a plugin or operator can put it: the policy, the
+/// output prefix, the audit log and the outbox take it without a panic or
+/// a forged line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_and_control_characters_in_the_plugin_name() {
+    let f = fixture("names");
+    let mut config = f.config.clone();
+    let name = "é\u{1b}[2J\nwasmail: ok\u{202e}";
+    config.plugins.insert(name.into(), config.plugins["hostile"].clone());
+    let lines = Arc::clone(&f.lines);
+    let options = HostOptions { transcript: None, output: Some(Arc::new(move |l: &str| lines.lock().unwrap().push(l.to_owned()))) };
+    let host = PluginHost::new(runtime(), config, options).unwrap();
+    let p = host.load(&plugin("hostile"), Some(name)).unwrap();
+    let r = host.run(&p, "forge").await.unwrap();
+    assert!(r.stopped.is_none());
+    let lines = f.lines.lock().unwrap();
+    assert!(!lines.is_empty());
+    for l in lines.iter() {
+        assert!(!has_unsafe(l) && l.starts_with("[é\\u{1b}[2J\\u{a}wasmail: ok\\u{202e}"), "{l:?}");
+    }
+    let r = host.run(&p, "send-ok").await.unwrap();
+    assert!(matches!(&r.output, Some(Ok(_))), "{:?}", r.output);
+    let last = AuditLog::read(&f.audit).unwrap().pop().unwrap();
+    assert_eq!(last.plugin, name, "the audit log keeps the name, JSON-escaped");
+    let text = std::fs::read_to_string(&f.audit).unwrap();
+    assert_eq!(text.lines().count(), AuditLog::read(&f.audit).unwrap().len(), "one line per record");
+}
+
+/// Code that runs while the component is instantiated (a core module's
+/// `start` function), before `run` is called: the CPU limit stops an
+/// endless one, and the memory limit one that grows without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_apply_while_the_component_is_instantiated() {
+    let f = fixture_with("start", |p, _| {
+        p.cpu_ms = 300;
+        p.memory_mib = 16;
+    });
+    let host = host(&f);
+    for (label, body, expect) in [
+        ("spin", "(loop $l (br $l))", "cpu_ms"),
+        ("grow", "(loop $l (drop (memory.grow (i32.const 16))) (br $l))", "memory_mib"),
+    ] {
+        let (path, _) = component_file(
+            &f,
+            "hostile",
+            &format!(
+                r#"(component
+                    (core module $m
+                      (memory (export "mem") 1)
+                      (func $start {body})
+                      (start $start)
+                      (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 1024)
+                      (func (export "run") (param i32 i32) (result i32) unreachable))
+                    (core instance $a (instantiate $m))
+                    (func (export "run") (param "input" string) (result (result string (error string)))
+                      (canon lift (core func $a "run") (memory (core memory $a "mem")) (realloc (core func $a "realloc")))))"#
+            ),
+        );
+        let p = host.load(&path, None).expect("load");
+        let started = std::time::Instant::now();
+        let r = host.run(&p, "").await.expect("run");
+        assert!(r.stopped.as_deref().is_some_and(|s| s.starts_with(expect)), "{label}: {:?}", r.stopped);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{label}: {:?}", started.elapsed());
+    }
+}
