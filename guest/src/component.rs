@@ -1,7 +1,8 @@
 //! The component's exports (`wasmail:mail/sender`, `wasmail:mail/transport`)
 //! and imports, bound to the native code: WIT values converted to the MIME
 //! and SMTP types (RFC 5322 / RFC 5321) and back, the host's `blobs` as
-//! [`Blobs`], and one [`Connection`] per instance. What happens to a message
+//! [`Blobs`], its `signer` as the DKIM identity and signature (RFC 6376),
+//! and one [`Connection`] per instance. What happens to a message
 //! is decided in [`crate::deliver`].
 
 use crate::bindings::exports::wasmail::mail::sender::Guest as SenderGuest;
@@ -14,13 +15,14 @@ use crate::bindings::wasi::io::streams::{InputStream, StreamError};
 use crate::bindings::wasi::random::random;
 use crate::bindings::wasmail::mail::transcript::{self, Direction};
 use crate::bindings::wasmail::mail::types as wit;
+use crate::bindings::wasmail::mail::signer::{self, Algorithm as WitAlgorithm, Canonicalization as WitCanon};
 use crate::bindings::wasmail::mail::{blobs, credentials, limits};
 use crate::deliver::{
     BlobError, BlobRead, Blobs, Connection, DeliverError, Prepared, Relay, RelaySpec, Streams,
 };
 use crate::mime;
 use crate::mime::address::Address;
-use crate::mime::{Attachment, BuildContext, Content, Draft, Priority, RawMailbox};
+use crate::mime::{Attachment, BuildContext, Content, Draft, Priority, RawMailbox, dkim};
 use crate::net::{Net, Timeouts};
 use crate::smtp::auth::{Choice, Mechanism, Secret};
 use crate::smtp::session::{Session, TlsMode, TransactionResult};
@@ -230,11 +232,48 @@ fn draft(msg: wit::Message) -> Result<(Draft, Streams<HostBlobs>), SmtpError> {
     Ok((draft, streams))
 }
 
-/// Build `msg` with the host's clock, randomness and size limit.
+impl From<WitCanon> for dkim::Canonicalization {
+    fn from(c: WitCanon) -> Self {
+        match c {
+            WitCanon::Simple => Self::Simple,
+            WitCanon::Relaxed => Self::Relaxed,
+        }
+    }
+}
+
+impl From<signer::Identity> for dkim::Identity {
+    fn from(i: signer::Identity) -> Self {
+        Self {
+            domain: i.domain,
+            selector: i.selector,
+            algorithm: match i.algorithm {
+                WitAlgorithm::RsaSha256 => dkim::Algorithm::RsaSha256,
+                WitAlgorithm::Ed25519Sha256 => dkim::Algorithm::Ed25519Sha256,
+            },
+            header_canon: i.header_canonicalization.into(),
+            body_canon: i.body_canonicalization.into(),
+            extra_headers: i.headers,
+            expire_secs: i.expire_secs,
+        }
+    }
+}
+
+/// Build `msg` with the host's clock, randomness and size limit, and sign
+/// it (DKIM) when the host has an identity for its From domain.
 fn prepare(msg: wit::Message) -> Result<Prepared<HostBlobs>, DeliverError> {
     let (draft, streams) = draft(msg)?;
     let ctx = BuildContext { unix_time: wall_clock::now().seconds, random: random::get_random_u64() };
-    Prepared::build(&draft, streams, &ctx, limits::max_message_bytes())
+    let max = limits::max_message_bytes();
+    let mut msg = Prepared::build(&draft, streams, &ctx, max)?;
+    if let Some(identity) = signer::signing_identity() {
+        let identity = dkim::Identity::from(identity);
+        identity.check().map_err(|e| DeliverError::PolicyDenied(format!("dkim: {e}")))?;
+        let (domain, selector) = (&identity.domain, &identity.selector);
+        if msg.sign(&identity, ctx.unix_time, |data| signer::sign(domain, selector, data))? {
+            msg.check_size(max)?;
+        }
+    }
+    Ok(msg)
 }
 
 fn receipt(msg: &Prepared<HostBlobs>, t: TransactionResult) -> wit::Receipt {

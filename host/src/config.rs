@@ -1,5 +1,5 @@
-//! `wasmail.toml`: the relay (RFC 5321 submission settings), the audit log
-//! and one policy table per plugin. Unknown keys are errors, so a typo never
+//! `wasmail.toml`: the relay (RFC 5321 submission settings), the audit log,
+//! DKIM signing identities (RFC 6376) and one policy table per plugin. Unknown keys are errors, so a typo never
 //! silently loosens a policy.
 
 use anyhow::{Context, Result};
@@ -55,6 +55,58 @@ pub struct Config {
     /// One table per plugin, by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// DKIM signing identities, by name; a plugin's `dkim` names one.
+    #[serde(default)]
+    pub dkim: BTreeMap<String, DkimConfig>,
+}
+
+/// `[dkim.NAME]`: a signing identity (RFC 6376). The key stays in the host;
+/// the mailer only ever gets signatures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimConfig {
+    /// `d=`: mail is signed only when its From domain is this domain or one
+    /// of its subdomains.
+    pub domain: String,
+    /// `s=`: the record is at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// The private key, PEM (PKCS#8, or PKCS#1 for RSA), mode 0600.
+    pub key_file: PathBuf,
+    /// `rsa-sha256` or `ed25519-sha256`; when given, the key must be of
+    /// that type.
+    pub algorithm: Option<crate::mail::dkim::KeyType>,
+    /// `header/body`, `relaxed/relaxed` by default.
+    #[serde(default)]
+    pub canonicalization: crate::mail::dkim::Canonicalization,
+    /// Header names signed besides From, Reply-To, To, Cc, Subject, Date,
+    /// Message-ID, X-Priority, MIME-Version and Content-Type (a plugin's
+    /// `allowed_headers` are added to these).
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Signatures expire (`x=`) this many seconds after they are made.
+    pub expire_secs: Option<u64>,
+}
+
+impl DkimConfig {
+    /// Load the key and make the identity, signing also `extra_headers`.
+    pub fn signing(&self, name: &str, extra_headers: &[String]) -> Result<crate::mail::dkim::Signing> {
+        use crate::mail::dkim::{Signing, SigningKey};
+        let key = SigningKey::load(&self.key_file).with_context(|| format!("dkim.{name}"))?;
+        if let Some(want) = self.algorithm
+            && want != key.key_type()
+        {
+            anyhow::bail!(
+                "dkim.{name}.algorithm: {} is {}, not {}",
+                self.key_file.display(),
+                key.key_type().algorithm(),
+                want.algorithm()
+            );
+        }
+        let mut s = Signing::new(&self.domain, &self.selector, key).with_context(|| format!("dkim.{name}"))?;
+        s.canonicalization = self.canonicalization;
+        s.expire_secs = self.expire_secs;
+        s.headers(self.headers.iter().chain(extra_headers).cloned()).with_context(|| format!("dkim.{name}"))
+    }
 }
 
 /// `[relay]`.
@@ -146,6 +198,9 @@ pub struct PluginConfig {
     pub max_output_bytes: usize,
     /// A folder the plugin may read, mounted read-only at `/data`.
     pub folder: Option<PathBuf>,
+    /// The `[dkim.NAME]` identity its mail is signed with (only mail whose
+    /// From is in that identity's domain).
+    pub dkim: Option<String>,
 }
 
 /// Default limits: what a plugin gets when its table leaves a key out.
@@ -235,6 +290,7 @@ impl PluginConfig {
             max_resources: defaults::MAX_RESOURCES,
             max_output_bytes: defaults::MAX_OUTPUT_BYTES,
             folder: None,
+            dkim: None,
         }
     }
 }
@@ -281,10 +337,18 @@ impl Config {
         c.outbox.as_mut().map(fix);
         c.audit.as_mut().map(fix);
         c.dead_letter.as_mut().map(fix);
+        for d in c.dkim.values_mut() {
+            fix(&mut d.key_file);
+        }
         for (name, p) in &mut c.plugins {
             p.path.as_mut().map(fix);
             p.folder.as_mut().map(fix);
             p.validate(name).with_context(|| format!("in {}", path.display()))?;
+            if let Some(d) = &p.dkim
+                && !c.dkim.contains_key(d)
+            {
+                anyhow::bail!("plugins.{name}.dkim: there is no [dkim.{d}] table (in {})", path.display());
+            }
         }
         Ok(c)
     }
@@ -313,5 +377,31 @@ mod tests {
         assert_eq!(c.plugins["hello"].cpu_ms, defaults::CPU_MS);
         let bad = toml::from_str::<Config>("[plugins.x]\nallowed_recipient = [\"*\"]\n");
         assert!(bad.is_err(), "a typo must not silently drop a rule");
+    }
+
+    #[test]
+    fn dkim_tables() {
+        let c: Config = toml::from_str(
+            r#"
+            [dkim.main]
+            domain = "example.com"
+            selector = "s2026"
+            key_file = "keys/s2026.private"
+            algorithm = "ed25519-sha256"
+            canonicalization = "relaxed/simple"
+            headers = ["List-Unsubscribe"]
+            expire_secs = 604800
+            [plugins.hello]
+            dkim = "main"
+            "#,
+        )
+        .unwrap();
+        let d = &c.dkim["main"];
+        assert_eq!(d.algorithm, Some(crate::mail::dkim::KeyType::Ed25519));
+        assert_eq!(d.canonicalization.to_string(), "relaxed/simple");
+        assert_eq!(c.plugins["hello"].dkim.as_deref(), Some("main"));
+        assert!(toml::from_str::<Config>("[dkim.x]\ndomain = \"a\"\nselector = \"b\"\nkey_file = \"k\"\nkey = \"k\"\n").is_err());
+        assert!(toml::from_str::<Config>("[dkim.x]\ndomain = \"a\"\nselector = \"b\"\nkey_file = \"k\"\ncanonicalization = \"loose\"\n").is_err());
+        assert!(toml::from_str::<Config>("[dkim.x]\ndomain = \"a\"\nselector = \"b\"\nkey_file = \"k\"\nalgorithm = \"rsa\"\n").is_err());
     }
 }

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use wasmail::cli::report::exit;
 use wasmail::Runtime;
-use wasmail::cli::{compile, inspect, retry, run, send, sendmail};
+use wasmail::cli::{compile, dkim, inspect, retry, run, send, sendmail};
 
 /// How long the process waits at exit for blocking threads to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -30,6 +30,8 @@ enum Command {
     Sendmail(Box<sendmail::SendmailArgs>),
     /// Check and compile plugins ahead of time, into the cache `run` uses.
     Compile(compile::CompileArgs),
+    /// DKIM keys: generate one and print the DNS record to publish.
+    Dkim(dkim::DkimArgs),
     /// Show what a plugin imports and exports, and whether it can run here.
     Inspect {
         /// The plugin component.
@@ -62,6 +64,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMAIL_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    // Key handling needs neither the engine nor the mailer.
+    if let Command::Dkim(args) = &cli.command {
+        return ExitCode::from(dkim::run(args));
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,6 +89,7 @@ fn main() -> ExitCode {
             Command::Retry(args) => retry::run(&runtime, *args).await,
             Command::Sendmail(args) => sendmail::run(&runtime, *args).await,
             Command::Compile(args) => compile::run(&runtime, args),
+            Command::Dkim(args) => dkim::run(&args),
             Command::Inspect { plugin: path } => match inspect::inspect(&runtime, &path) {
                 Ok((text, code)) => {
                     print!("{text}");

@@ -610,7 +610,13 @@ fn component_file(f: &Fixture, name: &str, wat: &str) -> (PathBuf, String) {
 async fn forbidden_imports_are_refused_before_compiling() {
     let f = fixture("refused-imports");
     let host = host(&f);
-    for import in ["wasi:tls/types@0.2.0-draft", "wasmail:mail/transport@0.1.0", "wasmail:mail/credentials@0.1.0", "wasi:io/poll@0.3.0"] {
+    for import in [
+        "wasi:tls/types@0.2.0-draft",
+        "wasmail:mail/transport@0.1.0",
+        "wasmail:mail/credentials@0.1.0",
+        "wasmail:mail/signer@0.1.0",
+        "wasi:io/poll@0.3.0",
+    ] {
         let (path, sha) = component_file(
             &f,
             "hostile",

@@ -3,6 +3,7 @@
 //! with the layers below, and how outcomes are printed.
 
 pub mod compile;
+pub mod dkim;
 pub mod inspect;
 pub mod report;
 pub mod retry;

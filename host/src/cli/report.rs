@@ -21,6 +21,9 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// Internal error.
     pub const SOFTWARE: u8 = 70;
+    /// An output file cannot be created (`dkim keygen`: it exists, or the
+    /// folder is not writable).
+    pub const CANTCREAT: u8 = 73;
     /// Try again later: 4xx, timeouts, an unknown outcome.
     pub const TEMPFAIL: u8 = 75;
     /// The server broke the protocol.

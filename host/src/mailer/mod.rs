@@ -1,13 +1,15 @@
 //! The mailer component's store and handle: a WASI context whose socket check
 //! allows TCP connect to the relay's addresses only (RFC 5321 submission to
 //! one relay), wasi:tls through the host's verifying provider, and the
-//! `credentials`, `blobs` and `transcript` imports. Deny by default: no
-//! files, no environment, no UDP, no name lookups.
+//! `credentials`, `limits`, `blobs`, `transcript` and `signer` (DKIM)
+//! imports. Deny by default: no files, no environment, no UDP, no name
+//! lookups.
 
 pub mod blobs;
 pub mod credentials;
 pub mod limits;
 pub mod relay;
+pub mod signer;
 pub mod tls;
 pub mod transcript;
 
@@ -16,6 +18,7 @@ use crate::bindings::types::{Message, Receipt, SendError};
 use crate::bindings::{Mailer as MailerBindings, MailerPre};
 use crate::mailer::blobs::BlobAccess;
 use crate::mailer::credentials::Secret;
+use crate::mail::dkim::Signing;
 use crate::engine::{self, AnyhowExt, CacheOutcome};
 use crate::mailer::transcript::Sink;
 use anyhow::{Context, Result};
@@ -50,6 +53,10 @@ pub struct MailerState {
     pub(crate) progress: Option<blobs::Progress>,
     pub(crate) max_message_bytes: Option<u64>,
     pub(crate) transcript: Option<Sink>,
+    /// The DKIM identity and key; only signatures reach the store.
+    pub(crate) signing: Option<Arc<Signing>>,
+    /// Signatures made for this mailer.
+    pub(crate) signatures: u64,
     limits: StoreLimits,
 }
 
@@ -84,12 +91,13 @@ impl MailerFactory {
         let mut tls_opts = wasmtime_wasi_tls::p2::LinkOptions::default();
         tls_opts.tls(true);
         wasmtime_wasi_tls::p2::add_to_linker(&mut linker, &tls_opts).anyhow().context("linking wasi:tls")?;
-        use crate::bindings::wasmail::mail::{blobs, credentials, limits, transcript, types};
+        use crate::bindings::wasmail::mail::{blobs, credentials, limits, signer, transcript, types};
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         credentials::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         limits::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         blobs::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         transcript::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
+        signer::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).anyhow()?;
         let pre = linker.instantiate_pre(&component).anyhow().context("linking the mailer component")?;
         Ok(Self { pre: MailerPre::new(pre).anyhow().context("the mailer's exports")?, cache })
     }
@@ -111,6 +119,8 @@ pub struct MailerGrant {
     pub transcript: Option<Sink>,
     /// The TLS trust.
     pub tls: tls::Provider,
+    /// Sign mail with this DKIM identity (the key stays in the host).
+    pub signing: Option<Arc<Signing>>,
 }
 
 impl MailerGrant {
@@ -125,6 +135,7 @@ impl MailerGrant {
             max_message_bytes: None,
             transcript: None,
             tls,
+            signing: None,
         }
     }
 
@@ -154,6 +165,12 @@ impl MailerGrant {
     /// Report the SMTP dialogue here (`-v`).
     pub fn transcript(mut self, sink: Option<Sink>) -> Self {
         self.transcript = sink;
+        self
+    }
+
+    /// Sign every message whose From is in its domain with this DKIM identity.
+    pub fn signing(mut self, signing: Option<Arc<Signing>>) -> Self {
+        self.signing = signing;
         self
     }
 }
@@ -205,6 +222,8 @@ impl Mailer {
             progress: grant.progress,
             max_message_bytes: grant.max_message_bytes,
             transcript: grant.transcript,
+            signing: grant.signing,
+            signatures: 0,
             limits: StoreLimitsBuilder::new().memory_size(MAILER_MEMORY_BYTES).build(),
         };
         let mut store = Store::new(factory.pre.engine(), state);
@@ -259,6 +278,11 @@ impl Mailer {
             .await
             .anyhow()
             .context("calling the mailer's submit")
+    }
+
+    /// How many DKIM signatures the host made for this mailer.
+    pub fn signatures(&self) -> u64 {
+        self.store.data().signatures
     }
 
     /// QUIT and close the session.

@@ -322,6 +322,7 @@ mod tests {
             "wasi:tls/types@0.2.0-draft",
             "wasmail:mail/transport@0.1.0",
             "wasmail:mail/credentials@0.1.0",
+            "wasmail:mail/signer@0.1.0",
             "wasi:http/incoming-handler@0.2.0",
             "wasi:io/poll@0.3.0",
             "wasi:io/poll@0.2.0-rc-2023-11-10",

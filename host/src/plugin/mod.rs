@@ -15,6 +15,7 @@ use crate::config::{Config, PluginConfig};
 use crate::engine::{self, AnyhowExt, CacheOutcome};
 use crate::mailer::{Mailer, MailerGrant};
 use crate::plugin::output::{LineSink, PluginOutput, Stream};
+use crate::mail::dkim::Signing;
 use crate::mail::policy::Policy;
 use crate::cli::report::exit;
 use crate::plugin::sandbox::{PluginLimiter, Stop};
@@ -23,6 +24,7 @@ use crate::mailer::transcript::Sink;
 use crate::{Runtime, mailer::tls};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasData, InstancePre, Linker, ResourceTable};
@@ -262,13 +264,25 @@ impl<'a> PluginHost<'a> {
         }
     }
 
+    /// The DKIM identity the plugin's policy names (`dkim = "NAME"`), its key
+    /// loaded: it signs the headers the policy lets the plugin set too.
+    fn signing_for(&self, cfg: &PluginConfig) -> Result<Option<Arc<Signing>>> {
+        let Some(name) = &cfg.dkim else { return Ok(None) };
+        let table = self.config.dkim.get(name).ok_or_else(|| anyhow::anyhow!("dkim: there is no [dkim.{name}] table"))?;
+        Ok(Some(Arc::new(table.signing(name, &cfg.allowed_headers)?)))
+    }
+
     async fn mailer_for(&self, cfg: &PluginConfig) -> Result<(Mailer, Delivery)> {
         let blobs = match &cfg.folder {
             None => BlobAccess::Deny,
             Some(f) => BlobAccess::folder(f).with_context(|| format!("opening the granted folder {}", f.display()))?,
         };
+        let signing = self.signing_for(cfg)?;
         let Some(r) = &self.config.relay else {
-            let grant = MailerGrant::outbox(self.tls.clone()).blobs(blobs).max_message_bytes(cfg.max_message_bytes);
+            let grant = MailerGrant::outbox(self.tls.clone())
+                .blobs(blobs)
+                .max_message_bytes(cfg.max_message_bytes)
+                .signing(signing);
             let mailer = Mailer::new(&self.rt.mailer, grant).await?;
             let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
             return Ok((mailer, Delivery::Outbox(dir)));
@@ -281,7 +295,8 @@ impl<'a> PluginHost<'a> {
         let grant = MailerGrant::relay(&settings.addresses, secret, tls)
             .blobs(blobs)
             .max_message_bytes(cfg.max_message_bytes)
-            .transcript(self.options.transcript.clone());
+            .transcript(self.options.transcript.clone())
+            .signing(signing);
         let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
         mailer.configure(&settings.to_wit()).await?;
         Ok((mailer, Delivery::Relay))
