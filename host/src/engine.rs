@@ -46,6 +46,12 @@ impl<T> AnyhowExt<T> for wasmtime::Result<T> {
 
 /// Build the engine every store in this process shares.
 pub fn engine() -> Result<Engine> {
+    Engine::new(&config()).anyhow().context("creating the wasmtime engine")
+}
+
+/// The engine's configuration (tests build variants of it, e.g. with their
+/// own memory creator to read every linear memory back).
+pub fn config() -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
@@ -62,7 +68,7 @@ pub fn engine() -> Result<Engine> {
     pool.max_memories_per_component(MAX_MEMORIES_PER_COMPONENT);
     pool.max_tables_per_component(MAX_TABLES_PER_COMPONENT);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).anyhow().context("creating the wasmtime engine")
+    config
 }
 
 /// The per-component counts [`engine`] accepts, for checking a component
