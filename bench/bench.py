@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: wasmail against its anchors, all in one run, on one
-Postfix smtp-sink on loopback. Every figure is the median of several runs and
+Postfix smtp-sink on loopback (and DKIM-signed against unsigned sends, run
+by run). Every figure is the median of several runs and
 every comparison is a ratio taken in this run (these machines are noisy).
 
 Writes target/bench/results.json, results.md and throughput.svg. This is a
@@ -51,6 +52,8 @@ HELLO_PLUGINS = {
 }
 # First runs compile 12-18 MB components (10-70 s each): fewer of them.
 COMPILE_RUNS = int(os.environ.get("BENCH_COMPILE_RUNS", "2"))
+#: DKIM: messages per `send --repeat` run, signed and unsigned interleaved.
+DKIM_COUNT = int(os.environ.get("BENCH_DKIM", "5000"))
 
 
 def free_port() -> int:
@@ -197,6 +200,9 @@ allowed_headers = ["X-Mailer"]
         [str(MICRO), "instantiate", str(PLUGINS / "wasmail_plugin_hello.wasm"), str(INSTANTIATE_ROUNDS)],
         env=env, check=True, capture_output=True, text=True).stdout)
 
+    dkim_keys = make_dkim_keys(work, env)
+    dkim = dkim_throughput(work, env, server, body, dkim_keys)
+
     # The large attachment goes to a discard sink (microbench sink) so the
     # figure is the mailer's, not smtp-sink's parser's; the mailer's -v
     # transcript reports its own base64 time.
@@ -205,22 +211,25 @@ allowed_headers = ["X-Mailer"]
         f.truncate(ATTACHMENT_MIB << 20)
     discard_port = free_port()
     discard = subprocess.Popen([str(MICRO), "sink", str(discard_port)], stdout=subprocess.DEVNULL)
-    att_runs = []
+    att_runs, signed_att = [], []
     try:
         wait_port(discard_port)
+        big_send = [str(WASMAIL), "send", "--server", f"127.0.0.1:{discard_port}", "--tls", "none",
+                    "--from", "bench@example.com", "--to", "sink@example.com", "--subject", "big",
+                    "--text", "attached", "--attach", str(big), "--timeout", "600", "-v"]
         for _ in range(max(1, RUNS - 1)):
             t = time.perf_counter()
-            proc = subprocess.run(
-                ["/usr/bin/time", "-f", "%M", str(WASMAIL), "send", "--server", f"127.0.0.1:{discard_port}",
-                 "--tls", "none", "--from", "bench@example.com", "--to", "sink@example.com", "--subject", "big",
-                 "--text", "attached", "--attach", str(big), "--timeout", "600", "-v"],
-                env=env, check=True, capture_output=True, text=True)
+            proc = subprocess.run(["/usr/bin/time", "-f", "%M", *big_send],
+                                  env=env, check=True, capture_output=True, text=True)
             secs = time.perf_counter() - t
             lines = proc.stderr.strip().splitlines()
             rss_kib = int(lines[-1])
             note = next(l for l in lines if "base64-encoded in the mailer" in l)
             guest = float(note.rsplit("(", 1)[1].split()[0])
             att_runs.append((secs, rss_kib / 1024, guest))
+            # Signed: a first pass over the file hashes its base64 (the
+            # body hash), then the send streams it as before.
+            signed_att.append(run_with_rss([*big_send, *dkim_flags(dkim_keys["ed25519"])], env))
     finally:
         discard.terminate()
         discard.wait(timeout=5)
@@ -238,6 +247,8 @@ allowed_headers = ["X-Mailer"]
         "oneshot_wall_ms": {k: round(v, 2) for k, v in oneshot.items()},
         "instantiate_us_p50": round(instantiate, 2),
         "hello_plugins": hello,
+        "dkim": dict(dkim, attachment_signed_peak_rss_mib=round(max(r[1] for r in signed_att), 1),
+                     attachment_signed_send_seconds=round(statistics.median(r[0] for r in signed_att), 2)),
         "attachment_1gib": {
             "mib": ATTACHMENT_MIB,
             "peak_rss_mib": round(max(r[1] for r in att_runs), 1),
@@ -246,6 +257,42 @@ allowed_headers = ["X-Mailer"]
             "guest_b64_mb_s": round(statistics.median(r[2] for r in att_runs), 1),
             "native_b64_mb_s": round(native, 1),
         },
+    }
+
+
+def make_dkim_keys(work: Path, env: dict) -> dict[str, Path]:
+    """One key of each type, from `wasmail dkim keygen`."""
+    keys = {}
+    for algorithm in ("ed25519", "rsa2048"):
+        path = work / f"dkim-{algorithm}.private"
+        subprocess.run([str(WASMAIL), "dkim", "keygen", "--domain", "example.com", "--selector", algorithm,
+                        "--algorithm", algorithm, "--out", str(path)], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        keys[algorithm] = path
+    return keys
+
+
+def dkim_flags(key: Path) -> list[str]:
+    return ["--dkim-key", str(key), "--dkim-domain", "example.com", "--dkim-selector", key.stem.split("-", 1)[1]]
+
+
+def dkim_throughput(work: Path, env: dict, server: str, body: Path, keys: dict[str, Path]) -> dict:
+    """`send --repeat` unsigned, signed with Ed25519 and signed with RSA-2048,
+    interleaved run by run so each ratio compares like with like."""
+    n = DKIM_COUNT
+    cmd = [str(WASMAIL), "send", "--server", server, "--tls", "none", "--from", "bench@example.com",
+           "--to", "sink@example.com", "--subject", "dkim", "--body", str(body), "--repeat", str(n)]
+    variants = {"unsigned": [], "ed25519": dkim_flags(keys["ed25519"]), "rsa2048": dkim_flags(keys["rsa2048"])}
+    rates: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(RUNS):
+        for name, flags in variants.items():
+            rates[name].append(n / timed([*cmd, *flags], env=env))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "messages": n,
+        "throughput_msgs_per_s": {k: round(v, 1) for k, v in med.items()},
+        "ed25519_vs_unsigned": round(med["ed25519"] / med["unsigned"], 3),
+        "rsa2048_vs_unsigned": round(med["rsa2048"] / med["unsigned"], 3),
     }
 
 
@@ -296,6 +343,8 @@ def ratios(r: dict) -> dict:
         "run_vs_smtp_source": tp["wasmail_run"] / tp["smtp_source"],
         "send_vs_smtp_source": tp["wasmail_send"] / tp["smtp_source"],
         "guest_vs_native_b64": att["guest_b64_mb_s"] / att["native_b64_mb_s"],
+        "dkim_ed25519_vs_unsigned": r["dkim"]["ed25519_vs_unsigned"],
+        "dkim_rsa2048_vs_unsigned": r["dkim"]["rsa2048_vs_unsigned"],
     }
     if "msmtp" in one:
         out["oneshot_vs_msmtp"] = one["wasmail_send"] / one["msmtp"]
@@ -341,7 +390,15 @@ def table(r: dict, q: dict) -> str:
               f"| {att['mib']} MiB attachment: base64 inside the mailer | {att['guest_b64_mb_s']:.0f} MiB/s |",
               f"| {att['mib']} MiB attachment: file to socket, end to end | {att['end_to_end_mb_s']:.0f} MiB/s |",
               f"| native `base64` crate, same data | {att['native_b64_mb_s']:.0f} MiB/s |",
-              "", "| hello plugin, one message | MB | first run (compile) | peak RSS | cached run | peak RSS |",
+              f"| {att['mib']} MiB attachment, DKIM-signed: peak RSS | {r['dkim']['attachment_signed_peak_rss_mib']:.1f} MiB |",
+              f"| {att['mib']} MiB attachment, DKIM-signed: send time (unsigned {att['send_seconds']:.1f} s) | "
+              f"{r['dkim']['attachment_signed_send_seconds']:.1f} s |",
+              "", f"| DKIM, `send --repeat {r['dkim']['messages']}` (interleaved) | msg/s | × unsigned |",
+              "|---|---:|---:|"]
+    dk = r["dkim"]["throughput_msgs_per_s"]
+    for k, v in dk.items():
+        lines.append(f"| {k} | {v:,.0f} | {v / dk['unsigned']:.2f} |")
+    lines += ["", "| hello plugin, one message | MB | first run (compile) | peak RSS | cached run | peak RSS |",
               "|---|---:|---:|---:|---:|---:|"]
     for lang, h in r.get("hello_plugins", {}).items():
         lines.append(f"| {lang} | {h['component_mb']:.1f} | {h['first_run_s']:.1f} s | "
@@ -352,7 +409,11 @@ def table(r: dict, q: dict) -> str:
               f"| wasmail send (one-shot) / msmtp | {q.get('oneshot_vs_msmtp', float('nan')):.2f} | ≤ 0.25 |",
               f"| guest base64 / native base64 | {q['guest_vs_native_b64']:.2f} | ≥ 0.5 |",
               f"| instantiate p50 | {r['instantiate_us_p50']:.1f} µs | ≤ 20 µs |",
-              f"| peak RSS with a {att['mib']} MiB attachment | {att['peak_rss_mib']:.1f} MiB | ≤ 64 MiB |"]
+              f"| peak RSS with a {att['mib']} MiB attachment | {att['peak_rss_mib']:.1f} MiB | ≤ 64 MiB |",
+              f"| peak RSS with a {att['mib']} MiB attachment, DKIM-signed | "
+              f"{r['dkim']['attachment_signed_peak_rss_mib']:.1f} MiB | ≤ 64 MiB |",
+              f"| DKIM-signed / unsigned throughput, Ed25519 | {q['dkim_ed25519_vs_unsigned']:.2f} | |",
+              f"| DKIM-signed / unsigned throughput, RSA-2048 | {q['dkim_rsa2048_vs_unsigned']:.2f} | |"]
     return "\n".join(lines) + "\n"
 
 
