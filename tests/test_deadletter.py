@@ -265,7 +265,7 @@ max_messages = 100000
     assert {m["message_id"] for m in kept} >= {r["message_id"] for r in failed if r.get("message_id")}
     assert len(kept) == len(failed)
     # The run ended: nothing is left in the write-ahead spool.
-    assert [p for p in pending(folder) if p.suffix == ".json"] == [], pending(folder)
+    assert [p for p in pending(folder) if p.suffix == ".pending"] == [], pending(folder)
     report = json.loads(out)
     assert report["accepted"] == len(accepted)
     assert report["counts"]["kept"] == len(kept), report

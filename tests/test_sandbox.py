@@ -485,7 +485,7 @@ def test_wall_ms_during_delivery_keeps_the_message_as_outcome_unknown(run, plugi
     assert meta["message_id"] == record["message_id"], meta
     assert meta["outcome_unknown"] is True and meta["reason"]["kind"] == "outcome-unknown", meta
     assert kept.stem == record["id"], record
-    assert [p for p in files_in(folder / "pending") if p.suffix == ".json"] == []
+    assert [p for p in files_in(folder / "pending") if p.suffix == ".pending"] == []
 
     # retry leaves it alone without --force.
     proc = run(["retry", *relay("127.0.0.1:9", "none"), "--dead-letter", folder, "--json"])
@@ -545,7 +545,7 @@ def test_plugin_error_is_prefixed_and_escaped(run, plugins, tmp_path):
 
 
 def test_one_output_cap_covers_the_returned_value(run, plugins, tmp_path):
-    limit = 10
+    limit = 40
     config = write_config(tmp_path / "wasmail.toml", outbox=tmp_path / "outbox",
                           audit=tmp_path / "audit.jsonl",
                           plugins={"hello": policy("hello", max_output_bytes=limit)})
@@ -553,18 +553,21 @@ def test_one_output_cap_covers_the_returned_value(run, plugins, tmp_path):
 
     # hello returns "sent <Message-ID> to 1 recipient(s)": only its first
     # `limit` bytes are shown, then the note.
+    # The cap counts what the operator sees: the `[hello] ` prefix and the
+    # line end take 9 of the 40 bytes, so 31 of the value are shown.
+    shown = limit - len("[hello] ") - 1
     proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT)
     assert_exit(proc, EXIT_OK)
     output = run_report(proc)["output"]
     assert output.startswith("sent ") and output.endswith(note), output
-    assert len(output) == limit + len(note), output
+    assert len(output) == shown + len(note), output
 
     proc = run_plugin(run, plugins, "hello", config=config, input_text=RECIPIENT,
                       json_report=False)
     assert_exit(proc, EXIT_OK)
     [line] = proc.stdout.splitlines()
     assert line.startswith("[hello] sent ") and line.endswith(note), describe(proc)
-    assert len(line) == len("[hello] ") + limit + len(note), describe(proc)
+    assert len(line) == len("[hello] ") + shown + len(note), describe(proc)
 
 
 def test_forged_host_lines_are_prefixed_and_escaped(run, plugins, tmp_path, hostile_modes):
@@ -621,5 +624,12 @@ def test_print_flood_is_capped_across_stdout_stderr_and_the_result(run, plugins,
     assert "".join(l[len("[hostile] "):] for l in out_lines) == "p" * (printed - 1)
     assert "".join(l[len("[hostile:stderr] "):] for l in err_lines) == "e" * (printed - 1)
     assert len(out_lines) + len(err_lines) == len(proc.stderr.splitlines()), describe(proc)[:2000]
-    assert proc.stdout == "[hostile] " + "r" * (cap - 2 * printed) + OUTPUT_LIMIT_NOTE.format(cap) + "\n", \
-        proc.stdout[-300:]
+    # The returned value gets what is left of the cap, counted as shown
+    # (prefixes and line ends of everything printed included).
+    note = OUTPUT_LIMIT_NOTE.format(cap)
+    [line] = proc.stdout.splitlines()
+    assert line.startswith("[hostile] rrr") and line.endswith(note), line[-300:]
+    assert set(line[len("[hostile] "):-len(note)]) == {"r"}
+    shown = sum(len(l) + 1 for l in proc.stderr.splitlines() if l.startswith("[hostile"))
+    shown += len(line) + 1 - len(note)
+    assert cap - 64 < shown <= cap, shown

@@ -158,7 +158,6 @@ fn has_unsafe(s: &str) -> bool {
 /// a forged "verdict: can run here" line. Every name should go through
 /// `text::printable` (host/src/cli/inspect.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "redteam: wasmail inspect prints import/export names from the binary unescaped (terminal escapes, forged lines)"]
 async fn inspect_escapes_names_from_the_binary() {
     let f = fixture("inspect-names");
     let forged = "x\\1b[2J\\1b[H\\0averdict: can run here\\0d\\e2\\80\\ae";
@@ -195,7 +194,6 @@ async fn inspect_escapes_names_from_the_binary() {
 /// not export `run: func(input: string) -> result<string, string>`").
 /// host/src/plugin/mod.rs `check_component`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "redteam: a `run` export of another type passes load/compile/inspect and fails only at run time (exit 70, not 77)"]
 async fn a_run_export_of_another_type_is_refused_at_load() {
     let f = fixture("run-signature");
     let host = host(&f);
@@ -276,7 +274,6 @@ async fn nested_component_instances_are_counted_before_compiling() {
 /// the input, not the emitted lines.) Correct: what is emitted, prefixes
 /// and escapes included, stays within the cap (plus one note).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "redteam: max_output_bytes caps the plugin's bytes, not the emitted lines: line ends and escapes amplify output ~11x/6x"]
 async fn the_output_cap_bounds_what_the_operator_sees() {
     // In-process, on the output type itself.
     for (what, bytes) in [("line ends", vec![b'\n'; 1 << 20]), ("ESC", vec![0x1b; 1 << 20])] {
@@ -309,7 +306,6 @@ async fn the_output_cap_bounds_what_the_operator_sees() {
 /// the plugin's hands without its record: the outbox file is removed (or
 /// never written) when its record cannot be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "redteam: outbox mail is written before its audit record; an unwritable audit log leaves an unaudited message in the outbox"]
 async fn an_unwritable_audit_log_leaves_no_unaudited_mail() {
     if !Path::new("/dev/full").exists() {
         return;

@@ -5,7 +5,7 @@
 //! component that passes is then compiled (or found in the cache) and its
 //! types checked, so "can run here" means `wasmail run` will start it.
 
-use crate::Runtime;
+use crate::{Runtime, text};
 use crate::cli::report::exit;
 use crate::engine::{self, CacheOutcome};
 use crate::plugin::{self, LoadFailed, Refused, classify};
@@ -23,7 +23,7 @@ pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, u8)> {
     let scan = match plugin::imports::scan(&bytes) {
         Ok(s) => s,
         Err(e) => {
-            let _ = writeln!(out, "verdict: cannot run here: {e:#}");
+            let _ = writeln!(out, "verdict: cannot run here: {}", text::printable(&format!("{e:#}")));
             return Ok((out, exit::DATAERR));
         }
     };
@@ -36,14 +36,17 @@ pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, u8)> {
         scan.tables
     );
     let _ = writeln!(out, "imports:");
-    let width = scan.imports.iter().map(String::len).max().unwrap_or(0);
+    // Names come from the component's bytes: escaped like any text from
+    // outside, so a name cannot move the cursor or print a verdict of its own.
+    let width = scan.imports.iter().map(|n| text::printable(n).len()).max().unwrap_or(0);
     for name in &scan.imports {
         let (verdict, why) = classify(name);
-        let _ = writeln!(out, "  {:<18}  {name:<width$}  ({why})", verdict.label());
+        let shown = text::printable(name);
+        let _ = writeln!(out, "  {:<18}  {shown:<width$}  ({why})", verdict.label());
     }
     let _ = writeln!(out, "exports:");
     for (name, _) in &scan.exports {
-        let _ = writeln!(out, "  {name}");
+        let _ = writeln!(out, "  {}", text::printable(name));
     }
     let started = std::time::Instant::now();
     let verdict = plugin::preflight(&bytes).and_then(|_| plugin::prepare(&rt.engine, &bytes, "plugin"));
@@ -66,7 +69,7 @@ pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, u8)> {
             exit::OK
         }
         Err(e) => {
-            let _ = writeln!(out, "verdict: cannot run here: {e:#}");
+            let _ = writeln!(out, "verdict: cannot run here: {}", text::printable(&format!("{e:#}")));
             if e.is::<Refused>() {
                 exit::NOPERM
             } else if e.is::<LoadFailed>() {

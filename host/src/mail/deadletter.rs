@@ -4,12 +4,18 @@
 //! exact bytes (`.eml`) with their envelope and the reason (`.json`), for
 //! `wasmail retry`.
 //!
-//! A plugin's message is written to `pending/` before the first byte goes to
-//! the relay, and leaves it only when its outcome is known: removed when
-//! delivered or refused for good, moved up into the folder otherwise. A
-//! process that dies leaves its messages in `pending/`, where `retry` finds
-//! them as `outcome_unknown`. Files are renamed into place, never fsynced:
-//! this survives the process being killed, not the machine losing power.
+//! A plugin's message is written ahead before the first byte goes to the
+//! relay: one file, `pending/<id>.pending`, holding a JSON line (the
+//! envelope, the Message-ID, the writing process, the message's length)
+//! and then the exact bytes, created and written beneath the spool folder's
+//! handle. It leaves the spool only when its outcome is known: removed when
+//! delivered or refused for good, made a letter in the folder
+//! (`<id>.eml` + `<id>.json`) otherwise. A process that dies leaves its
+//! messages in `pending/`; `list` (so `retry`) adopts them as letters
+//! marked `outcome_unknown` once that process is gone, and drops a file
+//! whose write never finished (it was never sent: the send comes after).
+//! Files are written, not fsynced: this survives the process being killed,
+//! not the machine losing power.
 //!
 //! File names are made here (time, process, counter), never taken from a
 //! message: a Message-ID can be long or hostile. The Message-ID is in the
@@ -17,16 +23,21 @@
 
 use crate::bindings::transport::{Envelope, Rendered};
 use crate::bindings::types::SendError;
-use crate::mail::{audit, outbox};
+use crate::mail::audit;
 use crate::config::{Auth, Tls};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// The default folder, relative to the working directory.
 pub const DEFAULT_DEAD_LETTER: &str = "dead-letter";
 /// The write-ahead spool, inside the folder.
 pub const PENDING: &str = "pending";
+/// The extension of a spool file.
+pub const PENDING_EXT: &str = "pending";
 
 /// The envelope, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,12 +190,13 @@ fn write_json(path: &Path, meta: &Meta) -> Result<()> {
 pub struct DeadLetters {
     dir: PathBuf,
     relay: Option<StoredRelay>,
+    spool: Arc<OnceLock<Arc<Dir>>>,
 }
 
 impl DeadLetters {
     /// The folder at `dir` (created on first use).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), relay: None }
+        Self { dir: dir.into(), relay: None, spool: Arc::default() }
     }
 
     /// Record `relay` in every letter kept from now on.
@@ -206,60 +218,120 @@ impl DeadLetters {
         meta.attempts = 1;
         meta.reason = Reason::of(error);
         meta.outcome_unknown = matches!(error, SendError::OutcomeUnknown(_));
-        let (eml, _) = write_letter(&self.dir, rendered, &meta)?;
+        let (eml, _) = write_letter(&self.dir, &fresh_name(), &rendered.bytes, &meta)?;
         Ok(eml)
+    }
+
+    /// The spool folder's handle, opened (and the folder made) once.
+    fn spool(&self) -> Result<Arc<Dir>> {
+        if let Some(dir) = self.spool.get() {
+            return Ok(Arc::clone(dir));
+        }
+        let path = self.dir.join(PENDING);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        let dir = Dir::open_ambient_dir(&path, ambient_authority()).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Arc::clone(self.spool.get_or_init(|| Arc::new(dir))))
     }
 
     /// Write `rendered` ahead into `pending/` before it is delivered.
     pub fn write_ahead(&self, rendered: &Rendered, plugin: Option<&str>) -> Result<Pending> {
-        let dir = self.dir.join(PENDING);
+        use std::io::Write;
+        let dir = self.spool()?;
         let mut meta = Meta::new(rendered, plugin, Some(std::process::id()));
         meta.relay.clone_from(&self.relay);
-        let (eml, json) = write_letter(&dir, rendered, &meta)?;
-        let id = eml.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Pending { id, letter: Letter { eml, json, meta }, top: self.dir.clone() })
+        let id = fresh_name();
+        let name = format!("{id}.{PENDING_EXT}");
+        let head = SpoolHead { meta, size: rendered.bytes.len() as u64 };
+        let mut line = serde_json::to_vec(&head).context("encoding a spool header")?;
+        line.push(b'\n');
+        let mut file = dir
+            .open_with(&name, cap_std::fs::OpenOptions::new().write(true).create_new(true))
+            .with_context(|| format!("creating {}/{PENDING}/{name}", self.dir.display()))?;
+        file.write_all(&line)
+            .and_then(|()| file.write_all(&rendered.bytes))
+            .with_context(|| format!("writing {}/{PENDING}/{name}", self.dir.display()))?;
+        Ok(Pending { id, name, meta: head.meta, spool: dir, top: self.dir.clone() })
     }
 
-    /// Every complete letter, oldest first.
+    /// Make letters of what dead processes left in `pending/`, as
+    /// `outcome_unknown`; drop files whose write never finished.
+    fn adopt_stale(&self) -> Result<()> {
+        let pending = self.dir.join(PENDING);
+        let entries = match std::fs::read_dir(&pending) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", pending.display())),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != PENDING_EXT) {
+                continue;
+            }
+            let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
+            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let Some((mut meta, bytes)) = parse_spool(&data) else {
+                // Torn: the process died inside write_ahead, before any
+                // attempt; nothing of it was sent.
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+                continue;
+            };
+            if meta.pid.is_some_and(process_alive) {
+                continue;
+            }
+            if !self.dir.join(format!("{id}.json")).exists() {
+                meta.pid = None;
+                meta.outcome_unknown = true;
+                write_letter(&self.dir, &id, bytes, &meta)?;
+            }
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Every complete letter, oldest first, after adopting what dead
+    /// processes left in the spool.
     pub fn list(&self) -> Result<Vec<Letter>> {
+        self.adopt_stale()?;
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
         };
         let mut letters = Vec::new();
-        let pending = self.dir.join(PENDING);
-        let stale = match std::fs::read_dir(&pending) {
-            Ok(e) => e.collect::<Vec<_>>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-            Err(e) => return Err(e).with_context(|| format!("reading {}", pending.display())),
-        };
-        for entry in entries.chain(stale) {
+        for entry in entries {
             let json = entry?.path();
             if json.extension().is_none_or(|e| e != "json") {
                 continue;
             }
             let eml = json.with_extension("eml");
-            // A process killed while it moved a letter up from `pending/`
-            // may have moved one file of the two: look in both folders.
-            let eml = match json.parent().map(|d| d == pending) {
-                _ if eml.exists() => eml,
-                Some(true) => self.dir.join(eml.file_name().unwrap_or_default()),
-                _ => pending.join(eml.file_name().unwrap_or_default()),
-            };
             if !eml.exists() {
                 continue;
             }
             let text = std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?;
             let meta: Meta = serde_json::from_slice(&text).with_context(|| format!("parsing {}", json.display()))?;
-            if meta.pid.is_some_and(process_alive) {
-                continue;
-            }
             letters.push(Letter { eml, json, meta });
         }
         letters.sort_by(|a, b| (a.meta.first_failure_ms, a.eml.file_name()).cmp(&(b.meta.first_failure_ms, b.eml.file_name())));
         Ok(letters)
     }
+}
+
+/// The first line of a spool file.
+#[derive(Serialize, Deserialize)]
+struct SpoolHead {
+    meta: Meta,
+    /// The message's length, to tell a finished write from a torn one.
+    size: u64,
+}
+
+/// The header and the message of a spool file, or `None` when its write
+/// never finished.
+fn parse_spool(data: &[u8]) -> Option<(Meta, &[u8])> {
+    let nl = data.iter().position(|&b| b == b'\n')?;
+    let (line, rest) = data.split_at(nl);
+    let head: SpoolHead = serde_json::from_slice(line).ok()?;
+    let bytes = rest.get(1..)?;
+    (bytes.len() as u64 == head.size).then_some((head.meta, bytes))
 }
 
 impl Meta {
@@ -296,10 +368,15 @@ pub fn fresh_name() -> String {
     format!("{:013}-{}-{:06}", audit::now_ms(), std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Write a letter: the `.eml`, then the `.json`, each renamed into place.
-fn write_letter(dir: &Path, rendered: &Rendered, meta: &Meta) -> Result<(PathBuf, PathBuf)> {
-    let eml = outbox::write(dir, &rendered.bytes)?;
-    let json = eml.with_extension("json");
+/// Write letter `id` into `dir`: the `.eml`, then the `.json`, each
+/// renamed into place, so a `.json` always has its `.eml`.
+fn write_letter(dir: &Path, id: &str, bytes: &[u8], meta: &Meta) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let eml = dir.join(format!("{id}.eml"));
+    let tmp = dir.join(format!(".{id}.eml.tmp"));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &eml).with_context(|| format!("renaming to {}", eml.display()))?;
+    let json = dir.join(format!("{id}.json"));
     write_json(&json, meta)?;
     Ok((eml, json))
 }
@@ -307,48 +384,49 @@ fn write_letter(dir: &Path, rendered: &Rendered, meta: &Meta) -> Result<(PathBuf
 /// A message written ahead, not yet delivered.
 #[derive(Debug)]
 pub struct Pending {
-    /// Its id: the files' common name, also in its audit records.
+    /// Its id: the spool file's name, also in its audit records and in the
+    /// name of the letter it may become.
     pub id: String,
-    letter: Letter,
+    name: String,
+    meta: Meta,
+    spool: Arc<Dir>,
     top: PathBuf,
 }
 
 impl Pending {
     /// Delivered, or refused for good: nothing to keep.
     pub fn done(self) -> Result<()> {
-        self.letter.remove()
+        self.spool.remove_file(&self.name).with_context(|| format!("removing {}/{PENDING}/{}", self.top.display(), self.name))
     }
 
     /// Not delivered: keep it in the folder with the reason. Returns the
-    /// `.eml`'s new path.
+    /// `.eml`'s path.
     pub fn keep(self, error: &SendError) -> Result<PathBuf> {
-        let mut meta = self.letter.meta.clone();
-        meta.attempts = 1;
-        meta.last_failure_ms = audit::now_ms();
+        let mut meta = self.meta.clone();
         meta.reason = Reason::of(error);
         meta.outcome_unknown = matches!(error, SendError::OutcomeUnknown(_));
-        meta.pid = None;
-        self.settle(&meta)
+        self.settle(meta)
     }
 
     /// The run stopped while it was being delivered: keep it as
     /// `outcome_unknown`, with `why`.
     pub fn keep_unknown(self, why: &str) -> Result<PathBuf> {
-        let mut meta = self.letter.meta.clone();
-        meta.attempts = 1;
-        meta.last_failure_ms = audit::now_ms();
+        let mut meta = self.meta.clone();
         meta.reason = Reason { kind: "outcome-unknown".into(), message: why.to_owned(), transient: true };
         meta.outcome_unknown = true;
-        meta.pid = None;
-        self.settle(&meta)
+        self.settle(meta)
     }
 
-    fn settle(self, meta: &Meta) -> Result<PathBuf> {
-        write_json(&self.letter.json, meta)?;
-        let name = |p: &Path| p.file_name().map(|n| self.top.join(n)).context("a spool file without a name");
-        let (eml, json) = (name(&self.letter.eml)?, name(&self.letter.json)?);
-        std::fs::rename(&self.letter.eml, &eml).with_context(|| format!("moving {}", self.letter.eml.display()))?;
-        std::fs::rename(&self.letter.json, &json).with_context(|| format!("moving {}", self.letter.json.display()))?;
+    /// Write the letter (same id), then remove the spool file: a process
+    /// killed in between leaves both, and adoption sees the letter.
+    fn settle(self, mut meta: Meta) -> Result<PathBuf> {
+        meta.attempts = 1;
+        meta.last_failure_ms = audit::now_ms();
+        meta.pid = None;
+        let data = self.spool.read(&self.name).with_context(|| format!("reading {}/{PENDING}/{}", self.top.display(), self.name))?;
+        let (_, bytes) = parse_spool(&data).context("a spool file changed under its writer")?;
+        let (eml, _) = write_letter(&self.top, &self.id, bytes, &meta)?;
+        self.done()?;
         Ok(eml)
     }
 }
@@ -401,36 +479,52 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Rewrite a spool file as if process `pid` had written it.
+    fn pretend_written_by(p: &Pending, pid: u32) -> PathBuf {
+        let mut meta = p.meta.clone();
+        meta.pid = Some(pid);
+        let data = p.spool.read(&p.name).unwrap();
+        let (_, bytes) = parse_spool(&data).unwrap();
+        let mut line = serde_json::to_vec(&SpoolHead { meta, size: bytes.len() as u64 }).unwrap();
+        line.push(b'\n');
+        line.extend_from_slice(bytes);
+        let path = p.top.join(PENDING).join(&p.name);
+        std::fs::write(&path, line).unwrap();
+        path
+    }
+
     #[test]
     fn a_dead_process_leaves_its_pending_mail_for_retry() {
         let dir = scratch("dead");
         let d = DeadLetters::new(&dir);
         let p = d.write_ahead(&rendered("4@x"), None).unwrap();
-        let mut meta = p.letter.meta.clone();
-        meta.pid = Some(u32::MAX);
-        write_json(&p.letter.json, &meta).unwrap();
+        let spooled = pretend_written_by(&p, u32::MAX);
         let letters = d.list().unwrap();
         assert_eq!(letters.len(), 1);
         assert!(letters[0].meta.outcome_unknown);
+        assert_eq!(letters[0].id(), p.id, "the letter keeps the spool id of its audit records");
+        assert_eq!(std::fs::read(&letters[0].eml).unwrap(), rendered("4@x").bytes);
+        assert!(!spooled.exists());
         letters[0].remove().unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn a_letter_half_moved_out_of_pending_is_still_found() {
-        let dir = scratch("half");
+    fn a_torn_spool_file_is_dropped_and_a_settled_one_is_not_doubled() {
+        let dir = scratch("torn");
         let d = DeadLetters::new(&dir);
         let p = d.write_ahead(&rendered("5@x"), None).unwrap();
-        let mut meta = p.letter.meta.clone();
-        meta.pid = None;
-        write_json(&p.letter.json, &meta).unwrap();
-        let name = p.letter.eml.file_name().unwrap().to_owned();
-        std::fs::rename(&p.letter.eml, dir.join(&name)).unwrap();
-        let letters = d.list().unwrap();
-        assert_eq!(letters.len(), 1);
-        assert_eq!(letters[0].eml, dir.join(&name));
-        letters[0].remove().unwrap();
-        assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 0);
+        let spooled = pretend_written_by(&p, u32::MAX);
+        let data = std::fs::read(&spooled).unwrap();
+        std::fs::write(&spooled, &data[..data.len() - 3]).unwrap();
+        assert!(d.list().unwrap().is_empty(), "a torn write was never sent");
+        assert!(!spooled.exists());
+        // Killed between writing the letter and removing the spool file.
+        let p = d.write_ahead(&rendered("6@x"), None).unwrap();
+        let spooled = pretend_written_by(&p, u32::MAX);
+        write_letter(&dir, &p.id, &rendered("6@x").bytes, &p.meta).unwrap();
+        assert_eq!(d.list().unwrap().len(), 1);
+        assert!(!spooled.exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -491,11 +491,22 @@ pub fn check_component(engine: &wasmtime::Engine, component: &Component) -> Resu
             bail!(Refused(format!("it imports {name}, which plugins may not use")));
         }
     }
-    let has_run = ty.exports(engine).any(|(name, item)| name == "run" && matches!(item.ty, ComponentItem::ComponentFunc(_)));
+    let has_run = ty.exports(engine).any(|(name, item)| name == "run" && matches!(&item.ty, ComponentItem::ComponentFunc(f) if is_run_type(f)));
     if !has_run {
         bail!(Refused("it does not export `run: func(input: string) -> result<string, string>`".into()));
     }
     Ok(())
+}
+
+/// True for `func(input: string) -> result<string, string>`, the one type
+/// `run` may have: anything else is refused at load, before it is
+/// instantiated (and its start function runs).
+fn is_run_type(f: &wasmtime::component::types::ComponentFunc) -> bool {
+    use wasmtime::component::types::Type;
+    let params: Vec<Type> = f.params().map(|(_, t)| t).collect();
+    let results: Vec<Type> = f.results().collect();
+    matches!(params.as_slice(), [Type::String])
+        && matches!(results.as_slice(), [Type::Result(r)] if matches!((r.ok(), r.err()), (Some(Type::String), Some(Type::String))))
 }
 
 /// Turn a trap into a sentence naming the limit that stopped the plugin.

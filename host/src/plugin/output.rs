@@ -3,7 +3,7 @@
 //! the plugin's name and handed to a sink, under one cap for all of it, so a
 //! plugin can neither flood nor forge the host's output.
 
-use crate::text::prefixed_lines;
+use crate::text::{is_unsafe, prefixed_lines, printable};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -68,81 +68,102 @@ impl PluginOutput {
         OutputStream { output: self.clone(), stream }
     }
 
-    /// Take `buf` as written to `stream`, up to what is left of the cap.
+    /// Take `buf` as written to `stream`. Each finished line is passed on,
+    /// charged by what the operator sees (prefix and escapes included),
+    /// until the cap is reached.
     pub fn write(&self, stream: Stream, buf: &[u8]) {
         let Ok(mut s) = self.shared.lock() else { return };
         if s.truncated {
             return;
         }
-        let room = self.limit.saturating_sub(s.written);
-        let take = buf.len().min(room);
-        s.written += take;
         let i = index(stream);
-        s.partial[i].extend_from_slice(&buf[..take]);
-        loop {
-            let part = &mut s.partial[i];
-            let cut = match part.iter().position(|&b| b == b'\n') {
-                Some(nl) => nl + 1,
-                None if part.len() >= MAX_LINE_BYTES => MAX_LINE_BYTES,
-                None => break,
-            };
-            let line: Vec<u8> = part.drain(..cut).collect();
-            self.emit(stream, line.strip_suffix(b"\n").unwrap_or(&line));
-        }
-        if take < buf.len() {
-            s.truncated = true;
-            for i in 0..2 {
-                let rest = std::mem::take(&mut s.partial[i]);
-                if !rest.is_empty() {
-                    self.emit(if i == 0 { Stream::Stdout } else { Stream::Stderr }, &rest);
+        for piece in buf.chunks(MAX_LINE_BYTES) {
+            s.partial[i].extend_from_slice(piece);
+            loop {
+                let part = &mut s.partial[i];
+                let cut = match part.iter().position(|&b| b == b'\n') {
+                    Some(nl) => nl + 1,
+                    None if part.len() >= MAX_LINE_BYTES => MAX_LINE_BYTES,
+                    None => break,
+                };
+                let line: Vec<u8> = part.drain(..cut).collect();
+                if !self.emit(&mut s, stream, line.strip_suffix(b"\n").unwrap_or(&line)) {
+                    return;
                 }
             }
-            (self.sink)(&format!(
-                "{}<output limit of {} bytes (max_output_bytes) reached; the rest is dropped>",
-                self.prefixes[0], self.limit
-            ));
         }
     }
 
-    /// What `run` returned, cut to what is left of the cap (at a character
-    /// boundary, with a note when cut). The caller prints it through
-    /// `text::prefixed_lines` like every other plugin line.
+    /// What `run` returned, cut at the line where the cap runs out (with a
+    /// note when cut). The caller prints it through `text::prefixed_lines`
+    /// with the stdout prefix, as it is charged here.
     pub fn clip(&self, text: &str) -> String {
         let Ok(mut s) = self.shared.lock() else { return String::new() };
-        let room = self.limit.saturating_sub(s.written);
-        if text.len() <= room {
-            s.written += text.len();
+        let mut end = 0;
+        if !s.truncated {
+            for line in text.split_inclusive('\n') {
+                let shown = line.strip_suffix('\n').unwrap_or(line);
+                let cost = self.prefixes[0].len() + printable(shown.strip_suffix('\r').unwrap_or(shown)).len() + 1;
+                if s.written + cost > self.limit {
+                    // As much of this line as its shown form leaves room for.
+                    let mut room = self.limit.saturating_sub(s.written + self.prefixes[0].len() + 1);
+                    for c in shown.chars() {
+                        let width = if is_unsafe(c) { c.escape_unicode().count() } else { c.len_utf8() };
+                        if width > room {
+                            break;
+                        }
+                        room -= width;
+                        end += c.len_utf8();
+                    }
+                    s.written = self.limit;
+                    s.truncated = true;
+                    break;
+                }
+                s.written += cost;
+                end += line.len();
+            }
+        }
+        if !s.truncated {
             return text.to_owned();
         }
-        let mut cut = room;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.written = self.limit;
-        s.truncated = true;
-        format!("{}<output limit of {} bytes (max_output_bytes) reached; the rest is dropped>", &text[..cut], self.limit)
+        // `end` is always on a character boundary.
+        format!("{}{}", text.get(..end).unwrap_or(""), self.note())
     }
 
-    fn emit(&self, stream: Stream, line: &[u8]) {
+    fn note(&self) -> String {
+        format!("<output limit of {} bytes (max_output_bytes) reached; the rest is dropped>", self.limit)
+    }
+
+    /// Pass one line on, charged; false (and a note instead) once the cap
+    /// is reached.
+    fn emit(&self, s: &mut Shared, stream: Stream, line: &[u8]) -> bool {
         let text = String::from_utf8_lossy(line);
         for l in prefixed_lines(&self.prefixes[index(stream)], &text) {
+            let cost = l.len() + 1;
+            if s.written + cost > self.limit {
+                s.truncated = true;
+                s.partial = Default::default();
+                (self.sink)(&format!("{}{}", self.prefixes[0], self.note()));
+                return false;
+            }
+            s.written += cost;
             (self.sink)(&l);
         }
+        true
     }
 
     /// Emit the partial lines, if any.
     pub fn finish(&self) {
         let Ok(mut s) = self.shared.lock() else { return };
-        let rests = [std::mem::take(&mut s.partial[0]), std::mem::take(&mut s.partial[1])];
-        drop(s);
-        for (i, rest) in rests.iter().enumerate() {
-            if !rest.is_empty() {
-                self.emit(if i == 0 { Stream::Stdout } else { Stream::Stderr }, rest);
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let rest = std::mem::take(&mut s.partial[i]);
+            if !rest.is_empty() && !s.truncated && !self.emit(&mut s, stream, &rest) {
+                return;
             }
         }
     }
 
-    /// Bytes of plugin text taken so far (at most the cap).
+    /// Bytes shown to the operator so far (at most the cap).
     pub fn written(&self) -> usize {
         self.shared.lock().map_or(0, |s| s.written)
     }
@@ -185,17 +206,29 @@ mod tests {
 
     #[test]
     fn one_cap_covers_both_streams_and_the_return_value() {
-        let (out, lines) = capture(10);
+        let (out, lines) = capture(40);
         out.write(Stream::Stdout, b"12345\n");
         out.write(Stream::Stderr, b"678");
         out.finish();
+        assert_eq!(out.written(), 10 + 15);
         let returned = out.clip(&"é".repeat(50 << 20));
-        assert!(returned.starts_with("<output limit"), "one byte left is not a whole é: {returned:.40}");
-        assert_eq!(out.clip("more"), "<output limit of 10 bytes (max_output_bytes) reached; the rest is dropped>");
+        assert!(returned.starts_with("ééééé<output limit"), "five é fill the 10 bytes left after the prefix: {returned:.40}");
+        assert_eq!(out.clip("more"), out.note());
         out.write(Stream::Stdout, b"dropped\n");
-        let lines = lines.lock().unwrap();
-        assert_eq!(*lines, ["[p] 12345", "[p:stderr] 678"]);
-        assert_eq!(out.written(), 10);
+        assert_eq!(*lines.lock().unwrap(), ["[p] 12345", "[p:stderr] 678"]);
+        assert_eq!(out.written(), 40, "the cut value used the rest of the cap");
+    }
+
+    #[test]
+    fn the_cap_counts_what_the_operator_sees() {
+        let (out, lines) = capture(100);
+        out.write(Stream::Stdout, &vec![b'\n'; 1 << 20]);
+        out.write(Stream::Stdout, &vec![0x1b; 1 << 20]);
+        out.finish();
+        let shown: usize = lines.lock().unwrap().iter().map(|l| l.len() + 1).sum();
+        let note = out.note().len() + 5;
+        assert!(shown <= 100 + note, "{shown} bytes shown for a cap of 100");
+        assert!(lines.lock().unwrap().last().unwrap().contains("max_output_bytes"));
     }
 
     #[test]

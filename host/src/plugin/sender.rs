@@ -185,7 +185,13 @@ impl Forwarder {
         r.size = Some(rendered.bytes.len() as u64);
         r.message_id = Some(rendered.message_id.clone());
         r.outbox = Some(path.display().to_string());
-        self.record(r)?;
+        if let Err(e) = self.record(r) {
+            // No mail without its record: take the file back.
+            if let Err(undo) = std::fs::remove_file(&path) {
+                tracing::error!("removing {} after its audit record failed: {undo}", path.display());
+            }
+            return Err(e);
+        }
         Ok(Ok(Receipt {
             message_id: rendered.message_id,
             accepted: rendered.envelope.recipients,
@@ -204,7 +210,13 @@ impl Forwarder {
         attempt.id = Some(pending.id.clone());
         attempt.message_id = Some(rendered.message_id.clone());
         attempt.size = Some(rendered.bytes.len() as u64);
-        self.record(attempt)?;
+        if let Err(e) = self.record(attempt) {
+            // Not sent, and not to be sent later by `retry` unaudited.
+            if let Err(undo) = pending.done() {
+                tracing::error!("removing a spooled message after its audit record failed: {undo:#}");
+            }
+            return Err(e);
+        }
         let id = pending.id.clone();
         self.in_flight = Some(InFlight::Delivering(approved, pending, rendered.message_id.clone()));
         let result = self.mailer.submit(&rendered.envelope, &rendered.bytes).await;
