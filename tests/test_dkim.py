@@ -241,9 +241,10 @@ def test_streamed_attachments_to_a_relay_verify(run, tmp_path, keys, smtpd, algo
 
 def test_repeat_signs_each_message(run, tmp_path, keys, smtpd):
     server = smtpd()
-    proc = run(["send", "--from", FROM, "--to", TO, "--text", "x", "--repeat", "3",
+    proc = run(["send", "--from", FROM, "--to", TO, "--text", "x", "--repeat", "3", "-v",
                 *relay(server.address), *sign_args(keys["ed25519"]), "--dkim-expire", "3600"])
     assert_exit(proc, EXIT_OK)
+    assert proc.stderr.count("* DKIM: signed as example.com (selector s1, ed25519-sha256)") == 3, proc.stderr
     tags = [signature_tags(m.content) for m in server.messages]
     assert len({t["b"] for t in tags}) == 3, "each message has its own Message-ID and signature"
     for m, t in zip(server.messages, tags):

@@ -269,8 +269,18 @@ fn prepare(msg: wit::Message) -> Result<Prepared<HostBlobs>, DeliverError> {
         let identity = dkim::Identity::from(identity);
         identity.check().map_err(|e| DeliverError::PolicyDenied(format!("dkim: {e}")))?;
         let (domain, selector) = (&identity.domain, &identity.selector);
-        if msg.sign(&identity, ctx.unix_time, |data| signer::sign(domain, selector, data))? {
+        let signed = msg.sign(&identity, ctx.unix_time, |data| signer::sign(domain, selector, data))?;
+        if signed {
             msg.check_size(max)?;
+        }
+        let verbose = STATE.with_borrow(|st| st.settings.as_ref().is_some_and(|s| s.relay.verbose));
+        if verbose {
+            let note = if signed {
+                format!("DKIM: signed as {domain} (selector {selector}, {})", identity.algorithm.name())
+            } else {
+                format!("DKIM: not signed: the From domain is outside {domain}")
+            };
+            transcript::line(Direction::Info, &note);
         }
     }
     Ok(msg)

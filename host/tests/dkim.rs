@@ -223,10 +223,8 @@ async fn the_private_key_never_enters_a_plugin_or_mailer_store() {
         policy.allowed_from = vec!["*@example.com".into()];
         policy.default_from = Some("Hello <hello@example.com>".into());
         policy.dkim = Some("main".into());
-        let mut config = Config::default();
-        config.audit = Some(dir.join("audit.jsonl"));
         let outbox = dir.join("outbox");
-        config.outbox = Some(outbox.clone());
+        let mut config = Config { audit: Some(dir.join("audit.jsonl")), outbox: Some(outbox.clone()), ..Config::default() };
         config.plugins.insert("hello".into(), policy);
         config.dkim.insert(
             "main".into(),
