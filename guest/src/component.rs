@@ -270,13 +270,13 @@ fn prepare(msg: wit::Message) -> Result<Prepared<HostBlobs>, DeliverError> {
         identity.check().map_err(|e| DeliverError::PolicyDenied(format!("dkim: {e}")))?;
         let (domain, selector) = (&identity.domain, &identity.selector);
         let signed = msg.sign(&identity, ctx.unix_time, |data| signer::sign(domain, selector, data))?;
-        if signed {
+        if signed.is_some() {
             msg.check_size(max)?;
         }
         let verbose = STATE.with_borrow(|st| st.settings.as_ref().is_some_and(|s| s.relay.verbose));
         if verbose {
-            let note = if signed {
-                format!("DKIM: signed as {domain} (selector {selector}, {})", identity.algorithm.name())
+            let note = if let Some(hashed) = signed {
+                format!("DKIM: signed as {domain} (selector {selector}, {}); {}", identity.algorithm.name(), hashed.note())
             } else {
                 format!("DKIM: not signed: the From domain is outside {domain}")
             };

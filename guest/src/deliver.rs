@@ -254,6 +254,25 @@ impl<B: Blobs> Source for SegmentSource<'_, B> {
     }
 }
 
+/// The DKIM body hash of one message: the body's octets (as sent, files
+/// base64-encoded) and the time the pass over them took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hashed {
+    /// Body octets hashed.
+    pub bytes: u64,
+    /// Time spent reading, encoding and hashing them.
+    pub time: Duration,
+}
+
+impl Hashed {
+    /// For the transcript: how much was hashed, how fast.
+    pub fn note(&self) -> String {
+        let secs = self.time.as_secs_f64();
+        let mib = self.bytes as f64 / f64::from(1 << 20);
+        format!("body hash over {mib:.1} MiB in {secs:.3} s ({:.0} MiB/s)", mib / secs.max(1e-9))
+    }
+}
+
 /// Why a message was not sent: the policy's size limit, or anything the
 /// SMTP side says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,15 +341,15 @@ impl<B: Blobs> Prepared<B> {
     /// be sent), then `sign` (the host, which holds the key) signs the
     /// canonical header data, and the DKIM-Signature field goes on top. A
     /// message whose From domain is neither the signing domain nor one of
-    /// its subdomains is left unsigned: `Ok(false)`.
+    /// its subdomains is left unsigned: `Ok(None)`.
     pub fn sign(
         &mut self,
         identity: &dkim::Identity,
         time: u64,
         sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
-    ) -> Result<bool, DeliverError> {
+    ) -> Result<Option<Hashed>, DeliverError> {
         if !identity.covers(self.rendered.envelope.from.domain()) {
-            return Ok(false);
+            return Ok(None);
         }
         let header_len = match self.rendered.segments.first() {
             Some(Segment::Bytes(b)) => memchr::memmem::find(b, b"\r\n\r\n").map(|i| i + 2),
@@ -339,7 +358,9 @@ impl<B: Blobs> Prepared<B> {
         let Some(header_len) = header_len else {
             return Err(SmtpError::InvalidMessage("message: no header section to sign".into()).into());
         };
-        let body_hash = self.body_hash(identity.body_canon, header_len + 2)?;
+        let t = Instant::now();
+        let (body_hash, bytes) = self.body_hash(identity.body_canon, header_len + 2)?;
+        let hashed = Hashed { bytes, time: t.elapsed() };
         let Some(Segment::Bytes(first)) = self.rendered.segments.first_mut() else {
             return Err(SmtpError::InvalidMessage("message: no header section to sign".into()).into());
         };
@@ -349,23 +370,26 @@ impl<B: Blobs> Prepared<B> {
         mime::lint::check_lines(field.as_bytes(), true)
             .map_err(|e| SmtpError::InvalidMessage(format!("dkim-signature: {e}")))?;
         first.splice(0..0, field.into_bytes());
-        Ok(true)
+        Ok(Some(hashed))
     }
 
     /// The hash of the body (everything after the first `skip` bytes), in
     /// one pass over the segments as they would be sent.
-    fn body_hash(&self, canon: dkim::Canonicalization, mut skip: usize) -> Result<[u8; 32], SmtpError> {
+    /// With the body's length.
+    fn body_hash(&self, canon: dkim::Canonicalization, mut skip: usize) -> Result<([u8; 32], u64), SmtpError> {
         let mut hasher = dkim::BodyHasher::new(canon);
         let mut src = SegmentSource::new(&self.rendered.segments, &self.streams);
         let mut buf = Vec::with_capacity(2 * STREAM_CHUNK);
+        let mut bytes = 0;
         loop {
             buf.clear();
             let chunk = src.next_chunk(&mut buf)?;
             let n = skip.min(buf.len());
             skip -= n;
             hasher.update(&buf[n..]);
+            bytes += (buf.len() - n) as u64;
             if chunk == Chunk::Last {
-                return Ok(hasher.finish());
+                return Ok((hasher.finish(), bytes));
             }
         }
     }
