@@ -117,6 +117,13 @@ pub fn classify(name: &str) -> (Verdict, String) {
     (Verdict::Refused, why.to_owned())
 }
 
+/// The interfaces the plugin linker defines (every rule's interface, with
+/// its verdict), for checking the linker against the rules.
+#[cfg(test)]
+pub(crate) fn linked_interfaces() -> impl Iterator<Item = (&'static str, Verdict)> {
+    RULES.iter().map(|r| (r.interface, r.verdict))
+}
+
 /// True when a plugin importing `name` may run (linked, possibly denying).
 pub fn import_allowed(name: &str) -> bool {
     classify(name).0 != Verdict::Refused

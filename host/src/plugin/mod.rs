@@ -543,3 +543,94 @@ fn explain(e: &wasmtime::Error, cfg: &PluginConfig) -> String {
         .unwrap_or_else(|| vec![text.lines().next().unwrap_or("")]);
     format!("the plugin trapped: {}", causes.join(": "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One item each interface defines (a function or a resource), so a
+    /// probe can tell a defined instance from a missing one: an import of an
+    /// empty instance links whether or not the linker has it.
+    const PROBES: &[(&str, &str)] = &[
+        ("wasmail:mail/sender", "send"),
+        ("wasi:io/error", "error"),
+        ("wasi:io/poll", "pollable"),
+        ("wasi:io/streams", "input-stream"),
+        ("wasi:clocks/wall-clock", "now"),
+        ("wasi:clocks/monotonic-clock", "now"),
+        ("wasi:random/random", "get-random-bytes"),
+        ("wasi:random/insecure", "get-insecure-random-bytes"),
+        ("wasi:random/insecure-seed", "insecure-seed"),
+        ("wasi:cli/environment", "get-environment"),
+        ("wasi:cli/exit", "exit"),
+        ("wasi:cli/stdin", "get-stdin"),
+        ("wasi:cli/stdout", "get-stdout"),
+        ("wasi:cli/stderr", "get-stderr"),
+        ("wasi:cli/terminal-input", "terminal-input"),
+        ("wasi:cli/terminal-output", "terminal-output"),
+        ("wasi:cli/terminal-stdin", "get-terminal-stdin"),
+        ("wasi:cli/terminal-stdout", "get-terminal-stdout"),
+        ("wasi:cli/terminal-stderr", "get-terminal-stderr"),
+        ("wasi:filesystem/types", "descriptor"),
+        ("wasi:filesystem/preopens", "get-directories"),
+        ("wasi:sockets/network", "network"),
+        ("wasi:sockets/instance-network", "instance-network"),
+        ("wasi:sockets/tcp-create-socket", "create-tcp-socket"),
+        ("wasi:sockets/tcp", "tcp-socket"),
+        ("wasi:sockets/udp-create-socket", "create-udp-socket"),
+        ("wasi:sockets/udp", "udp-socket"),
+        ("wasi:sockets/ip-name-lookup", "resolve-addresses"),
+        ("wasi:http/types", "fields"),
+        ("wasi:http/outgoing-handler", "handle"),
+    ];
+
+    /// Whether the linker defines the instance `name`: a component
+    /// importing it with `item` as a resource links, or fails on the item's
+    /// kind or type, when the instance is there, and fails with "...
+    /// implementation is missing" when it is not.
+    fn defined(linker: &Linker<PluginState>, engine: &wasmtime::Engine, name: &str, item: &str) -> bool {
+        let wat = format!(r#"(component (import "{name}" (instance (export "{item}" (type (sub resource))))))"#);
+        let component = Component::new(engine, wat::parse_str(&wat).unwrap()).unwrap();
+        match linker.instantiate_pre(&component) {
+            Ok(_) => true,
+            Err(e) => !format!("{e:#}").contains("implementation is missing"),
+        }
+    }
+
+    /// The linker defines every interface the rules let through (at the
+    /// WASI versions toolchains emit), and none of those they refuse.
+    #[test]
+    fn linked_interfaces_match_the_rules() {
+        let engine = engine::engine().unwrap();
+        let linker = plugin_linker(&engine).unwrap();
+        let probe = |interface: &str| PROBES.iter().find(|(i, _)| *i == interface).map(|(_, item)| *item);
+        for (interface, verdict) in imports::linked_interfaces() {
+            assert_ne!(verdict, Verdict::Refused, "{interface}: a rule that refuses is not a rule");
+            if interface == "wasmail:mail/types" {
+                continue; // types only: nothing to probe
+            }
+            let item = probe(interface).unwrap_or_else(|| panic!("no probe for {interface}"));
+            let versions: &[&str] = if interface.starts_with("wasmail:") { &["0.1.0"] } else { &["0.2.0", "0.2.6", "0.2.9", "0.2.12"] };
+            for v in versions {
+                let name = format!("{interface}@{v}");
+                assert!(import_allowed(&name), "{name}");
+                assert!(defined(&linker, &engine, &name, item), "{name} is allowed but not linked");
+            }
+        }
+        for (name, item) in [
+            ("wasi:tls/types@0.2.0-draft", "client-handshake"),
+            ("wasmail:mail/transport@0.1.0", "configure"),
+            ("wasmail:mail/credentials@0.1.0", "secret"),
+            ("wasmail:mail/limits@0.1.0", "max-message-bytes"),
+            ("wasmail:mail/blobs@0.1.0", "open"),
+            ("wasmail:mail/transcript@0.1.0", "line"),
+            ("wasi:http/incoming-handler@0.2.0", "handle"),
+            ("wasi:cli/run@0.2.0", "run"),
+        ] {
+            assert!(!import_allowed(name), "{name}");
+            assert!(!defined(&linker, &engine, name, item), "{name} is refused but linked");
+        }
+        // The probe itself tells the two apart.
+        assert!(!defined(&linker, &engine, "wasi:io/poll@0.2.12", "no-such-item"));
+    }
+}
