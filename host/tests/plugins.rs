@@ -6,8 +6,7 @@
 //! live in tests/test_plugins.py.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use wasmail::Runtime;
+use std::sync::{Arc, Mutex};
 use wasmail::mail::audit::{AuditLog, Outcome};
 use wasmail::bindings::types::{Mailbox, Message, SendError};
 use wasmail::config::{Config, PluginConfig};
@@ -19,53 +18,15 @@ use wasmail::config::{Auth, Tls};
 use wasmail::mailer::relay::RelaySettings;
 use wasmail::plugin::sandbox::Stop;
 
-fn plugin_dir() -> PathBuf {
-    std::env::var_os("WASMAIL_PLUGINS").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release")
-    })
-}
-
-fn plugin(name: &str) -> PathBuf {
-    let p = plugin_dir().join(format!("wasmail_plugin_{name}.wasm"));
-    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
-    p
-}
-
-/// One runtime for the whole process, with a private compile cache.
-fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("wasmail-test-cache-{}", std::process::id()));
-        // SAFETY: set once, before any thread of this test binary reads it.
-        unsafe { std::env::set_var("WASMAIL_CACHE_DIR", &dir) };
-        Runtime::new().expect("runtime")
-    })
-}
+mod common;
+use common::{Dir, plugin, runtime};
 
 struct Fixture {
-    _dir: tempdir::Dir,
+    _dir: Dir,
     config: Config,
     audit: PathBuf,
     outbox: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
-}
-
-/// A tiny temp-dir helper (no extra dependency).
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(tag: &str) -> Self {
-            let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            let p = std::env::temp_dir().join(format!("wasmail-{tag}-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 fn fixture(tag: &str) -> Fixture {
@@ -81,7 +42,7 @@ fn mkfifo(path: &Path) {
 /// The fixture, with the hostile plugin's policy changed by `tweak`. The
 /// granted folder holds `report.csv` and a FIFO, `fifo`.
 fn fixture_with(tag: &str, tweak: impl FnOnce(&mut PluginConfig)) -> Fixture {
-    let dir = tempdir::Dir::new(tag);
+    let dir = Dir::new(tag);
     let data = dir.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("report.csv"), "a,b\n1,2\n").unwrap();

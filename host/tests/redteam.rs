@@ -10,8 +10,7 @@
 //! (`cargo build --target wasm32-wasip2 --release -p wasmail-plugin-hostile`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use wasmail::Runtime;
+use std::sync::{Arc, Mutex};
 use wasmail::config::{Config, PluginConfig, RelayConfig, Tls};
 use wasmail::mail::audit::{AuditLog, Outcome};
 use wasmail::plugin::output::{PluginOutput, Stream};
@@ -22,42 +21,8 @@ use wasmail::plugin::{HostOptions, LoadFailed, PluginHost, Refused, RunReport};
 // Fixtures (the same shape as host/tests/plugins.rs)
 // ---------------------------------------------------------------------------
 
-fn plugin_dir() -> PathBuf {
-    std::env::var_os("WASMAIL_PLUGINS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip2/release"))
-}
-
-fn plugin(name: &str) -> PathBuf {
-    let p = plugin_dir().join(format!("wasmail_plugin_{name}.wasm"));
-    assert!(p.exists(), "{} is missing: run `make build` first", p.display());
-    p
-}
-
-fn runtime() -> &'static Runtime {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("wasmail-redteam-cache-{}", std::process::id()));
-        // SAFETY: set once, before any thread of this test binary reads it.
-        unsafe { std::env::set_var("WASMAIL_CACHE_DIR", &dir) };
-        Runtime::new().expect("runtime")
-    })
-}
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let p = std::env::temp_dir().join(format!("wasmail-redteam-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{Dir, plugin, runtime};
 
 struct Fixture {
     dir: Dir,
