@@ -1,5 +1,5 @@
 //! SMTP commands (RFC 5321 4.1, RFC 1869, RFC 3207, RFC 4954, RFC 6152,
-//! RFC 6531, RFC 1870): one type per verb whose `Display` is the exact wire
+//! RFC 6531, RFC 1870, RFC 3030 BDAT): one type per verb whose `Display` is the exact wire
 //! bytes, CRLF included.
 //!
 //! Arguments are typed (a validated [`Address`], a checked EHLO name), so a
@@ -168,6 +168,30 @@ impl fmt::Display for EndOfData {
     }
 }
 
+/// `BDAT size [LAST]` (RFC 3030 2): the next `size` octets that follow the
+/// command line are message data, sent as they are (no dot-stuffing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bdat {
+    /// The chunk's exact size in octets.
+    pub size: u64,
+    /// The last chunk of the message: its reply is the transaction's.
+    pub last: bool,
+}
+impl fmt::Display for Bdat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.last {
+            write!(f, "BDAT {} LAST\r\n", self.size)
+        } else {
+            write!(f, "BDAT {}\r\n", self.size)
+        }
+    }
+}
+impl Command for Bdat {
+    fn stage(&self) -> Stage {
+        if self.last { Stage::DataEnd } else { Stage::DataBlock }
+    }
+}
+
 /// `RSET`.
 pub struct Rset;
 impl fmt::Display for Rset {
@@ -292,6 +316,10 @@ mod tests {
         assert_eq!(Auth { mechanism: "PLAIN", initial: Some("AGEAYg==") }.to_string(), "AUTH PLAIN AGEAYg==\r\n");
         assert_eq!(AuthResponse("dXNlcg==").to_string(), "dXNlcg==\r\n");
         assert_eq!(AuthCancel.to_string(), "*\r\n");
+        assert_eq!(Bdat { size: 0, last: true }.to_string(), "BDAT 0 LAST\r\n");
+        assert_eq!(Bdat { size: 1_048_576, last: false }.to_string(), "BDAT 1048576\r\n");
+        assert_eq!(Bdat { size: 3, last: true }.stage(), Stage::DataEnd);
+        assert_eq!(Bdat { size: 3, last: false }.stage(), Stage::DataBlock);
         let a = addr("a@example.com");
         let from = MailFrom { from: Some(&a), size: None, body: Body::SevenBit, smtputf8: false };
         assert_eq!(Step::MailFrom(from).to_string(), "MAIL FROM:<a@example.com>\r\n");

@@ -1,13 +1,14 @@
 //! The data phase of a mail transaction (RFC 5321 4.1.1.4 DATA and 4.5.2
-//! transparency): where the message text comes from ([`Source`]) and how it
-//! goes to the server ([`DataPhase`]).
+//! transparency, RFC 3030 CHUNKING): where the message text comes from
+//! ([`Source`]) and how it goes to the server ([`DataPhase`]).
 //!
-//! The strategy is chosen per transaction. Today there is one, DATA with
-//! dot-stuffing; BDAT chunks (RFC 3030 CHUNKING) will be a second variant of
-//! [`DataPhase`], chosen by [`DataPhase::choose`] and sent by a function of
-//! its own here.
+//! The strategy is chosen per session from the server's capabilities:
+//! `DATA` with dot-stuffing, or `BDAT` chunks of at most [`BDAT_CHUNK`]
+//! octets sent as they are. The session decides when each write goes out
+//! and which replies it waits for (see `session/batch.rs`); this module
+//! only turns a source into wire bytes.
 
-use super::command::Data;
+use super::command::{Bdat, Data};
 use super::dot::DotStuffer;
 use super::ehlo::Capabilities;
 use super::error::{SmtpError, Stage};
@@ -48,40 +49,92 @@ impl Source for SliceSource<'_> {
     }
 }
 
+/// The largest BDAT chunk (RFC 3030 2), and so the most message data held
+/// in memory while a message streams. A message up to this size goes as
+/// one `BDAT n LAST`, in the same write as its MAIL and RCPT commands.
+pub const BDAT_CHUNK: usize = 1 << 20;
+
 /// How the message text reaches the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPhase {
     /// `DATA`, a `354`, the text dot-stuffed, then `CRLF.CRLF`.
     DotStuffed,
+    /// `BDAT` chunks (RFC 3030), no `354` to wait for and no dot-stuffing.
+    /// Chosen when the server offers CHUNKING together with PIPELINING:
+    /// BDAT's gain is that the whole transaction is one pipelined write.
+    Chunked,
 }
 
 impl DataPhase {
     /// The strategy for a server with these capabilities.
-    pub fn choose(_caps: &Capabilities) -> Self {
-        Self::DotStuffed
+    pub fn choose(caps: &Capabilities) -> Self {
+        if caps.chunking && caps.pipelining { Self::Chunked } else { Self::DotStuffed }
     }
 
     /// The command that ends the transaction's plan and opens the data
-    /// phase, if the strategy has one (BDAT will not: its chunks are
+    /// phase, if the strategy has one (BDAT has not: its chunks are
     /// commands of their own).
     pub fn opener(self) -> Option<Data> {
         match self {
             Self::DotStuffed => Some(Data),
-        }
-    }
-
-    /// Send the whole message from `source`. `wbuf` is the session's write
-    /// buffer, reused from message to message.
-    pub fn send<T: Transport>(self, io: &mut T, wbuf: &mut Vec<u8>, source: &mut dyn Source) -> Result<(), SmtpError> {
-        match self {
-            Self::DotStuffed => dot_stuffed(io, wbuf, source),
+            Self::Chunked => None,
         }
     }
 }
 
+/// Cuts a message into BDAT chunks (RFC 3030 2) of at most [`BDAT_CHUNK`]
+/// octets: the message's bytes as they are, each chunk after its command.
+pub struct Chunker<'s> {
+    source: &'s mut dyn Source,
+    /// Read from the source, not yet sent.
+    pending: Vec<u8>,
+    /// The source gave its last piece.
+    ended: bool,
+    /// Message octets handed out so far.
+    sent: u64,
+}
+
+impl<'s> Chunker<'s> {
+    /// Nothing read yet.
+    pub fn new(source: &'s mut dyn Source) -> Self {
+        Self { source, pending: Vec::new(), ended: false, sent: 0 }
+    }
+
+    /// Append the next chunk, its `BDAT` command line and then its bytes,
+    /// to `out`; the command is returned. The chunk is [`BDAT_CHUNK`]
+    /// octets, or what is left when the source has ended (then `LAST`).
+    pub fn next(&mut self, out: &mut Vec<u8>) -> Result<Bdat, SmtpError> {
+        let mut piece = Vec::new();
+        while !self.ended && self.pending.len() < BDAT_CHUNK {
+            piece.clear();
+            self.ended = self.source.next_chunk(&mut piece)? == Chunk::Last;
+            self.pending.extend_from_slice(&piece);
+        }
+        let size = self.pending.len().min(BDAT_CHUNK);
+        let command = Bdat { size: size as u64, last: self.ended && size == self.pending.len() };
+        out.extend_from_slice(command.to_string().as_bytes());
+        out.extend(self.pending.drain(..size));
+        self.sent += size as u64;
+        Ok(command)
+    }
+
+    /// Message octets handed out so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
 /// Stream the message dot-stuffed in writes of about [`DATA_CHUNK`]; the last
-/// piece goes in one write with the terminator.
-fn dot_stuffed<T: Transport>(io: &mut T, wbuf: &mut Vec<u8>, source: &mut dyn Source) -> Result<(), SmtpError> {
+/// piece goes in one write with the terminator and then `trailer`: the next
+/// message's commands, which RFC 2920 3.1 lets follow the end of data in the
+/// same group. `wbuf` is the session's write buffer, reused from message to
+/// message.
+pub fn dot_stuffed<T: Transport>(
+    io: &mut T,
+    wbuf: &mut Vec<u8>,
+    source: &mut dyn Source,
+    trailer: &[u8],
+) -> Result<(), SmtpError> {
     let mut stuffer = DotStuffer::new();
     let mut chunk = Vec::with_capacity(DATA_CHUNK);
     let mut sent: u64 = 0;
@@ -104,6 +157,7 @@ fn dot_stuffed<T: Transport>(io: &mut T, wbuf: &mut Vec<u8>, source: &mut dyn So
             // last chunk, so the terminator never left: nothing was
             // delivered, and a retry is safe. Only a failure while waiting
             // for the reply to the dot leaves the outcome unknown.
+            wbuf.extend_from_slice(trailer);
             let r = io.send(wbuf, Stage::DataBlock);
             wbuf.clear();
             return r;

@@ -5,18 +5,24 @@
 //! The session never touches a socket. It talks to a [`Transport`], which
 //! moves bytes and enforces deadlines; tests drive it with scripted bytes.
 //!
-//! Every command goes out through [`Session::command`] (one per turn) or
-//! [`Session::exchange`] (a transaction's plan, pipelined or not); each is a
-//! type from [`super::command`] whose `Display` is the wire bytes.
+//! Every command goes out through [`Session::write`], alone
+//! ([`Session::command`]: one per turn) or as part of a pipelined group;
+//! each is a type from [`super::command`] whose `Display` is the wire bytes.
+//! Mail transactions, one message or many, run through
+//! [`Session::send_many`] (see `session/batch.rs` for the pipelining state
+//! machine of RFC 2920 3.1 and RFC 3030).
 
 use super::auth::{self, Choice, Credentials, MAX_SASL_ROUNDS, Secret};
 use super::command::{Auth, AuthCancel, AuthResponse, Body, ClientName, Command, Ehlo, EndOfData, Helo, MailFrom, Quit, RcptTo, Rset, StartTls, Step};
-use super::data::{DATA_CHUNK, DataPhase, SliceSource, Source};
+use super::data::{self, DATA_CHUNK, DataPhase, SliceSource, Source};
 use super::ehlo::Capabilities;
 use super::error::{SmtpError, Stage};
 use super::reply::{Reply, ReplyParser};
 use crate::mime::address::Address;
 use std::fmt::Write as _;
+
+mod batch;
+pub use batch::{Batch, Item, MAX_IN_FLIGHT};
 
 /// Read buffer size.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -80,6 +86,7 @@ pub struct Config {
 }
 
 /// A message ready for the wire.
+#[derive(Clone, Copy)]
 pub struct Outgoing<'a> {
     /// MAIL FROM.
     pub from: &'a Address,
@@ -210,6 +217,15 @@ fn after_dot(e: SmtpError) -> SmtpError {
     }
 }
 
+/// The wire bytes of `commands`, one after the other.
+fn encode<C: Command>(commands: &[C]) -> String {
+    let mut wire = String::with_capacity(48 * commands.len());
+    for c in commands {
+        let _ = write!(wire, "{c}");
+    }
+    wire
+}
+
 /// A reply's lines as the server sent them: `code-text`, the last `code text`.
 fn reply_lines(reply: &Reply) -> impl Iterator<Item = String> + '_ {
     let n = reply.lines.len();
@@ -273,30 +289,33 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    /// Send `commands` in one write, each shown in the transcript (redacted
-    /// when it carries credentials). The write counts for the first one's
-    /// stage.
+    /// Show `commands` in the transcript (redacted when they carry
+    /// credentials), as they go out.
+    fn show<C: Command>(&mut self, commands: &[C]) {
+        if !self.io.verbose() {
+            return;
+        }
+        for c in commands {
+            match c.redacted() {
+                Some(shown) => self.io.transcript(Direction::Client, &shown),
+                None => {
+                    for line in c.to_string().split_terminator("\r\n") {
+                        self.io.transcript(Direction::Client, line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send `commands` in one write, each shown in the transcript. The write
+    /// counts for the first one's stage.
     fn write<C: Command>(&mut self, commands: &[C]) -> Result<(), SmtpError> {
         let Some(first) = commands.first() else {
             return Ok(());
         };
         let stage = first.stage();
-        let mut wire = String::with_capacity(48 * commands.len());
-        for c in commands {
-            let start = wire.len();
-            let _ = write!(wire, "{c}");
-            if self.io.verbose() {
-                match c.redacted() {
-                    Some(shown) => self.io.transcript(Direction::Client, &shown),
-                    None => {
-                        for line in wire[start..].split_terminator("\r\n") {
-                            self.io.transcript(Direction::Client, line);
-                        }
-                    }
-                }
-            }
-        }
-        self.io.send(wire.as_bytes(), stage)
+        self.show(commands);
+        self.io.send(encode(commands).as_bytes(), stage)
     }
 
     /// Send one command and read its reply.
@@ -501,19 +520,11 @@ impl<T: Transport> Session<T> {
         plan
     }
 
-    /// Send `plan` and collect its replies. Pipelined (RFC 2920): one write
-    /// for the whole plan, then every reply. Otherwise one command per turn,
-    /// each reply alone, stopping after the first that ends the transaction,
-    /// and before DATA when no recipient was accepted.
-    fn exchange(&mut self, plan: &[Step<'_>], pipelined: bool) -> Result<Vec<Reply>, SmtpError> {
+    /// Send `plan` one command per turn and collect its replies, each reply
+    /// alone, stopping after the first that ends the transaction, and before
+    /// DATA when no recipient was accepted.
+    fn exchange(&mut self, plan: &[Step<'_>]) -> Result<Vec<Reply>, SmtpError> {
         let mut replies = Vec::with_capacity(plan.len());
-        if pipelined {
-            self.write(plan)?;
-            for step in plan {
-                replies.push(self.read_reply(step.stage())?);
-            }
-            return Ok(replies);
-        }
         for step in plan {
             if matches!(step, Step::Data(_))
                 && !plan.iter().zip(&replies).any(|(s, r)| matches!(s, Step::RcptTo(_)) && judge(s, r) == Verdict::Done)
@@ -532,29 +543,14 @@ impl<T: Transport> Session<T> {
         Ok(replies)
     }
 
-    /// Run one mail transaction. The data comes from `source` and goes out
-    /// as the [`DataPhase`] for this server has it.
-    pub fn send(&mut self, msg: &Outgoing<'_>, source: &mut dyn Source) -> Result<TransactionResult, SmtpError> {
-        self.check_fits(msg)?;
-        let phase = DataPhase::choose(&self.caps);
-        let plan = self.plan(msg, self.dirty, phase);
+    /// Run one mail transaction, one command per turn (a server without
+    /// PIPELINING): the message goes with DATA, dot-stuffed.
+    fn send_one(&mut self, msg: &Outgoing<'_>, source: &mut dyn Source) -> Result<TransactionResult, SmtpError> {
+        let plan = self.plan(msg, self.dirty, DataPhase::DotStuffed);
         self.dirty = true;
-        let replies = self.exchange(&plan, self.caps.pipelining)?;
-        // Pipelined, the server may have said 354 to a DATA that must not
-        // carry a message.
-        let data_open = replies.len() == plan.len()
-            && matches!(plan.last(), Some(Step::Data(_)))
-            && replies.last().is_some_and(|r| r.code == 354);
-        let (accepted, rejected) = match evaluate(&plan, replies) {
-            Ok(envelope) => envelope,
-            Err(e) => {
-                if data_open && !e.kills_session() {
-                    self.abort_data()?;
-                }
-                return Err(e);
-            }
-        };
-        if let Err(e) = phase.send(&mut self.io, &mut self.wbuf, source) {
+        let replies = self.exchange(&plan)?;
+        let (accepted, rejected) = evaluate(&plan, replies)?;
+        if let Err(e) = data::dot_stuffed(&mut self.io, &mut self.wbuf, source, &[]) {
             self.broken = true;
             return Err(e);
         }
@@ -564,6 +560,12 @@ impl<T: Transport> Session<T> {
         }
         self.expect_drained(Stage::DataEnd)?;
         Ok(TransactionResult { accepted, rejected, reply })
+    }
+
+    /// Run one mail transaction: [`Session::send_many`] with one message.
+    pub fn send(&mut self, msg: &Outgoing<'_>, source: &mut dyn Source) -> Result<TransactionResult, SmtpError> {
+        let mut batch = self.send_many(&mut [Item { msg: *msg, source }]);
+        batch.results.pop().unwrap_or_else(|| Err(SmtpError::Protocol("a batch of one gave no result".into())))
     }
 
     /// End an empty data at once after a `354` (RFC 2920 3.1).

@@ -468,3 +468,283 @@ fn one_at_a_time_stops_at_a_421() {
     assert!(e.kills_session());
     assert_eq!(s.io.writes.len(), 3, "EHLO, MAIL, one RCPT: nothing after the 421");
 }
+
+// ---- Batches (RFC 2920 3.1 across messages, RFC 3030 BDAT) ----
+
+/// Three-letter bodies `m0`, `m1`, ... to `rcpts[i]`, from a@example.com.
+struct Batch3 {
+    from: Address,
+    rcpts: Vec<Vec<Address>>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl Batch3 {
+    fn new(rcpts: &[&[&str]]) -> Self {
+        Self {
+            from: addr("a@example.com"),
+            rcpts: rcpts.iter().map(|r| r.iter().map(|a| addr(a)).collect()).collect(),
+            bodies: (0..rcpts.len()).map(|i| format!("m{i}\r\n").into_bytes()).collect(),
+        }
+    }
+
+    fn send(&self, s: &mut Session<Script>) -> Batch {
+        let mut sources: Vec<SliceSource<'_>> = self.bodies.iter().map(|b| SliceSource(Some(b))).collect();
+        let mut items: Vec<Item<'_, '_>> = self
+            .rcpts
+            .iter()
+            .zip(&self.bodies)
+            .zip(sources.iter_mut())
+            .map(|((r, b), src)| Item {
+                msg: Outgoing { from: &self.from, recipients: r, size: b.len() as u64, eight_bit: false, smtputf8: false },
+                source: src,
+            })
+            .collect();
+        s.send_many(&mut items)
+    }
+}
+
+fn codes(b: &Batch) -> Vec<String> {
+    b.results
+        .iter()
+        .map(|r| match r {
+            Ok(t) => format!("ok {}", t.reply.code),
+            Err(SmtpError::Rejected { stage, reply, .. }) => format!("{stage} {}", reply.code),
+            Err(SmtpError::OutcomeUnknown(_)) => "unknown".into(),
+            Err(SmtpError::Connect(_)) => "connect".into(),
+            Err(e) => format!("{e}"),
+        })
+        .collect()
+}
+
+const PIPELINING: &str = "250-mx\r\n250 PIPELINING\r\n";
+const CHUNKING: &str = "250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n";
+
+#[test]
+fn data_batch_is_one_round_trip_per_message() {
+    let mut s = opened(&[
+        "220 mx\r\n",
+        PIPELINING,
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 one\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 two\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 three\r\n",
+    ]);
+    let b = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]);
+    let out = b.send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "ok 250", "ok 250"]);
+    assert_eq!(out.results[1].as_ref().unwrap().reply.lines, ["two"]);
+    assert_eq!(
+        writes(&s),
+        "EHLO client.example\r\n\
+         |MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n\
+         |m0\r\n.\r\nRSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nDATA\r\n\
+         |m1\r\n.\r\nRSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nDATA\r\n\
+         |m2\r\n.\r\n"
+    );
+    assert!(out.unsent.is_empty());
+    assert!(s.is_usable());
+    // The transcript shows the wire in its order: the end of data, then the
+    // next message's commands.
+    let log = s.io.log.join("\n");
+    let dot = log.find("Client: .\nClient: RSET").expect("dot then RSET in the transcript");
+    assert!(log[..dot].contains("<4 octets of message data>"));
+}
+
+#[test]
+fn data_batch_a_452_on_one_recipient_stays_with_its_message() {
+    // Message 1 has two recipients, one refused 452: it goes to the other.
+    // Message 2's only recipient is refused 452: its DATA is refused too, no
+    // text is sent, and message 3 still goes.
+    let mut s = opened(&[
+        "220 mx\r\n",
+        PIPELINING,
+        "250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n354 go\r\n",
+        "250 one\r\n250 reset\r\n250 ok\r\n452 4.2.2 full\r\n554 5.5.1 no valid recipients\r\n",
+        "250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 three\r\n",
+    ]);
+    let b = Batch3::new(&[&["b@x.org", "full@x.org"], &["full@x.org"], &["d@x.org"]]);
+    let out = b.send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "rcpt-to 452", "ok 250"]);
+    let first = out.results[0].as_ref().unwrap();
+    assert_eq!(first.accepted, [addr("b@x.org")]);
+    assert_eq!(first.rejected[0].1.code, 452);
+    assert!(out.results[1].as_ref().unwrap_err().is_transient());
+    let w = writes(&s);
+    assert!(!w.contains("m1\r\n"), "no text for the refused message: {w}");
+    assert!(w.ends_with("|RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nDATA\r\n|m2\r\n.\r\n"), "{w}");
+}
+
+#[test]
+fn data_batch_a_554_after_one_dot_fails_that_message_only() {
+    let mut s = opened(&[
+        "220 mx\r\n",
+        PIPELINING,
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "554 5.7.1 spam\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 two\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 three\r\n",
+    ]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["data-end 554", "ok 250", "ok 250"]);
+    assert!(!out.results[0].as_ref().unwrap_err().worth_keeping());
+}
+
+#[test]
+fn data_batch_a_disconnect_after_a_dot_is_exact() {
+    // Message 0 is settled; message 1's dot went out with message 2's
+    // envelope and the server vanished: 1 is outcome unknown, 2 and 3 were
+    // never sent.
+    let mut s = opened(&[
+        "220 mx\r\n",
+        PIPELINING,
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 zero\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+    ]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"], &["e@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "unknown", "connect", "connect"]);
+    assert_eq!(out.unsent, [2, 3]);
+    assert!(!s.is_usable());
+}
+
+#[test]
+fn data_batch_a_disconnect_before_data_leaves_the_message_unsent() {
+    let mut s = opened(&["220 mx\r\n", PIPELINING, "250 ok\r\n"]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["connect", "connect"]);
+    assert_eq!(out.unsent, [0, 1]);
+}
+
+#[test]
+fn data_batch_a_421_closes_and_the_rest_is_unsent() {
+    let mut s = opened(&[
+        "220 mx\r\n",
+        PIPELINING,
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 zero\r\n421 4.3.2 shutting down\r\n",
+    ]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "rset 421", "connect"]);
+    assert_eq!(out.unsent, [2]);
+}
+
+#[test]
+fn bdat_batch_writes_ahead_and_reads_in_order() {
+    let mut s = opened(&[
+        "220 mx\r\n",
+        CHUNKING,
+        "250 ok\r\n250 ok\r\n250 zero\r\n\
+         250 reset\r\n250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n\
+         250 reset\r\n250 ok\r\n250 ok\r\n552 5.3.4 too big\r\n\
+         250 reset\r\n250 ok\r\n250 ok\r\n250 three\r\n",
+    ]);
+    let out = Batch3::new(&[&["b@x.org"], &["nobody@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "rcpt-to 550", "data-end 552", "ok 250"]);
+    assert_eq!(out.results[3].as_ref().unwrap().reply.lines, ["three"]);
+    // Every message is one write; none waited for a reply.
+    assert_eq!(
+        writes(&s),
+        "EHLO client.example\r\n\
+         |MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nBDAT 4 LAST\r\nm0\r\n\
+         |RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<nobody@x.org>\r\nBDAT 4 LAST\r\nm1\r\n\
+         |RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm2\r\n\
+         |RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm3\r\n"
+    );
+}
+
+#[test]
+fn bdat_sends_dots_as_they_are() {
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 done\r\n"]);
+    send_to(&mut s, &["b@x.org"], b".\r\n..x\r\n").unwrap();
+    assert_eq!(s.io.writes[1], b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nBDAT 8 LAST\r\n.\r\n..x\r\n");
+}
+
+#[test]
+fn bdat_batch_a_disconnect_leaves_every_written_message_unknown() {
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 zero\r\n250 reset\r\n"]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "unknown", "unknown"]);
+    assert!(out.unsent.is_empty());
+}
+
+#[test]
+fn bdat_batch_after_a_421_the_written_messages_are_unsent() {
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 zero\r\n421 4.3.2 bye\r\n"]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "rset 421", "connect"]);
+    assert_eq!(out.unsent, [2]);
+}
+
+/// `n` octets of `x` lines, in source pieces of at most 50,000 octets.
+struct Large {
+    left: usize,
+}
+
+impl Source for Large {
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
+        let n = self.left.min(50_000);
+        self.left -= n;
+        out.extend(std::iter::repeat_n(b'x', n));
+        Ok(if self.left == 0 { Chunk::Last } else { Chunk::Text })
+    }
+}
+
+#[test]
+fn bdat_streams_a_large_message_in_bounded_chunks() {
+    use crate::smtp::data::BDAT_CHUNK;
+    let size = 2 * BDAT_CHUNK + 10;
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 c1\r\n250 c2\r\n250 done\r\n"]);
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@x.org")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: size as u64, eight_bit: false, smtputf8: false };
+    let t = s.send(&msg, &mut Large { left: size }).unwrap();
+    assert_eq!(t.reply.lines, ["done"]);
+    let heads: Vec<String> = s.io.writes[1..]
+        .iter()
+        .map(|w| {
+            let text = String::from_utf8_lossy(w);
+            let start = text.find("BDAT").unwrap();
+            text[start..].lines().next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(heads, [format!("BDAT {BDAT_CHUNK}"), format!("BDAT {BDAT_CHUNK}"), "BDAT 10 LAST".into()]);
+    assert!(s.io.writes.iter().all(|w| w.len() <= BDAT_CHUNK + 200));
+}
+
+#[test]
+fn bdat_a_refused_chunk_stops_the_message_and_the_session_goes_on() {
+    use crate::smtp::data::BDAT_CHUNK;
+    let size = 4 * BDAT_CHUNK;
+    // Chunk 1 is refused (RFC 3030 4): chunk 2 was already in the pipe, its
+    // reply is read and dropped; no chunk 3 goes out.
+    let mut s = opened(&[
+        "220 mx\r\n",
+        CHUNKING,
+        "250 ok\r\n250 ok\r\n452 4.3.1 disk full\r\n503 5.5.1 no transaction\r\n",
+        "250 reset\r\n250 ok\r\n250 ok\r\n250 small\r\n",
+    ]);
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@x.org")];
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: size as u64, eight_bit: false, smtputf8: false };
+    let e = s.send(&msg, &mut Large { left: size }).unwrap_err();
+    assert!(matches!(&e, SmtpError::Rejected { stage: Stage::DataBlock, reply, .. } if reply.code == 452), "{e:?}");
+    assert!(e.is_transient());
+    assert_eq!(s.io.writes.len(), 3, "EHLO, envelope + chunk 1, chunk 2; nothing more");
+    assert!(s.is_usable());
+    send_to(&mut s, &["b@x.org"], b"hi\r\n").unwrap();
+    assert!(s.io.writes[3].starts_with(b"RSET\r\n"));
+}
+
+#[test]
+fn bdat_a_failing_source_between_chunks_keeps_the_session() {
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 c1\r\n"]);
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@x.org")];
+    // Shrinking gives DATA_CHUNK + 1 octets, then fails: less than one
+    // BDAT chunk, so it fails before anything is written.
+    let msg = Outgoing { from: &from, recipients: &rcpts, size: 9, eight_bit: false, smtputf8: false };
+    let e = s.send(&msg, &mut Shrinking(0)).unwrap_err();
+    assert!(matches!(e, SmtpError::InvalidMessage(_)), "{e:?}");
+    assert_eq!(s.io.writes.len(), 1, "nothing of the message was written");
+    assert!(s.is_usable());
+}
