@@ -10,10 +10,14 @@ benchmark, not a test: it asserts nothing and never fails on a figure.
 
 from __future__ import annotations
 
+import ast
+import grp
 import json
 import os
 import platform
+import pwd
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -88,6 +92,117 @@ def timed(cmd: list[str], **kw) -> float:
 
 def median(f, runs: int = RUNS) -> float:
     return statistics.median(f() for _ in range(runs))
+
+
+# ---------------------------------------------------------------------------
+# A private Postfix smtpd: a strict, complete relay beside smtp-sink (the same
+# set-up as the tests' servers.PostfixSmtpd). Not used by the rounds yet.
+# ---------------------------------------------------------------------------
+
+#: Where the Postfix configuration is written once, as literals.
+SERVERS_PY = ROOT / "tests" / "servers.py"
+POSTFIX_MASTER = Path("/usr/lib/postfix/sbin/master")
+POSTFIX_START_TIMEOUT_S = 10.0
+POSTFIX_STOP_TIMEOUT_S = 5.0
+POSTFIX_START_ATTEMPTS = 3
+#: Configuration files are dated this far back: Postfix rereads a main.cf
+#: younger than a second, 0.3 s apart, which would cost every start ~2 s.
+POSTFIX_CONFIG_AGE_S = 10
+
+
+def postfix_config() -> dict:
+    """POSTFIX_MAIN_CF, POSTFIX_MASTER_CF, POSTFIX_DIRS and SMTPD_HOSTNAME
+    from tests/servers.py. That module imports aiosmtpd, so it is parsed,
+    not imported: the texts stay written once, and this script keeps to the
+    standard library."""
+    wanted = {"POSTFIX_MAIN_CF", "POSTFIX_MASTER_CF", "POSTFIX_DIRS", "SMTPD_HOSTNAME"}
+    found = {}
+    for node in ast.parse(SERVERS_PY.read_text()).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id in wanted):
+            found[node.targets[0].id] = ast.literal_eval(node.value)
+    missing = wanted - found.keys()
+    if missing:
+        raise RuntimeError(f"{SERVERS_PY} no longer defines {sorted(missing)} as literals")
+    return found
+
+
+def start_postfix_smtpd(work: Path) -> tuple[subprocess.Popen, int, Path]:
+    """A private Postfix under `work/postfix`, its smtpd on 127.0.0.1:<free
+    port>, configured as the tests' PostfixSmtpd: any domain accepted from
+    127.0.0.0/8 and discarded, PIPELINING and CHUNKING on, improper
+    pipelining and bare LF refused, no size limit, no per-client limits.
+
+    Returns (master process, port, log file) once the port greets with
+    220. Needs root (Postfix's master runs as root, its daemons as
+    `postfix`); makes `work` searchable (0711) so that they reach the queue.
+    Stop it with `stop_postfix_smtpd` before `work` is removed.
+    """
+    if os.geteuid() != 0 or not os.access(POSTFIX_MASTER, os.X_OK):
+        raise RuntimeError(f"a private Postfix needs root and {POSTFIX_MASTER}")
+    cfg = postfix_config()
+    work.chmod(0o711)
+    root = work / "postfix"
+    for path, owner, group, mode in cfg["POSTFIX_DIRS"]:
+        d = root / path
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid)
+        d.chmod(mode)
+    root.chmod(0o755)
+    past = time.time() - POSTFIX_CONFIG_AGE_S
+
+    def write(name: str, text: str) -> None:
+        (root / "etc" / name).write_text(text)
+        os.utime(root / "etc" / name, (past, past))
+
+    write("main.cf", cfg["POSTFIX_MAIN_CF"].format(
+        root=root, hostname=cfg["SMTPD_HOSTNAME"], discard_ehlo_keywords=""))
+    logfile = root / "maillog"
+    for _ in range(POSTFIX_START_ATTEMPTS):
+        port = free_port()
+        write("master.cf", cfg["POSTFIX_MASTER_CF"].format(address=f"127.0.0.1:{port}"))
+        with open(root / "master.err", "wb") as err:
+            # Foreground (-d); its own session makes it a process group
+            # leader, which it must be to pass SIGTERM on to its daemons.
+            proc = subprocess.Popen([str(POSTFIX_MASTER), "-d", "-c", str(root / "etc")],
+                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    start_new_session=True)
+        deadline = time.monotonic() + POSTFIX_START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=POSTFIX_START_TIMEOUT_S) as s:
+                    f = s.makefile("rb")
+                    if f.readline().startswith(b"220 "):
+                        s.sendall(b"QUIT\r\n")
+                        f.readline()
+                        return proc, port, logfile
+                    break
+            except OSError:
+                time.sleep(0.02)
+        stop_postfix_smtpd(proc)
+        logfile.unlink(missing_ok=True)
+    raise RuntimeError(f"Postfix did not start: {(root / 'master.err').read_text(errors='replace')}")
+
+
+def stop_postfix_smtpd(proc: subprocess.Popen) -> None:
+    """SIGTERM to the master (which passes it on), SIGKILL to its whole
+    process group if it outlives POSTFIX_STOP_TIMEOUT_S."""
+    proc.terminate()
+    try:
+        proc.wait(POSTFIX_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def postfix_delivered(logfile: Path) -> int:
+    """How many recipients the discard transport has taken so far."""
+    try:
+        text = logfile.read_text(errors="replace")
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in text.splitlines()
+               if "postfix/discard[" in line and " status=sent " in line)
 
 
 SMTPLIB_SCRIPT = """

@@ -5,6 +5,8 @@
 * `certs`: a throw-away PKI made with the `openssl` CLI.
 * `smtpd`: recording aiosmtpd servers (AUTH, STARTTLS, implicit TLS, rejects).
 * `smtp_sink`: Postfix smtp-sink, for volume and ESMTP-less servers.
+* `postfix_smtpd`: a private, strict Postfix smtpd that discards what it
+  accepts and logs how the client behaved.
 * `scripted`: a fake server that plays a script (see scripted.py).
 
 Every server listens on 127.0.0.1 and is stopped at teardown.
@@ -23,7 +25,7 @@ import pytest
 
 from cli import CLI_TIMEOUT_S, PASSWORD, PASSWORD_ENV
 from scripted import ScriptedServer
-from servers import RecordingSmtpd, SmtpSink
+from servers import PostfixSmtpd, RecordingSmtpd, SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BINARY = REPO / "target" / "debug" / "wasmail"
@@ -252,6 +254,26 @@ def smtp_sink(tmp_path: Path):
     yield _start
     for sink in started:
         sink.stop()
+
+
+@pytest.fixture
+def postfix_smtpd(tmp_path: Path):
+    """Factory: `postfix_smtpd(chunking=True, options=None) -> PostfixSmtpd`,
+    a private Postfix whose smtpd listens on 127.0.0.1:<free port>, started
+    and stopped at teardown (its log is then kept as
+    `<tmp_path>/postfixN/postfix.log`). Start-up takes some 35 ms, so each
+    test gets its own. Needs root, like any Postfix master."""
+    started: list[PostfixSmtpd] = []
+
+    def _start(chunking: bool = True, options: Optional[dict[str, str]] = None) -> PostfixSmtpd:
+        server = PostfixSmtpd(tmp_path / f"postfix{len(started)}", chunking=chunking,
+                              options=options)
+        started.append(server)
+        return server.start()
+
+    yield _start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

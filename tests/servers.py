@@ -1,6 +1,6 @@
 """Real SMTP servers on loopback for the integration tests.
 
-Two kinds:
+Three kinds:
 
 * `RecordingSmtpd`: an aiosmtpd server in a thread, with optional AUTH,
   STARTTLS, implicit TLS and per-recipient rejection. It records everything
@@ -9,15 +9,22 @@ Two kinds:
   attempt and every byte the client sent (after TLS decryption).
 * `SmtpSink`: Postfix's `smtp-sink`, a fast throw-away server whose running
   counters let a test count delivered messages and sessions.
+* `PostfixSmtpd`: a private, complete Postfix (master, smtpd, cleanup, qmgr)
+  from a temporary folder, strict about pipelining and bare LF, that relays
+  everything to the `discard` transport; its own log file tells a test what
+  it accepted, delivered and complained about.
 
-Both listen on 127.0.0.1 only.
+All listen on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -490,3 +497,389 @@ class SmtpSink:
             raise RuntimeError("SmtpSink not started with dump=True")
         files = sorted(self.dump_dir.rglob("*"), key=lambda p: p.stat().st_mtime_ns)
         return [p.read_bytes() for p in files if p.is_file()]
+
+
+# --------------------------------------------------------------------------
+# A private Postfix smtpd
+# --------------------------------------------------------------------------
+
+POSTFIX_DAEMON_DIR = Path("/usr/lib/postfix/sbin")
+# The account Postfix's daemons run as (main.cf `mail_owner`).
+POSTFIX_MAIL_OWNER = "postfix"
+# How long discard may take to report the deliveries a test waits for.
+POSTFIX_DELIVERY_TIMEOUT_S = 10.0
+# How far back the configuration files are dated (see write_postfix_file).
+POSTFIX_CONFIG_AGE_S = 10
+
+# The three texts below are plain literals on purpose: bench/bench.py, which
+# uses only the standard library (no aiosmtpd, so it cannot import this
+# module), reads them from this file with `ast.literal_eval`. Keep them
+# literals, and keep the `str.format` fields they use.
+
+# main.cf, for `str.format(root=, hostname=, discard_ehlo_keywords=)`.
+POSTFIX_MAIN_CF = """\
+# main.cf of a private Postfix (tests/servers.py, PostfixSmtpd): smtpd on
+# 127.0.0.1 only; mail for any domain from 127.0.0.0/8 is accepted and
+# handed to the discard transport, so nothing ever leaves the machine.
+compatibility_level = 3.6
+queue_directory = {root}/spool
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {hostname}
+myorigin = $myhostname
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+
+# No local or relay domains: every recipient is remote, relayed for
+# $mynetworks only, and every transport is discard.
+mydestination =
+relay_domains =
+local_recipient_maps =
+alias_maps =
+alias_database =
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions =
+default_transport = discard
+local_transport = discard
+relay_transport = discard
+virtual_transport = discard
+
+# Strict with the client. PIPELINING and CHUNKING are announced (Postfix's
+# defaults; smtpd_discard_ehlo_keywords can hide them). A command sent
+# ahead of a reply it must wait for (RFC 2920) ends the session with
+# "554 5.5.0 Error: SMTP protocol synchronization" and an "improper command
+# pipelining" log line. A bare LF anywhere, commands and DATA or BDAT
+# content alike, is refused with "550 5.5.2 Error: bare <LF> received" and
+# logged, loopback included (the exclusions default to $mynetworks). On
+# Postfix 3.7.10+, 3.8.5+ and 3.9 "yes" means "normalize", which takes a
+# bare LF silently as CRLF: "reject" is the value that refuses and logs it.
+smtpd_forbid_unauth_pipelining = yes
+smtpd_forbid_bare_newline = reject
+smtpd_forbid_bare_newline_exclusions =
+smtpd_discard_ehlo_keywords = {discard_ehlo_keywords}
+smtputf8_enable = yes
+
+# No size limit (the bench sends a 1 GiB attachment), no reverse lookup of
+# the client, no per-client limits (anvil) and no throttling or error
+# sleeps: the figures must be the client's.
+message_size_limit = 0
+mailbox_size_limit = 0
+smtpd_peername_lookup = no
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+smtpd_client_recipient_rate_limit = 0
+smtpd_error_sleep_time = 0
+in_flow_delay = 0
+biff = no
+
+# Every daemon logs to this file, through postlogd (the postlog service).
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+"""
+
+# master.cf, for `str.format(address=)` (`127.0.0.1:PORT`): the one smtpd,
+# and the internal services that mail arriving there and going to discard
+# needs. Nothing runs chrooted (the spool is not set up for it).
+POSTFIX_MASTER_CF = """\
+# service  type       private unpriv chroot wakeup maxproc command
+{address}  inet       n       -      n      -      -       smtpd
+cleanup    unix       n       -      n      -      0       cleanup
+qmgr       unix       n       -      n      300    1       qmgr
+rewrite    unix       -       -      n      -      -       trivial-rewrite
+bounce     unix       -       -      n      -      0       bounce
+defer      unix       -       -      n      -      0       bounce
+trace      unix       -       -      n      -      0       bounce
+verify     unix       -       -      n      -      1       verify
+flush      unix       n       -      n      1000?  0       flush
+proxymap   unix       -       -      n      -      -       proxymap
+showq      unix       n       -      n      -      -       showq
+error      unix       -       -      n      -      -       error
+retry      unix       -       -      n      -      -       error
+discard    unix       -       -      n      -      -       discard
+anvil      unix       -       -      n      -      1       anvil
+scache     unix       -       -      n      -      1       scache
+postlog    unix-dgram n       -      n      -      1       postlogd
+"""
+
+# The folders under the root: (path, owner, group, mode), as Postfix's
+# post-install makes them (`postfix check` would too, but takes 2 s).
+POSTFIX_DIRS = (
+    ("etc", "root", "root", 0o755),
+    ("data", "postfix", "root", 0o700),
+    ("spool", "root", "root", 0o755),
+    ("spool/pid", "root", "root", 0o755),
+    ("spool/active", "postfix", "root", 0o700),
+    ("spool/bounce", "postfix", "root", 0o700),
+    ("spool/corrupt", "postfix", "root", 0o700),
+    ("spool/defer", "postfix", "root", 0o700),
+    ("spool/deferred", "postfix", "root", 0o700),
+    ("spool/flush", "postfix", "root", 0o700),
+    ("spool/hold", "postfix", "root", 0o700),
+    ("spool/incoming", "postfix", "root", 0o700),
+    ("spool/private", "postfix", "root", 0o700),
+    ("spool/saved", "postfix", "root", 0o700),
+    ("spool/trace", "postfix", "root", 0o700),
+    ("spool/maildrop", "postfix", "postdrop", 0o730),
+    ("spool/public", "postfix", "postdrop", 0o710),
+)
+
+# Log lines a test treats as trouble: Postfix's own warnings and errors,
+# and what smtpd logs about a client that breaks the protocol.
+_POSTFIX_TROUBLE_RE = re.compile(
+    r"\b(?:warning|error|fatal|panic):"
+    r"|improper command pipelining"
+    r"|bare <LF>"
+    r"|\breject:"
+    r"|lost connection after"
+    r"|timeout after"
+    r"|too many errors after")
+_POSTFIX_DELIVERY_RE = re.compile(
+    r"postfix/discard\[\d+\]: ([0-9A-Za-z]+): to=<([^>]*)>,.* status=sent ")
+_POSTFIX_SESSION_RE = re.compile(r"postfix/smtpd\[\d+\]: disconnect from \S+ (.*)$")
+
+
+def postfix_main_cf(root: Path, *, chunking: bool = True,
+                    options: Optional[dict[str, str]] = None) -> str:
+    """The main.cf text of a `PostfixSmtpd` rooted at `root`.
+
+    `chunking=False` hides CHUNKING from the EHLO reply; `options` set
+    further main.cf parameters, replacing a line of the template that sets
+    the same one.
+    """
+    text = POSTFIX_MAIN_CF.format(
+        root=root, hostname=SMTPD_HOSTNAME,
+        discard_ehlo_keywords="" if chunking else "silent-discard, chunking")
+    lines = text.splitlines()
+    for name, value in (options or {}).items():
+        line = f"{name} = {value}"
+        for i, old in enumerate(lines):
+            if old.split("=", 1)[0].strip() == name and not old.startswith("#"):
+                lines[i] = line
+                break
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def write_postfix_file(path: Path, text: str) -> None:
+    """Write a configuration file, dated a while back.
+
+    Postfix reads main.cf again and again, 0.3 s apart, until its mtime is
+    over a second older than the moment it began (so that it never reads a
+    file that an editor is still writing): a file written just now would
+    cost every start 1.5-2 s.
+    """
+    path.write_text(text)
+    past = time.time() - POSTFIX_CONFIG_AGE_S
+    os.utime(path, (past, past))
+
+
+def make_postfix_dirs(root: Path) -> None:
+    """The configuration, data and queue folders of a private Postfix."""
+    for path, owner, group, mode in POSTFIX_DIRS:
+        d = root / path
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, pwd.getpwnam(owner).pw_uid, grp.getgrnam(group).gr_gid)
+        d.chmod(mode)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One recipient of one message, handed to the discard transport."""
+    queue_id: str
+    recipient: str
+
+
+class PostfixSmtpd:
+    """A private Postfix: its smtpd on 127.0.0.1:<free port>.
+
+    Everything lives in a fresh folder under the system's temporary folder
+    (not pytest's, which the `postfix` account cannot enter): main.cf and
+    master.cf in `etc/`, the queue in `spool/`, `data/`, and the log file
+    `maillog`. The master runs in the foreground (`master -d -c etc`) as
+    the leader of its own process group, so stopping it (SIGTERM, which it
+    passes on to its daemons) leaves nothing behind; several instances run
+    side by side. Needs root, like any Postfix master.
+
+    The configuration (`POSTFIX_MAIN_CF`) accepts mail for any domain from
+    127.0.0.0/8 and discards it, announces PIPELINING and CHUNKING
+    (`chunking=False` hides CHUNKING), and is strict: a client that
+    pipelines where it must wait, or sends a bare LF, is refused and logged
+    (see `warnings()`). `options` set further main.cf parameters.
+
+    `start()` returns once the port answers with a 220 greeting (a probe
+    session, left out of `sessions()`). `stop()` copies the log to
+    `workdir/postfix.log` (kept with the test's files) and removes the
+    folder.
+    """
+
+    START_ATTEMPTS = 3
+    MASTER = POSTFIX_DAEMON_DIR / "master"
+    # How often to look at the port or the log while waiting.
+    POLL_S = 0.02
+
+    def __init__(self, workdir: Path, *, chunking: bool = True,
+                 options: Optional[dict[str, str]] = None):
+        if not os.access(self.MASTER, os.X_OK):
+            raise RuntimeError(f"{self.MASTER} not found (apt-get install postfix)")
+        if os.geteuid() != 0:
+            raise RuntimeError("PostfixSmtpd needs root: Postfix's master runs as root")
+        try:
+            pwd.getpwnam(POSTFIX_MAIL_OWNER)
+        except KeyError:
+            raise RuntimeError(f"no {POSTFIX_MAIL_OWNER!r} account (apt-get install postfix)")
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.chunking = chunking
+        self.options = dict(options or {})
+        self.root: Optional[Path] = None
+        self.port: Optional[int] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._probe_sessions = 0
+
+    # ---- life cycle ------------------------------------------------------
+
+    def start(self) -> "PostfixSmtpd":
+        root = Path(tempfile.mkdtemp(prefix="wasmail-postfix-"))
+        root.chmod(0o755)
+        self.root = root
+        make_postfix_dirs(root)
+        write_postfix_file(root / "etc" / "main.cf",
+                           postfix_main_cf(root, chunking=self.chunking, options=self.options))
+        last_error = ""
+        for _ in range(self.START_ATTEMPTS):
+            port = free_port()
+            write_postfix_file(root / "etc" / "master.cf",
+                               POSTFIX_MASTER_CF.format(address=f"{LOOPBACK}:{port}"))
+            with open(root / "master.err", "wb") as err:
+                # -d: stay in the foreground (and keep stderr for start-up
+                # errors); a session of its own makes the master a process
+                # group leader, which it must be to pass SIGTERM on.
+                proc = subprocess.Popen([str(self.MASTER), "-d", "-c", str(root / "etc")],
+                                        stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                        start_new_session=True)
+            self._proc, self.port = proc, port
+            if self._greeted():
+                self._probe_sessions = 1
+                self._wait(lambda: len(self._all_sessions()) >= 1, SERVER_START_TIMEOUT_S)
+                return self
+            last_error = ((root / "master.err").read_text(errors="replace")
+                          + "".join(l + "\n" for l in self.warnings()))
+            self._stop_master()
+            # A port taken meanwhile is the likely cause: try another, with
+            # a clean log.
+            (root / "maillog").unlink(missing_ok=True)
+        self.stop()
+        raise RuntimeError(f"Postfix did not start: {last_error}")
+
+    def _greeted(self) -> bool:
+        """Wait for the port to answer with `220 `, then QUIT."""
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            try:
+                with socket.create_connection((LOOPBACK, self.port),
+                                              timeout=SERVER_START_TIMEOUT_S) as s:
+                    f = s.makefile("rb")
+                    if not f.readline().startswith(b"220 "):
+                        return False
+                    s.sendall(b"QUIT\r\n")
+                    f.readline()
+                    return True
+            except OSError:
+                time.sleep(self.POLL_S)
+        return False
+
+    def _stop_master(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # Still alive, so its group still exists: the master and every
+            # daemon it started.
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        self._stop_master()
+        if self.root is not None:
+            for name, keep in (("maillog", "postfix.log"), ("master.err", "postfix-master.err")):
+                try:
+                    shutil.copyfile(self.root / name, self.workdir / keep)
+                except OSError:
+                    pass
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def __enter__(self) -> "PostfixSmtpd":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        """`127.0.0.1:PORT`, for `--server`."""
+        return f"{LOOPBACK}:{self.port}"
+
+    # ---- what the log says ------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        if self.root is None:
+            raise RuntimeError("PostfixSmtpd not started")
+        return self.root / "maillog"
+
+    def log_lines(self) -> list[str]:
+        """Every line Postfix logged so far, start-up included."""
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def warnings(self) -> list[str]:
+        """Log lines about trouble: `warning:`, `error:`, `fatal:` and
+        `panic:` lines, and smtpd's complaints about a client (improper
+        command pipelining, bare <LF>, a rejected command, a lost connection,
+        a timeout, too many errors)."""
+        return [l for l in self.log_lines() if _POSTFIX_TROUBLE_RE.search(l)]
+
+    def deliveries(self) -> list[Delivery]:
+        """What the discard transport took so far: one per recipient."""
+        found = (_POSTFIX_DELIVERY_RE.search(l) for l in self.log_lines())
+        return [Delivery(m[1], m[2]) for m in found if m]
+
+    def _all_sessions(self) -> list[dict[str, str]]:
+        found = (_POSTFIX_SESSION_RE.search(l) for l in self.log_lines())
+        return [dict(kv.split("=", 1) for kv in m[1].split() if "=" in kv)
+                for m in found if m]
+
+    def sessions(self) -> list[dict[str, str]]:
+        """The ended client sessions (the start-up probe left out), each as
+        smtpd's command counts, e.g. {"ehlo": "1", "mail": "1", "rcpt": "1",
+        "data": "1", "quit": "1", "commands": "5"}. A count like "0/1"
+        means a command was refused (ok/total)."""
+        return self._all_sessions()[self._probe_sessions:]
+
+    def _wait(self, done, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(self.POLL_S)
+        return True
+
+    def delivered(self, count: int, *, sessions: int = 1,
+                  timeout: float = POSTFIX_DELIVERY_TIMEOUT_S) -> int:
+        """Wait until discard has taken `count` recipients and `sessions`
+        client sessions have ended (so their log lines are all there), then
+        return how many recipients it took. Returns what there is on
+        timeout."""
+        self._wait(lambda: len(self.deliveries()) >= count
+                   and len(self.sessions()) >= sessions, timeout)
+        return len(self.deliveries())
