@@ -309,11 +309,16 @@ fn wit_rendered(msg: &Prepared<HostBlobs>, bytes: Vec<u8>) -> WitRendered {
 }
 
 impl State {
-    /// Send over the kept session, opening one with the host's network and
-    /// credentials when needed.
+    /// Send one message: a batch of one.
     fn send(&mut self, msg: &Prepared<HostBlobs>) -> Result<wit::Receipt, SmtpError> {
+        self.send_many(&[msg]).pop().unwrap_or_else(|| Err(SmtpError::Protocol("a batch of one gave no result".into())))
+    }
+
+    /// Send `msgs` as one pipelined batch over the kept session, opening
+    /// one with the host's network and credentials when needed.
+    fn send_many(&mut self, msgs: &[&Prepared<HostBlobs>]) -> Vec<Result<wit::Receipt, SmtpError>> {
         let Some(s) = &self.settings else {
-            return Err(SmtpError::Connect("no relay configured".into()));
+            return msgs.iter().map(|_| Err(SmtpError::Connect("no relay configured".into()))).collect();
         };
         let open = || {
             let r = &s.relay;
@@ -321,11 +326,11 @@ impl State {
             let net = Net::connect(&r.host, &r.addresses, r.port, implicit, s.timeouts, r.verbose)?;
             Session::open(net, &r.config, || credentials::secret().map(Secret::new))
         };
-        let (result, encoded) = self.connection.send(open, msg);
+        let (results, encoded) = self.connection.send_many(open, msgs);
         if let Some(note) = encoded.note().filter(|_| s.relay.verbose) {
             transcript::line(Direction::Info, &note);
         }
-        result.map(|t| receipt(msg, t))
+        results.into_iter().zip(msgs).map(|(r, msg)| r.map(|t| receipt(msg, t))).collect()
     }
 }
 
@@ -333,10 +338,28 @@ fn send(msg: &Prepared<HostBlobs>) -> Result<wit::Receipt, SmtpError> {
     STATE.with_borrow_mut(|st| st.send(msg))
 }
 
+/// Send the messages that were prepared as one batch; the others keep
+/// their errors. One result per message, in order.
+fn send_many(prepared: Vec<Result<Prepared<HostBlobs>, wit::SendError>>) -> Vec<Result<wit::Receipt, wit::SendError>> {
+    let ready: Vec<&Prepared<HostBlobs>> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let mut sent = STATE.with_borrow_mut(|st| st.send_many(&ready)).into_iter();
+    prepared
+        .iter()
+        .map(|p| match p {
+            Ok(_) => sent.next().unwrap_or_else(|| Err(SmtpError::Protocol("the batch gave too few results".into()))).map_err(Into::into),
+            Err(e) => Err(e.clone()),
+        })
+        .collect()
+}
+
 impl SenderGuest for Mailer {
     fn send(msg: wit::Message) -> Result<wit::Receipt, wit::SendError> {
         let msg = prepare(msg)?;
         Ok(send(&msg)?)
+    }
+
+    fn send_many(msgs: Vec<wit::Message>) -> Vec<Result<wit::Receipt, wit::SendError>> {
+        send_many(msgs.into_iter().map(|m| prepare(m).map_err(Into::into)).collect())
     }
 }
 
@@ -369,6 +392,14 @@ impl TransportGuest for Mailer {
     fn submit(envelope: wt::Envelope, bytes: Vec<u8>) -> Result<wit::Receipt, wit::SendError> {
         let msg = Prepared::raw(&envelope.from, &envelope.recipients, bytes, HostBlobs)?;
         Ok(send(&msg)?)
+    }
+
+    fn submit_many(msgs: Vec<WitRendered>) -> Vec<Result<wit::Receipt, wit::SendError>> {
+        send_many(
+            msgs.into_iter()
+                .map(|m| Prepared::raw(&m.envelope.from, &m.envelope.recipients, m.bytes, HostBlobs).map_err(Into::into))
+                .collect(),
+        )
     }
 
     fn close() {

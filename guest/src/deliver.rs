@@ -5,8 +5,9 @@
 //! - A message is [`Prepared`]: built from its draft (attachment files
 //!   measured, opened again only when streamed, through [`Blobs`]), or taken
 //!   as already rendered bytes (`submit`).
-//! - [`Connection`] keeps one session open from send to send, reopens once a
-//!   kept session the server has closed meanwhile, and drops a session whose
+//! - [`Connection`] keeps one session open from send to send, sends a batch
+//!   of messages pipelined over it, sends once more on a new session the
+//!   messages a lost connection left unsent, and drops a session whose
 //!   connection can no longer be trusted.
 //! - What is kept for a retry, and how much may be held in memory
 //!   ([`MAX_IN_MEMORY_BYTES`]), is decided here.
@@ -25,7 +26,7 @@ use crate::smtp::SmtpError;
 use crate::smtp::auth::Choice;
 use crate::smtp::command::ClientName;
 use crate::smtp::data::{Chunk, Source};
-use crate::smtp::session::{Config, Outgoing, Session, TlsMode, TransactionResult, Transport};
+use crate::smtp::session::{Batch, Config, Item, Outgoing, Session, TlsMode, TransactionResult, Transport};
 use std::time::{Duration, Instant};
 
 /// The largest message the mailer assembles whole in memory: for the outbox
@@ -159,6 +160,11 @@ pub struct Encoded {
 }
 
 impl Encoded {
+    fn add(&mut self, other: Self) {
+        self.bytes += other.bytes;
+        self.time += other.time;
+    }
+
     /// The transcript note, when anything was encoded.
     pub fn note(&self) -> Option<String> {
         if self.bytes == 0 {
@@ -534,44 +540,83 @@ impl<T: Transport> Default for Connection<T> {
 }
 
 impl<T: Transport> Connection<T> {
-    /// Send `msg`, opening a session with `open` when none is kept. A kept
-    /// session that turns out to have been closed by the server is reopened
-    /// once, provided nothing of the message was streamed yet. A session
-    /// whose connection can no longer be trusted is dropped without QUIT.
+    /// Send `msg`: [`Connection::send_many`] with one message.
     pub fn send<B: Blobs>(
         &mut self,
-        mut open: impl FnMut() -> Result<Session<T>, SmtpError>,
+        open: impl FnMut() -> Result<Session<T>, SmtpError>,
         msg: &Prepared<B>,
     ) -> (Result<TransactionResult, SmtpError>, Encoded) {
-        let out = msg.outgoing();
-        let segments = &msg.rendered.segments;
-        let reused = self.session.is_some();
-        let mut source = SegmentSource::new(segments, &msg.streams);
-        let mut result = self.transact(&mut open, &out, &mut source);
-        if matches!(result, Err(SmtpError::Connect(_))) && reused && source.encoded.bytes == 0 {
-            self.session = None;
-            source = SegmentSource::new(segments, &msg.streams);
-            result = self.transact(&mut open, &out, &mut source);
-        }
-        if let Err(e) = &result
-            && (e.kills_session() || self.session.as_ref().is_some_and(|s| !s.is_usable()))
-        {
-            self.session = None;
-        }
-        (result, source.encoded)
+        let (mut results, encoded) = self.send_many(open, &[msg]);
+        let result = results.pop().unwrap_or_else(|| Err(SmtpError::Protocol("a batch of one gave no result".into())));
+        (result, encoded)
     }
 
-    fn transact(
+    /// Send `msgs` over the kept session, pipelined across messages when the
+    /// server allows it ([`Session::send_many`]), opening a session with
+    /// `open` when none is kept. The messages a lost connection left unsent
+    /// (a kept session the server closed meanwhile, or a break in the middle)
+    /// go once more, on a new session. A session whose connection can no
+    /// longer be trusted is dropped without QUIT. One result per message, in
+    /// order.
+    ///
+    /// The second session is opened only when the first one was kept from
+    /// before or delivered something: a new session that fails before any
+    /// message went through is the error, not a reason to hammer the relay.
+    pub fn send_many<B: Blobs>(
+        &mut self,
+        mut open: impl FnMut() -> Result<Session<T>, SmtpError>,
+        msgs: &[&Prepared<B>],
+    ) -> (Vec<Result<TransactionResult, SmtpError>>, Encoded) {
+        let mut encoded = Encoded::default();
+        let all: Vec<usize> = (0..msgs.len()).collect();
+        let reused = self.session.is_some();
+        let first = self.pass(&mut open, msgs, &all, &mut encoded);
+        let mut results = first.results;
+        if !first.unsent.is_empty() && (reused || results.iter().any(Result::is_ok)) {
+            let again = self.pass(&mut open, msgs, &first.unsent, &mut encoded);
+            for (&i, result) in first.unsent.iter().zip(again.results) {
+                if let Some(slot) = results.get_mut(i) {
+                    *slot = result;
+                }
+            }
+        }
+        (results, encoded)
+    }
+
+    /// One batch of `msgs[which]` over the kept or a new session. Results
+    /// are in the order of `which`; `unsent` holds indices into `msgs`.
+    fn pass<B: Blobs>(
         &mut self,
         open: &mut impl FnMut() -> Result<Session<T>, SmtpError>,
-        out: &Outgoing<'_>,
-        source: &mut dyn Source,
-    ) -> Result<TransactionResult, SmtpError> {
-        let session = match self.session.take() {
+        msgs: &[&Prepared<B>],
+        which: &[usize],
+        encoded: &mut Encoded,
+    ) -> Batch {
+        let picked: Vec<&Prepared<B>> = which.iter().filter_map(|&i| msgs.get(i).copied()).collect();
+        let mut session = match self.session.take() {
             Some(s) => s,
-            None => open()?,
+            None => match open() {
+                Ok(s) => s,
+                Err(e) => return Batch { results: picked.iter().map(|_| Err(e.clone())).collect(), unsent: vec![] },
+            },
         };
-        self.session.insert(session).send(out, source)
+        let mut sources: Vec<SegmentSource<'_, B>> =
+            picked.iter().map(|m| SegmentSource::new(&m.rendered.segments, &m.streams)).collect();
+        let mut items: Vec<Item<'_, '_>> = picked
+            .iter()
+            .zip(sources.iter_mut())
+            .map(|(m, source)| Item { msg: m.outgoing(), source })
+            .collect();
+        let batch = session.send_many(&mut items);
+        drop(items);
+        for s in &sources {
+            encoded.add(s.encoded);
+        }
+        if session.is_usable() {
+            self.session = Some(session);
+        }
+        let unsent = batch.unsent.iter().filter_map(|&k| which.get(k).copied()).collect();
+        Batch { results: batch.results, unsent }
     }
 
     /// QUIT and close the kept session, if any.

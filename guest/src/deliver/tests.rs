@@ -570,3 +570,40 @@ fn the_size_limit_counts_the_signature() {
     assert!(msg.check_size(Some(size)).is_err());
     assert!(msg.check_size(Some(msg.rendered.size())).is_ok());
 }
+
+#[test]
+fn a_batch_broken_in_the_middle_sends_the_unsent_rest_on_a_new_session() {
+    // Message 0 is delivered; message 1's dot goes out with message 2's
+    // envelope, then the connection resets: 1 is outcome unknown (never
+    // sent again), 2 and 3 go on a new session.
+    let first = Peer::new(&[
+        HELLO[0],
+        HELLO[1],
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 zero\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "<reset>",
+    ]);
+    let second = Peer::new(&[
+        HELLO[0],
+        HELLO[1],
+        "250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 two\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 three\r\n",
+    ]);
+    let second_commands = second.commands.clone();
+    let mut conn = Connection::default();
+    let mut open = opener(vec![first, second]);
+    let msg = text_message();
+    let (results, _) = conn.send_many(&mut open, &[&msg, &msg, &msg, &msg]);
+    let lines: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(t) => t.reply.lines.join(" "),
+            Err(SmtpError::OutcomeUnknown(_)) => "unknown".into(),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    assert_eq!(lines, ["zero", "unknown", "two", "three"]);
+    assert_eq!(second_commands.borrow()[0], "EHLO client.example\r\n");
+    assert!(conn.session.is_some());
+}

@@ -280,6 +280,17 @@ impl Mailer {
             .context("calling the mailer's submit")
     }
 
+    /// Send already assembled messages as one pipelined batch: one result
+    /// per message, in order.
+    pub async fn submit_many(&mut self, msgs: &[Rendered]) -> Result<Vec<Result<Receipt, SendError>>> {
+        self.bindings
+            .wasmail_mail_transport()
+            .call_submit_many(&mut self.store, msgs)
+            .await
+            .anyhow()
+            .context("calling the mailer's submit-many")
+    }
+
     /// How many DKIM signatures the host made for this mailer.
     pub fn signatures(&self) -> u64 {
         self.store.data().signatures

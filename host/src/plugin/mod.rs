@@ -19,7 +19,7 @@ use crate::mail::dkim::Signing;
 use crate::mail::policy::Policy;
 use crate::cli::report::exit;
 use crate::plugin::sandbox::{PluginLimiter, Stop};
-use sender::{Counts, Delivery, Forwarder};
+use sender::{Counts, Delivery, Forwarder, InFlight};
 use crate::mailer::transcript::Sink;
 use crate::{Runtime, mailer::tls};
 use anyhow::{Context, Result, bail};
@@ -330,7 +330,7 @@ impl<'a> PluginHost<'a> {
             audit: self.audit.clone(),
             dead_letters: self.dead_letters(),
             counts: Counts::default(),
-            in_flight: None,
+            in_flight: InFlight::default(),
             stop: None,
         };
         let state = PluginState {
@@ -413,7 +413,7 @@ impl<'a> PluginHost<'a> {
         let forwarder = &mut state.forwarder;
         // A mailer stopped in the middle of a call, or one that failed, is
         // dropped, not called again: its connection closes with the store.
-        let mailer_busy = forwarder.in_flight.is_some() || matches!(stop, Some(Stop::Mailer(_)));
+        let mailer_busy = !forwarder.in_flight.is_empty() || matches!(stop, Some(Stop::Mailer(_)));
         if let Some(why) = &stopped
             && let Err(e) = forwarder.abandon(why)
         {

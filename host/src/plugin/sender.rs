@@ -48,13 +48,43 @@ pub struct Counts {
     pub kept: u64,
 }
 
-/// A send the run was in the middle of, for when a limit stops it there.
+/// The most octets of assembled messages one `send-many` call holds in the
+/// host before it hands them to the mailer: a longer list goes out in
+/// several pipelined batches, so a plugin's list costs the host at most
+/// this much, whatever its length (the list itself lives in the plugin's
+/// store, under its `memory_mib`).
+pub const MAX_BATCH_BYTES: u64 = 16 << 20;
+
+/// The most messages in one pipelined batch handed to the mailer.
+pub const MAX_BATCH_MESSAGES: usize = 256;
+
+/// A message written ahead to the spool, with its `attempt` record, whose
+/// outcome is not settled yet.
 #[derive(Debug)]
-pub enum InFlight {
-    /// The mailer was assembling it; nothing was written or sent yet.
-    Assembling(Approved),
-    /// It is in the spool and was being delivered.
-    Delivering(Approved, Pending, String),
+pub struct Queued {
+    /// Which message of the call it is.
+    index: usize,
+    approved: Approved,
+    pending: Pending,
+    rendered: Rendered,
+}
+
+/// What the run was in the middle of, for when a limit stops it there.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// A message the mailer was assembling: nothing written or sent yet.
+    pub assembling: Option<Approved>,
+    /// Messages in the spool, waiting for their batch.
+    pub queued: Vec<Queued>,
+    /// The queued messages were handed to the mailer for delivery.
+    pub delivering: bool,
+}
+
+impl InFlight {
+    /// Nothing in flight.
+    pub fn is_empty(&self) -> bool {
+        self.assembling.is_none() && self.queued.is_empty()
+    }
 }
 
 /// Everything `send` needs during one run.
@@ -75,8 +105,8 @@ pub struct Forwarder {
     pub dead_letters: DeadLetters,
     /// What the run counted.
     pub counts: Counts,
-    /// The send in progress, if any.
-    pub in_flight: Option<InFlight>,
+    /// The sends in progress.
+    pub in_flight: InFlight,
     /// Why the host stopped the run from inside `send`, if it did.
     pub stop: Option<Stop>,
 }
@@ -124,9 +154,70 @@ impl Forwarder {
         e
     }
 
-    /// The host side of `sender.send`. `Err` stops the run (a trap);
-    /// refusals are `send-error`s.
-    pub async fn send(&mut self, mut msg: Message) -> Result<Result<Receipt, SendError>> {
+    /// The host side of `sender.send`: `send-many` with one message.
+    pub async fn send(&mut self, msg: Message) -> Result<Result<Receipt, SendError>> {
+        let mut results = self.send_many(vec![msg]).await?;
+        results.pop().ok_or_else(|| anyhow::anyhow!("a batch of one gave no result"))
+    }
+
+    /// The host side of `sender.send-many`. Each message is one attempt
+    /// against the run's budget and goes through the policy, the mailer's
+    /// assembly, the write-ahead spool and its `attempt` record as if sent
+    /// alone; the approved ones go to the relay in pipelined batches of at
+    /// most [`MAX_BATCH_MESSAGES`] messages and [`MAX_BATCH_BYTES`] octets.
+    /// `Err` stops the run (a trap), after the messages already queued were
+    /// delivered (budget exhausted) or settled; refusals are `send-error`s.
+    pub async fn send_many(&mut self, msgs: Vec<Message>) -> Result<Vec<Result<Receipt, SendError>>> {
+        let mut results: Vec<Option<Result<Receipt, SendError>>> = msgs.iter().map(|_| None).collect();
+        let mut queued_bytes = 0u64;
+        for (index, mut msg) in msgs.into_iter().enumerate() {
+            let admitted = match self.admit(&mut msg) {
+                Ok(admitted) => admitted,
+                Err(stop) => {
+                    // Over the budget: what was approved before still goes.
+                    self.flush(&mut results).await?;
+                    return Err(stop);
+                }
+            };
+            let approved = match admitted {
+                Ok(approved) => approved,
+                Err(refused) => {
+                    results[index] = Some(Err(refused));
+                    continue;
+                }
+            };
+            let rendered = match self.assemble(approved.clone(), &msg).await? {
+                Ok(rendered) => rendered,
+                Err(e) => {
+                    results[index] = Some(Err(e));
+                    continue;
+                }
+            };
+            if let Delivery::Outbox(dir) = &self.delivery {
+                let dir = dir.clone();
+                results[index] = Some(self.to_outbox(&dir, approved, rendered)?);
+                continue;
+            }
+            let size = rendered.bytes.len() as u64;
+            if !self.in_flight.queued.is_empty()
+                && (queued_bytes + size > MAX_BATCH_BYTES || self.in_flight.queued.len() >= MAX_BATCH_MESSAGES)
+            {
+                self.flush(&mut results).await?;
+                queued_bytes = 0;
+            }
+            self.write_ahead(index, approved, rendered)?;
+            queued_bytes += size;
+        }
+        self.flush(&mut results).await?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SendError::Protocol("the host left this message unsettled".into()))))
+            .collect())
+    }
+
+    /// Count the attempt and hold `msg` to the policy. `Err` stops the run
+    /// (the budget is spent); `Ok(Err)` is this message's refusal.
+    fn admit(&mut self, msg: &mut Message) -> Result<Result<Approved, SendError>> {
         self.counts.attempts += 1;
         match self.policy.attempt() {
             Ok(Ok(())) => {}
@@ -139,40 +230,39 @@ impl Forwarder {
                 return Err(self.stop(Stop::Budget(exhausted)));
             }
         }
-        let approved = match self.policy.check(&mut msg) {
-            Ok(a) => a,
+        match self.policy.check(msg) {
+            Ok(approved) => Ok(Ok(approved)),
             Err(Refusal::Denied(denied)) => {
                 let mut r = base(None, Outcome::Denied, Some(format!("policy-denied: {denied}")));
                 r.from = msg.from.as_ref().map(|m| m.address.clone());
                 self.record(r)?;
-                return Ok(Err(SendError::PolicyDenied(denied.to_string())));
+                Ok(Err(SendError::PolicyDenied(denied.to_string())))
             }
             Err(Refusal::Invalid(invalid)) => {
                 self.record(base(None, Outcome::Error, Some(format!("invalid-message: {invalid}"))))?;
-                return Ok(Err(SendError::InvalidMessage(invalid)));
+                Ok(Err(SendError::InvalidMessage(invalid)))
             }
+        }
+    }
+
+    /// Have the mailer assemble (and sign) an approved message.
+    async fn assemble(&mut self, approved: Approved, msg: &Message) -> Result<Result<Rendered, SendError>> {
+        self.in_flight.assembling = Some(approved);
+        let rendered = self.mailer.render(msg).await;
+        let Some(approved) = self.in_flight.assembling.take() else {
+            anyhow::bail!("the message being assembled went missing");
         };
-        self.in_flight = Some(InFlight::Assembling(approved.clone()));
-        let rendered = match self.mailer.render(&msg).await {
-            Ok(r) => r,
+        match rendered {
             Err(e) => {
-                self.in_flight = None;
                 let why = format!("{e:#}");
                 self.record(base(Some(&approved), Outcome::Error, Some(format!("mailer: {why}"))))?;
-                return Err(self.stop(Stop::Mailer(why)));
+                Err(self.stop(Stop::Mailer(why)))
             }
-        };
-        self.in_flight = None;
-        let rendered = match rendered {
-            Ok(r) => r,
-            Err(e) => {
+            Ok(Ok(rendered)) => Ok(Ok(rendered)),
+            Ok(Err(e)) => {
                 self.record(base(Some(&approved), outcome_of(&e), Some(format!("{}: {}", &e.kind(), &e.describe()))))?;
-                return Ok(Err(e));
+                Ok(Err(e))
             }
-        };
-        match self.delivery.clone() {
-            Delivery::Outbox(dir) => self.to_outbox(&dir, approved, rendered),
-            Delivery::Relay => self.to_relay(approved, rendered).await,
         }
     }
 
@@ -201,7 +291,9 @@ impl Forwarder {
         }))
     }
 
-    async fn to_relay(&mut self, approved: Approved, rendered: Rendered) -> Result<Result<Receipt, SendError>> {
+    /// Write the message ahead to the spool, then its `attempt` record, and
+    /// queue it for the next batch.
+    fn write_ahead(&mut self, index: usize, approved: Approved, rendered: Rendered) -> Result<()> {
         let pending = match self.dead_letters.write_ahead(&rendered, Some(&self.plugin)) {
             Ok(p) => p,
             Err(e) => return Err(self.could_not_keep("spool", &approved, rendered.message_id, &e)),
@@ -217,21 +309,62 @@ impl Forwarder {
             }
             return Err(e);
         }
-        let id = pending.id.clone();
-        self.in_flight = Some(InFlight::Delivering(approved, pending, rendered.message_id.clone()));
-        let result = self.mailer.submit(&rendered.envelope, &rendered.bytes).await;
-        let Some(InFlight::Delivering(approved, pending, message_id)) = self.in_flight.take() else {
-            anyhow::bail!("the send in flight went missing");
-        };
-        let result = match result {
-            Ok(r) => r,
+        self.in_flight.queued.push(Queued { index, approved, pending, rendered });
+        Ok(())
+    }
+
+    /// Deliver the queued messages as one batch and settle each: its outcome
+    /// record, and its spool copy removed or kept.
+    async fn flush(&mut self, results: &mut [Option<Result<Receipt, SendError>>]) -> Result<()> {
+        if self.in_flight.queued.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<Rendered> = self.in_flight.queued.iter().map(|q| q.rendered.clone()).collect();
+        self.in_flight.delivering = true;
+        let sent = self.mailer.submit_many(&batch).await;
+        drop(batch);
+        self.in_flight.delivering = false;
+        let queued = std::mem::take(&mut self.in_flight.queued);
+        let sent = match sent {
+            Ok(sent) if sent.len() == queued.len() => sent,
+            Ok(sent) => {
+                let why = format!("the mailer gave {} results for {} messages", sent.len(), queued.len());
+                self.in_flight.queued = queued;
+                self.in_flight.delivering = true;
+                return Err(self.stop(Stop::Mailer(why)));
+            }
             Err(e) => {
                 let why = format!("{e:#}");
-                self.settle_unknown(approved, pending, message_id, &format!("the mailer failed during delivery: {why}"))?;
+                for q in queued {
+                    self.settle_unknown(q, &format!("the mailer failed during delivery: {why}"))?;
+                }
                 return Err(self.stop(Stop::Mailer(why)));
             }
         };
-        let mut r = match &result {
+        let mut queued = queued.into_iter();
+        let mut sent = sent.into_iter();
+        while let (Some(q), Some(result)) = (queued.next(), sent.next()) {
+            let index = q.index;
+            if let Err(e) = self.settle(q, &result) {
+                // The run stops; the rest were delivered or not, unrecorded:
+                // they stay in the spool as outcome unknown.
+                self.in_flight.queued = queued.collect();
+                self.in_flight.delivering = true;
+                return Err(e);
+            }
+            if let Some(slot) = results.get_mut(index) {
+                *slot = Some(result);
+            }
+        }
+        Ok(())
+    }
+
+    /// Record what became of a delivered (or not) message, and remove or
+    /// keep its spool copy.
+    fn settle(&mut self, q: Queued, result: &Result<Receipt, SendError>) -> Result<()> {
+        let Queued { approved, pending, rendered, .. } = q;
+        let id = pending.id.clone();
+        let mut r = match result {
             Ok(receipt) => {
                 let mut r = base(Some(&approved), Outcome::Accepted, Some(format!("{} {}", receipt.reply.code, receipt.reply.text)));
                 r.size = Some(receipt.size);
@@ -259,7 +392,7 @@ impl Forwarder {
                         let why = format!("{keep_error:#}");
                         r.reason = Some(format!("{}; the spool could not settle it: {why}", r.reason.unwrap_or_default()));
                         r.id = Some(id);
-                        r.message_id = Some(message_id);
+                        r.message_id = Some(rendered.message_id);
                         self.record(r)?;
                         return Err(self.stop(Stop::Host(format!("the spool could not keep a message: {why}"))));
                     }
@@ -268,9 +401,8 @@ impl Forwarder {
             }
         };
         r.id = Some(id);
-        r.message_id = Some(message_id);
-        self.record(r)?;
-        Ok(result)
+        r.message_id = Some(rendered.message_id);
+        self.record(r)
     }
 
     /// The `outbox` or the `spool` could not keep a message, so it was not
@@ -285,33 +417,51 @@ impl Forwarder {
         self.stop(Stop::Host(format!("the {place} could not keep a message: {why}")))
     }
 
-    fn settle_unknown(&mut self, approved: Approved, pending: Pending, message_id: String, why: &str) -> Result<()> {
-        let mut r = base(Some(&approved), Outcome::Error, Some(format!("outcome-unknown: {why}")));
-        r.id = Some(pending.id.clone());
-        r.message_id = Some(message_id);
-        r.dead_letter = Some(pending.keep_unknown(why)?.display().to_string());
+    fn settle_unknown(&mut self, q: Queued, why: &str) -> Result<()> {
+        let mut r = base(Some(&q.approved), Outcome::Error, Some(format!("outcome-unknown: {why}")));
+        r.id = Some(q.pending.id.clone());
+        r.message_id = Some(q.rendered.message_id);
+        r.dead_letter = Some(q.pending.keep_unknown(why)?.display().to_string());
+        self.record(r)
+    }
+
+    /// A queued message the run never handed to the mailer: kept in the
+    /// dead-letter folder as not sent, for `retry`.
+    fn settle_unsent(&mut self, q: Queued, why: &str) -> Result<()> {
+        let error = SendError::Connect(format!("not sent: the run was stopped before its batch went out ({why})"));
+        let mut r = base(Some(&q.approved), Outcome::Error, Some(format!("{}: {}", error.kind(), error.describe())));
+        r.id = Some(q.pending.id.clone());
+        r.message_id = Some(q.rendered.message_id);
+        r.dead_letter = Some(q.pending.keep(&error)?.display().to_string());
         self.record(r)
     }
 
     /// The run was stopped (`why`) in the middle of a send: record what
-    /// became of that message. One being delivered is kept as
-    /// `outcome-unknown`; one being assembled was neither written nor sent.
+    /// became of those messages. Ones handed to the mailer are kept as
+    /// `outcome-unknown`; ones still queued are kept as not sent; one being
+    /// assembled was neither written nor sent.
     pub fn abandon(&mut self, why: &str) -> Result<()> {
-        match self.in_flight.take() {
-            None => Ok(()),
-            Some(InFlight::Assembling(approved)) => self.record(base(
+        let in_flight = std::mem::take(&mut self.in_flight);
+        if let Some(approved) = in_flight.assembling {
+            self.record(base(
                 Some(&approved),
                 Outcome::Error,
                 Some(format!("stopped: {why}, while the message was assembled; nothing was sent")),
-            )),
-            Some(InFlight::Delivering(approved, pending, message_id)) => {
-                self.settle_unknown(approved, pending, message_id, &format!("the run was stopped during delivery ({why})"))
+            ))?;
+        }
+        for q in in_flight.queued {
+            if in_flight.delivering {
+                self.settle_unknown(q, &format!("the run was stopped during delivery ({why})"))?;
+            } else {
+                self.settle_unsent(q, why)?;
             }
         }
+        Ok(())
     }
 }
 
-/// Link `sender.send` (and the type-only `types` interface) for plugins.
+/// Link `sender.send` and `sender.send-many` (and the type-only `types`
+/// interface) for plugins.
 /// `get` finds the run's forwarder in the store data.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
@@ -324,6 +474,13 @@ pub fn add_to_linker<T: Send + 'static>(
             let forwarder = get(store.data_mut());
             let result = forwarder.send(msg).await.map_err(wasmtime::Error::from_anyhow)?;
             Ok((result,))
+        })
+    })?;
+    inst.func_wrap_async("send-many", move |mut store, (msgs,): (Vec<Message>,)| {
+        Box::new(async move {
+            let forwarder = get(store.data_mut());
+            let results = forwarder.send_many(msgs).await.map_err(wasmtime::Error::from_anyhow)?;
+            Ok((results,))
         })
     })
 }

@@ -1,12 +1,15 @@
 //! The bulk plugin: sends many messages of a chosen size, for load tests.
 //!
 //! Input: empty, a count (`250`), or JSON
-//! `{"count": 250, "to": "sink@example.com", "size": 2048}`; every field is
-//! optional (count 100, to `bulk@example.com`, size 2048 octets of text body).
+//! `{"count": 250, "to": "sink@example.com", "size": 2048, "one_by_one": false}`;
+//! every field is optional (count 100, to `bulk@example.com`, size 2048
+//! octets of text body). The messages go with `send-many`, pipelined, through
+//! the SDK's `send_all`; `"one_by_one": true` sends each with its own `send`
+//! call instead, for comparison.
 
 
 use serde::Deserialize;
-use wasmail_plugin::{Mailbox, Message, describe, send};
+use wasmail_plugin::{Mailbox, Message, describe, send, send_all};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +20,8 @@ struct Input {
     to: String,
     #[serde(default = "default_size")]
     size: usize,
+    #[serde(default)]
+    one_by_one: bool,
 }
 
 impl Default for Input {
@@ -25,6 +30,7 @@ impl Default for Input {
             count: default_count(),
             to: default_to(),
             size: default_size(),
+            one_by_one: false,
         }
     }
 }
@@ -92,30 +98,44 @@ impl wasmail_plugin::Guest for Bulk {
             address: input.to.clone(),
         }];
         let headers = vec![("X-Mailer".to_string(), "wasmail bulk plugin".to_string())];
-        for i in 1..=input.count {
-            let msg = Message {
-                from: None,
-                reply_to: None,
-                to: to.clone(),
-                cc: Vec::new(),
-                bcc: Vec::new(),
-                subject: format!("bulk {i}/{}", input.count),
-                text: Some(text.clone()),
-                html: None,
-                attachments: Vec::new(),
-                priority: None,
-                headers: headers.clone(),
-            };
-            if let Err(e) = send(&msg) {
-                return Err(format!(
-                    "sent {} of {} messages, then message {i} failed: {}",
-                    i - 1,
-                    input.count,
-                    describe(&e)
-                ));
+        let count = input.count;
+        let messages = (1..=count).map(|i| Message {
+            from: None,
+            reply_to: None,
+            to: to.clone(),
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            subject: format!("bulk {i}/{count}"),
+            text: Some(text.clone()),
+            html: None,
+            attachments: Vec::new(),
+            priority: None,
+            headers: headers.clone(),
+        });
+        let mut failed = None;
+        let mut record = |i: usize, result: Result<_, _>| {
+            if let Err(e) = result {
+                failed.get_or_insert(format!("message {} failed: {}", i + 1, describe(&e)));
             }
+            failed.is_none()
+        };
+        let handed = if input.one_by_one {
+            let mut n = 0;
+            for msg in messages {
+                let go_on = record(n, send(&msg));
+                n += 1;
+                if !go_on {
+                    break;
+                }
+            }
+            n
+        } else {
+            send_all(messages, record)
+        };
+        match failed {
+            None => Ok(format!("sent {count} messages")),
+            Some(e) => Err(format!("handed {handed} of {count} messages to the host; {e}")),
         }
-        Ok(format!("sent {} messages", input.count))
     }
 }
 

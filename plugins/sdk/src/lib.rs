@@ -25,8 +25,40 @@ pub mod bindings {
 pub use bindings::{Guest, export, wasi};
 use bindings::wasmail;
 
-pub use wasmail::mail::sender::send;
+pub use wasmail::mail::sender::{send, send_many};
 pub use wasmail::mail::types::{Attachment, Content, Mailbox, Message, Priority, Receipt, Reply, SendError, Stage};
+
+/// How many messages [`send_all`] hands to `send-many` per call: enough for
+/// the host to pipeline across messages, few enough that the list stays
+/// small in the plugin's memory.
+pub const SEND_MANY_BATCH: usize = 256;
+
+/// Send every message `msgs` yields with `send-many`, [`SEND_MANY_BATCH`] at
+/// a time, so a long run is pipelined without being built whole in memory.
+/// `each` gets every message's position (from 0) and result, in order, as
+/// its batch settles; it returns `false` to stop before the next batch.
+/// Returns how many messages were handed to the host.
+pub fn send_all(
+    msgs: impl IntoIterator<Item = Message>,
+    mut each: impl FnMut(usize, Result<Receipt, SendError>) -> bool,
+) -> usize {
+    let mut msgs = msgs.into_iter();
+    let mut sent = 0;
+    loop {
+        let batch: Vec<Message> = msgs.by_ref().take(SEND_MANY_BATCH).collect();
+        if batch.is_empty() {
+            return sent;
+        }
+        let mut go_on = true;
+        for result in send_many(&batch) {
+            go_on &= each(sent, result);
+            sent += 1;
+        }
+        if !go_on {
+            return sent;
+        }
+    }
+}
 
 impl Stage {
     /// The stage as the WIT spells it, e.g. `mail-from`.
