@@ -557,7 +557,7 @@ def test_max_messages_stops_bulk_with_a_denied_record(run, plugins, smtpd, tmp_p
                           plugins={"bulk": policy("bulk", max_messages=limit)})
 
     proc = run_plugin(run, plugins, "bulk", config=config,
-                      input_text=json.dumps({"count": limit + 3, "to": BULK_TO}))
+                      input_text=json.dumps({"count": limit + 3, "to": BULK_TO, "one_by_one": True}))
 
     assert_exit(proc, EXIT_PLUGIN_ERROR)
     report = run_report(proc)
@@ -572,6 +572,32 @@ def test_max_messages_stops_bulk_with_a_denied_record(run, plugins, smtpd, tmp_p
     assert records[-1]["reason"].startswith("policy-denied: max_messages: "), records[-1]
     # A denial is not an attempt on the relay: no id, no recipients listed.
     assert records[-1].get("id") is None and records[-1]["recipients"] == [], records[-1]
+
+
+def test_max_messages_applies_to_each_message_of_a_send_many(run, plugins, smtpd, tmp_path):
+    # The same limit through `send-many`: the batch is held to the policy
+    # message by message, so the first `limit` go and the rest are denied,
+    # each with its own record, none of them an attempt on the relay.
+    server = smtpd()
+    audit = tmp_path / "audit.jsonl"
+    limit = 5
+    config = write_config(tmp_path / "wasmail.toml", audit=audit, relay=relay_table(server),
+                          plugins={"bulk": policy("bulk", max_messages=limit)})
+
+    proc = run_plugin(run, plugins, "bulk", config=config,
+                      input_text=json.dumps({"count": limit + 3, "to": BULK_TO}))
+
+    assert_exit(proc, EXIT_PLUGIN_ERROR)
+    report = run_report(proc)
+    assert report["counts"] == counts(attempts=limit + 3, accepted=limit, denied=3), report
+    assert "policy-denied" in report["plugin_error"] and "max_messages" in report["plugin_error"], report
+    assert len(server.messages) == limit
+    all_records = read_audit(audit)
+    check_write_ahead(all_records)
+    assert [r["outcome"] for r in all_records] == ["attempt"] * limit + ["denied"] * 3 + ["accepted"] * limit
+    for r in all_records[limit:limit + 3]:
+        assert r["reason"].startswith("policy-denied: max_messages: "), r
+        assert r.get("id") is None and r["recipients"] == [], r
 
 
 # ---------------------------------------------------------------------------
