@@ -371,7 +371,8 @@ def test_max_attempts_stops_the_run(run, plugins, smtpd, tmp_path):
 
 
 @pytest.mark.parametrize("mode, rule", [("deny-loop", "allowed_recipients"),
-                                        ("huge-header-loop", "allowed_headers")])
+                                        ("huge-header-loop", "allowed_headers"),
+                                        ("deny-many-loop", "allowed_recipients")])
 def test_deny_loop_is_stopped_at_max_attempts_in_bounded_memory(wasmail, plugins, tmp_path,
                                                                  hostile_modes, mode, rule):
     """A plugin that keeps calling send with a message the policy denies
@@ -493,6 +494,94 @@ def test_wall_ms_during_delivery_keeps_the_message_as_outcome_unknown(run, plugi
     [line] = [json.loads(l) for l in proc.stdout.splitlines()]
     assert (line["message_id"], line["outcome"]) == (record["message_id"], "skipped"), line
     assert kept.is_file()
+
+
+# The host hands a `send-many` list to the mailer in batches of at most this
+# many messages (plugin/sender.rs MAX_BATCH_MESSAGES).
+MAX_BATCH_MESSAGES = 256
+
+
+def test_send_many_is_held_to_max_messages_and_max_attempts(run, plugins, tmp_path, hostile_modes):
+    # One call with 5,000 allowed messages and a budget of 10: ten go, the
+    # next twenty are denied, and the attempt that passes max_attempts (3
+    # per message) stops the run inside the call.
+    need_mode(hostile_modes, "many:N")
+    audit = tmp_path / "audit.jsonl"
+    outbox = tmp_path / "outbox"
+    config = write_config(tmp_path / "wasmail.toml", outbox=outbox, audit=audit,
+                          plugins={"hostile": policy("hostile", max_messages=10)})
+
+    proc = run_plugin(run, plugins, "hostile", config=config, input_text="many:5000")
+
+    assert_exit(proc, EXIT_STOPPED)
+    report = run_report(proc)
+    assert report["stopped"].startswith("max_attempts"), report
+    assert report["counts"] == counts(attempts=31, accepted=10, denied=21), report
+    assert len(files_in(outbox)) == 10
+    records = read_audit(audit)
+    assert [r["outcome"] for r in records] == ["accepted"] * 10 + ["denied"] * 21, records
+    assert records[-1]["reason"].startswith("stopped: max_attempts"), records[-1]
+
+
+def test_send_many_goes_to_the_relay_in_bounded_batches(run, plugins, smtpd, tmp_path, hostile_modes):
+    # 600 messages in one call: all delivered over one session, each written
+    # ahead with its attempt record before its batch left, and no batch
+    # larger than MAX_BATCH_MESSAGES.
+    need_mode(hostile_modes, "many:N")
+    server = smtpd()
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "wasmail.toml", audit=audit, relay=relay_table(server),
+                          plugins={"hostile": policy("hostile", max_messages=1000)})
+
+    proc = run_plugin(run, plugins, "hostile", config=config, input_text="many:600")
+
+    assert_exit(proc, 0)
+    assert run_report(proc)["counts"] == counts(attempts=600, accepted=600), run_report(proc)
+    assert len(server.messages) == 600
+    records = read_audit(audit)
+    check_write_ahead(records)
+    runs, last = [], None
+    for r in records:
+        if r["outcome"] != last:
+            runs.append([r["outcome"], 0])
+            last = r["outcome"]
+        runs[-1][1] += 1
+    assert runs == [["attempt", 256], ["accepted", 256], ["attempt", 256], ["accepted", 256],
+                    ["attempt", 88], ["accepted", 88]], runs
+    assert all(n <= MAX_BATCH_MESSAGES for _, n in runs)
+
+
+def test_wall_ms_during_a_batch_keeps_every_message_of_it(run, plugins, scripted, tmp_path, hostile_modes):
+    # The relay takes the first message of a pipelined batch of five, then
+    # never answers its dot: the run's wall_ms stops it inside the call.
+    # Every message of the batch was written ahead and is kept as outcome
+    # unknown (the host cannot know which ones the relay took).
+    need_mode(hostile_modes, "many:N")
+    server = scripted([
+        Send(GREETING), Expect("EHLO"), Send(b"250-fake.example\r\n250 PIPELINING\r\n"),
+        Expect("MAIL FROM"), Expect("RCPT TO"), Expect("DATA"),
+        Send(b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 go ahead\r\n"), ReadData(), Hold(30),
+    ])
+    audit = tmp_path / "audit.jsonl"
+    folder = tmp_path / "dead"
+    config = write_config(tmp_path / "wasmail.toml", audit=audit, dead_letter=folder,
+                          relay={"server": server.address, "tls": "none", "timeout_secs": 30},
+                          plugins={"hostile": policy("hostile", wall_ms=WALL_MS)})
+
+    proc = run_plugin(run, plugins, "hostile", config=config, input_text="many:5")
+
+    assert_exit(proc, EXIT_STOPPED)
+    report = run_report(proc)
+    assert report["stopped"].startswith("wall_ms"), report
+    assert report["counts"] == counts(attempts=5, errors=5, kept=5), report
+    records = read_audit(audit)
+    check_write_ahead(records)
+    assert [r["outcome"] for r in records] == ["attempt"] * 5 + ["error"] * 5, records
+    for r in records[5:]:
+        assert r["reason"].startswith("outcome-unknown:"), r
+        meta = json.loads(Path(r["dead_letter"]).with_suffix(".json").read_text())
+        assert meta["outcome_unknown"] is True, meta
+    assert [p for p in files_in(folder / "pending") if p.suffix == ".pending"] == []
 
 
 # ---------------------------------------------------------------------------

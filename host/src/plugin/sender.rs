@@ -10,7 +10,7 @@ use crate::bindings::transport::Rendered;
 use crate::bindings::types::{Message, Receipt, Reply, SendError};
 use crate::mail::deadletter::{DeadLetters, Pending};
 use crate::mailer::Mailer;
-use crate::mail::policy::{Approved, Policy, Refusal};
+use crate::mail::policy::{Approved, Exhausted, Policy, Refusal};
 use crate::plugin::sandbox::Stop;
 use crate::mail::outbox;
 use anyhow::Result;
@@ -85,6 +85,16 @@ impl InFlight {
     pub fn is_empty(&self) -> bool {
         self.assembling.is_none() && self.queued.is_empty()
     }
+}
+
+/// What the policy made of one message.
+enum Admission {
+    /// It may go.
+    Approved(Approved),
+    /// It may not: its `send-error` (recorded).
+    Refused(SendError),
+    /// The run's attempt budget is spent: the run stops (recorded then).
+    Exhausted(Exhausted),
 }
 
 /// Everything `send` needs during one run.
@@ -171,19 +181,18 @@ impl Forwarder {
         let mut results: Vec<Option<Result<Receipt, SendError>>> = msgs.iter().map(|_| None).collect();
         let mut queued_bytes = 0u64;
         for (index, mut msg) in msgs.into_iter().enumerate() {
-            let admitted = match self.admit(&mut msg) {
-                Ok(admitted) => admitted,
-                Err(stop) => {
-                    // Over the budget: what was approved before still goes.
-                    self.flush(&mut results).await?;
-                    return Err(stop);
-                }
-            };
-            let approved = match admitted {
-                Ok(approved) => approved,
-                Err(refused) => {
+            let approved = match self.admit(&mut msg)? {
+                Admission::Approved(approved) => approved,
+                Admission::Refused(refused) => {
                     results[index] = Some(Err(refused));
                     continue;
+                }
+                Admission::Exhausted(exhausted) => {
+                    // Over the budget: what was approved before still goes,
+                    // then the run stops.
+                    self.flush(&mut results).await?;
+                    self.record(base(None, Outcome::Denied, Some(format!("stopped: {exhausted}"))))?;
+                    return Err(self.stop(Stop::Budget(exhausted)));
                 }
             };
             let rendered = match self.assemble(approved.clone(), &msg).await? {
@@ -215,32 +224,28 @@ impl Forwarder {
             .collect())
     }
 
-    /// Count the attempt and hold `msg` to the policy. `Err` stops the run
-    /// (the budget is spent); `Ok(Err)` is this message's refusal.
-    fn admit(&mut self, msg: &mut Message) -> Result<Result<Approved, SendError>> {
+    /// Count the attempt and hold `msg` to the policy.
+    fn admit(&mut self, msg: &mut Message) -> Result<Admission> {
         self.counts.attempts += 1;
         match self.policy.attempt() {
             Ok(Ok(())) => {}
             Ok(Err(denied)) => {
                 self.record(base(None, Outcome::Denied, Some(format!("policy-denied: {denied}"))))?;
-                return Ok(Err(SendError::PolicyDenied(denied.to_string())));
+                return Ok(Admission::Refused(SendError::PolicyDenied(denied.to_string())));
             }
-            Err(exhausted) => {
-                self.record(base(None, Outcome::Denied, Some(format!("stopped: {exhausted}"))))?;
-                return Err(self.stop(Stop::Budget(exhausted)));
-            }
+            Err(exhausted) => return Ok(Admission::Exhausted(exhausted)),
         }
         match self.policy.check(msg) {
-            Ok(approved) => Ok(Ok(approved)),
+            Ok(approved) => Ok(Admission::Approved(approved)),
             Err(Refusal::Denied(denied)) => {
                 let mut r = base(None, Outcome::Denied, Some(format!("policy-denied: {denied}")));
                 r.from = msg.from.as_ref().map(|m| m.address.clone());
                 self.record(r)?;
-                Ok(Err(SendError::PolicyDenied(denied.to_string())))
+                Ok(Admission::Refused(SendError::PolicyDenied(denied.to_string())))
             }
             Err(Refusal::Invalid(invalid)) => {
                 self.record(base(None, Outcome::Error, Some(format!("invalid-message: {invalid}"))))?;
-                Ok(Err(SendError::InvalidMessage(invalid)))
+                Ok(Admission::Refused(SendError::InvalidMessage(invalid)))
             }
         }
     }

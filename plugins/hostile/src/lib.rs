@@ -17,19 +17,21 @@
 //! that is all line ends), `huge-subject:MIB`, `huge-header:MIB`,
 //! `huge-name:MIB` (text the policy's size floor does not count),
 //! `attach:NAME` (any file of the grant), `invalid-loop`, `send-loop`
-//! (calls that never stop, refused or accepted).
+//! (calls that never stop, refused or accepted). `send-many`: `many:N` (one
+//! call with N allowed messages), `deny-many-loop` (calls of 100 refused
+//! messages that never stop).
 
 
 use std::hint::black_box;
 
-use wasmail_plugin::{Attachment, Content, Mailbox, Message, describe, send};
+use wasmail_plugin::{Attachment, Content, Mailbox, Message, describe, send, send_many};
 
 const MODES: &str = "loop, grow, recurse, panic, read-outside, read-inside, spoof-from, \
 bcc-outside, cc-outside, many-recipients, big, flood, crlf-subject, crlf-address, header, \
 resources, send-ok, attach-file, attach-outside, deny-loop, huge-header-loop, big-bytes, e-acute, \
 qp-heavy, print-flood, forge, attach-fifo, read-fifo, many-files, long-domain, reply-to-outside, \
 display-at, percent-route, newline-flood, huge-subject:MIB, huge-header:MIB, huge-name:MIB, \
-attach:NAME, invalid-loop, send-loop";
+attach:NAME, invalid-loop, send-loop, many:N, deny-many-loop";
 
 /// The address the policy allows.
 const OK: &str = "ok@example.com";
@@ -161,6 +163,7 @@ impl wasmail_plugin::Guest for Hostile {
             }
             "invalid-loop" => send_loop(message(OK, "hi\r\nBcc: victim@elsewhere.example")),
             "send-loop" => send_loop(message(OK, "again and again")),
+            "deny-many-loop" => deny_many_loop(message(VICTIM, "denied in bulk")),
             other => match other.split_once(':') {
                 Some(("huge-subject", mib)) => {
                     let msg = message(OK, &"a".repeat(mib_of(mib)));
@@ -176,6 +179,7 @@ impl wasmail_plugin::Guest for Hostile {
                     msg.to[0].name = Some("a".repeat(mib_of(mib)));
                     try_send(&msg)
                 }
+                Some(("many", n)) => many(n.trim().parse::<usize>().unwrap_or(1)),
                 Some(("attach", name)) => try_send(&with_file(message(OK, "a named file from the grant"), name)),
                 _ => Err(format!("unknown mode {other:?}; modes: {MODES}")),
             },
@@ -294,6 +298,30 @@ fn resources() -> Result<String, String> {
 /// Sends up to 1000 small messages, stopping at the first error.
 /// Call `send` with `msg` until the host stops the run; a plugin that
 /// returns here was never stopped.
+/// One `send-many` call with `n` allowed messages: what came back.
+fn many(n: usize) -> Result<String, String> {
+    let msgs: Vec<Message> = (0..n).map(|i| message(OK, &format!("many {}/{n}", i + 1))).collect();
+    let results = send_many(&msgs);
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let first_error = results.iter().find_map(|r| r.as_ref().err()).map(describe);
+    let summary = format!("{} results, {ok} accepted", results.len());
+    match first_error {
+        None => Ok(summary),
+        Some(e) => Err(format!("{summary}; first error: {e}")),
+    }
+}
+
+/// `send-many` calls of 100 refused messages, forever.
+fn deny_many_loop(msg: Message) -> Result<String, String> {
+    let batch = vec![msg; 100];
+    for i in 0u64.. {
+        if send_many(&batch).iter().any(Result::is_ok) {
+            return Err(format!("call {i} had an accepted message"));
+        }
+    }
+    Err("the loop ended".to_string())
+}
+
 fn deny_loop(msg: Message) -> Result<String, String> {
     for i in 0u64.. {
         if send(&msg).is_ok() {
