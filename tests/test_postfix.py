@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import subprocess
+from typing import Optional
 
 import pytest
 
@@ -54,17 +55,37 @@ def queue_id(receipt: dict) -> str:
     return m[1]
 
 
-def assert_clean_session(server, messages: int) -> dict:
+def assert_clean_session(server, messages: int, content: Optional[str] = None) -> dict:
     """The one client session sent `messages` messages, every command of it
-    was accepted, it ended with QUIT, and Postfix logged no complaint."""
+    was accepted, it ended with QUIT, and Postfix logged no complaint.
+    `content` "DATA" or "BDAT" says how the content must have gone (DATA
+    once per message, or BDAT and no DATA); None takes either."""
     [session] = server.sessions()
     assert "/" not in " ".join(session.values()), f"a command was refused: {session}"
     assert session.get("quit") == "1", session
     assert int(session.get("mail", 0)) == messages, session
-    # Whichever way the content went: DATA once per message, or BDAT.
-    assert int(session.get("data", 0)) == messages or "bdat" in session, session
+    if content == "DATA":
+        assert int(session.get("data", 0)) == messages and "bdat" not in session, session
+    elif content == "BDAT":
+        assert int(session.get("bdat", 0)) >= messages and "data" not in session, session
+    else:
+        assert content is None, content
+        assert int(session.get("data", 0)) == messages or "bdat" in session, session
     assert server.warnings() == [], "\n".join(server.log_lines())
     return session
+
+
+def content_command(chunking: bool) -> str:
+    """How wasmail sends the content to Postfix, which always announces
+    PIPELINING: BDAT when CHUNKING is announced too (RFC 3030), else DATA."""
+    return "BDAT" if chunking else "DATA"
+
+
+def client_commands(lines, verb: str) -> list[str]:
+    """The client's `verb` lines in a -v transcript (`DATA` alone, or
+    `BDAT n [LAST]`)."""
+    return [l.text for l in lines
+            if l.who == "C" and l.text.upper().split(" ", 1)[0] == verb]
 
 
 def ehlo_keywords(lines) -> set[str]:
@@ -94,11 +115,18 @@ def test_plain_message_is_queued_and_discarded(run, postfix_smtpd, chunking):
     qid = queue_id(json_output(proc))
     assert server.delivered(1) == 1, "\n".join(server.log_lines())
     assert [(d.queue_id, d.recipient) for d in server.deliveries()] == [(qid, RECIPIENT)]
-    assert_clean_session(server, 1)
+    assert_clean_session(server, 1, content_command(chunking))
     lines = transcript(proc.stderr)
     assert ("CHUNKING" in ehlo_keywords(lines)) == chunking, describe(proc)
-    if not chunking:
-        assert not any(l.who == "C" and l.text.upper().startswith("BDAT") for l in lines)
+    # BDAT when CHUNKING is offered (one `BDAT n LAST` for a small
+    # message), DATA when it is not; never both.
+    if chunking:
+        [bdat] = client_commands(lines, "BDAT")
+        assert bdat.upper().endswith(" LAST"), describe(proc)
+        assert client_commands(lines, "DATA") == [], describe(proc)
+    else:
+        assert client_commands(lines, "DATA") == ["DATA"], describe(proc)
+        assert client_commands(lines, "BDAT") == [], describe(proc)
 
 
 def test_attachment_and_non_ascii_subject(run, postfix_smtpd, tmp_path):
@@ -114,7 +142,7 @@ def test_attachment_and_non_ascii_subject(run, postfix_smtpd, tmp_path):
     qid = queue_id(receipt)
     assert server.delivered(1) == 1, "\n".join(server.log_lines())
     assert [d.queue_id for d in server.deliveries()] == [qid]
-    assert_clean_session(server, 1)
+    assert_clean_session(server, 1, "BDAT")
     # Postfix's own count of the message it queued is the size we sent,
     # give or take the Received: header it adds.
     [active] = [l for l in server.log_lines() if f"{qid}: from=<{SENDER}>" in l]
@@ -136,13 +164,16 @@ def test_repeat_pipelines_without_complaint(run, postfix_smtpd, chunking):
     assert len(set(qids)) == REPEAT_COUNT
     assert server.delivered(REPEAT_COUNT) == REPEAT_COUNT, "\n".join(server.log_lines())
     assert sorted(d.queue_id for d in server.deliveries()) == sorted(qids)
-    assert_clean_session(server, REPEAT_COUNT)
-    # The mailer did pipeline (RFC 2920): MAIL, RCPT and DATA go out before
-    # the reply to MAIL, and Postfix, which refuses a command sent where it
-    # must wait, took all of them.
+    content = content_command(chunking)
+    assert_clean_session(server, REPEAT_COUNT, content)
     lines = transcript(proc.stderr)
+    assert len(client_commands(lines, content)) == REPEAT_COUNT, describe(proc)
+    assert client_commands(lines, "BDAT" if content == "DATA" else "DATA") == [], describe(proc)
+    # The mailer did pipeline (RFC 2920): MAIL, RCPT and DATA (or BDAT and
+    # its octets) go out before the reply to MAIL, and Postfix, which
+    # refuses a command sent where it must wait, took all of them.
     mail = index_of(lines, "C", "MAIL FROM")
-    data = index_of(lines, "C", "DATA", mail)
+    data = index_of(lines, "C", content, mail)
     assert not any(l.who == "S" for l in lines[mail:data]), describe(proc)
 
 
@@ -159,7 +190,7 @@ def test_smtp_source_is_accepted(postfix_smtpd):
 
     assert proc.returncode == 0, describe(proc)
     assert server.delivered(SMTP_SOURCE_COUNT) == SMTP_SOURCE_COUNT
-    assert_clean_session(server, SMTP_SOURCE_COUNT)
+    assert_clean_session(server, SMTP_SOURCE_COUNT, "DATA")
 
 
 def test_two_servers_side_by_side(run, postfix_smtpd):
@@ -169,9 +200,9 @@ def test_two_servers_side_by_side(run, postfix_smtpd):
     for server, subject in ((first, "first"), (second, "second")):
         assert_exit(run(send_args(server, "--subject", subject, "--text", "x")), EXIT_OK)
 
-    for server in (first, second):
+    for server, content in ((first, "BDAT"), (second, "DATA")):
         assert server.delivered(1) == 1
-        assert_clean_session(server, 1)
+        assert_clean_session(server, 1, content)
 
 
 # ---------------------------------------------------------------------------
@@ -242,7 +273,7 @@ def test_control_rfc2920_pipelining_is_not_a_warning(postfix_smtpd):
     client.close()
 
     assert server.delivered(1) == 1
-    assert_clean_session(server, 1)
+    assert_clean_session(server, 1, "DATA")
 
 
 @pytest.mark.parametrize("before, pipelined, after", [
