@@ -57,8 +57,8 @@ def received_ids(server) -> list[str]:
 def spool(folder: Path) -> dict[str, dict[str, dict]]:
     """Message-ID -> {spool id: its metadata} for what keeps it: letters in
     the dead-letter folder (a `.json` always has its `.eml`) and files in
-    its `pending/` spool (a JSON line, then the message; a torn one was
-    never sent). A letter and a spool file of the same id are one copy:
+    its `pending/` spool (one file per batch: a JSON line, then the message,
+    for each; a torn one was never sent). A letter and a spool file of the same id are one copy:
     `retry` makes the one of the other."""
     kept: dict[str, dict[str, dict]] = {}
     for meta in sorted(folder.glob("*.json")):
@@ -66,14 +66,19 @@ def spool(folder: Path) -> dict[str, dict[str, dict]]:
         m = json.loads(meta.read_text())
         kept.setdefault(m["message_id"], {})[meta.stem] = m
     for spooled in sorted((folder / "pending").glob("*.pending")):
-        head, _, body = spooled.read_bytes().partition(b"\n")
-        try:
-            header = json.loads(head)
-        except ValueError:
-            continue  # torn inside its first line: never sent
-        if len(body) == header["size"]:
+        # One file per batch: for each message a JSON line, then its bytes.
+        rest = spooled.read_bytes()
+        while rest:
+            head, nl, rest = rest.partition(b"\n")
+            try:
+                header = json.loads(head)
+            except ValueError:
+                break  # torn inside a header: that message was never sent
+            body, rest = rest[:header["size"]], rest[header["size"]:]
+            if not nl or len(body) != header["size"]:
+                break  # torn inside its bytes: never sent
             m = header["meta"]
-            kept.setdefault(m["message_id"], {}).setdefault(spooled.stem, m)
+            kept.setdefault(m["message_id"], {}).setdefault(header.get("id") or spooled.stem, m)
     return kept
 
 

@@ -4,16 +4,22 @@
 //! exact bytes (`.eml`) with their envelope and the reason (`.json`), for
 //! `wasmail retry`.
 //!
-//! A plugin's message is written ahead before the first byte goes to the
-//! relay: one file, `pending/<id>.pending`, holding a JSON line (the
-//! envelope, the Message-ID, the writing process, the message's length)
-//! and then the exact bytes, created and written beneath the spool folder's
-//! handle. It leaves the spool only when its outcome is known: removed when
-//! delivered or refused for good, made a letter in the folder
-//! (`<id>.eml` + `<id>.json`) otherwise. A process that dies leaves its
-//! messages in `pending/`; `list` (so `retry`) adopts them as letters
-//! marked `outcome_unknown` once that process is gone, and drops a file
-//! whose write never finished (it was never sent: the send comes after).
+//! A plugin's messages are written ahead before the first byte goes to the
+//! relay: one spool file per batch, `pending/<id>.pending`, created and
+//! written beneath the spool folder's handle in one write. It holds, for
+//! each message, a JSON line (its id, the envelope, the Message-ID, the
+//! writing process, the message's length) and then its exact bytes. A
+//! message leaves the spool only when its outcome is known: dropped when
+//! delivered or refused for good, made a letter in the folder (`<id>.eml` +
+//! `<id>.json`) otherwise; the file goes when its last message has settled.
+//! One file per batch, not per message: creating and removing a file per
+//! message cost more than everything else a message costs on a journaled
+//! file system. A process that dies leaves its batch in `pending/`; `list`
+//! (so `retry`) adopts each unsettled message as a letter marked
+//! `outcome_unknown` once that process is gone (the relay may have taken
+//! some of them: the audit log has their outcome records), and drops a
+//! message whose write never finished (it was never sent: the send comes
+//! after).
 //! Files are written, not fsynced: this survives the process being killed,
 //! not the machine losing power.
 //!
@@ -235,22 +241,41 @@ impl DeadLetters {
 
     /// Write `rendered` ahead into `pending/` before it is delivered.
     pub fn write_ahead(&self, rendered: &Rendered, plugin: Option<&str>) -> Result<Pending> {
+        let mut one = self.write_ahead_many(&[rendered], plugin)?;
+        one.pop().context("a spool file of one message held none")
+    }
+
+    /// Write `batch` ahead into one file in `pending/` before it is
+    /// delivered: one message each, in order.
+    pub fn write_ahead_many(&self, batch: &[&Rendered], plugin: Option<&str>) -> Result<Vec<Pending>> {
         use std::io::Write;
         let dir = self.spool()?;
-        let mut meta = Meta::new(rendered, plugin, Some(std::process::id()));
-        meta.relay.clone_from(&self.relay);
-        let id = fresh_name();
-        let name = format!("{id}.{PENDING_EXT}");
-        let head = SpoolHead { meta, size: rendered.bytes.len() as u64 };
-        let mut line = serde_json::to_vec(&head).context("encoding a spool header")?;
-        line.push(b'\n');
-        let mut file = dir
-            .open_with(&name, cap_std::fs::OpenOptions::new().write(true).create_new(true))
-            .with_context(|| format!("creating {}/{PENDING}/{name}", self.dir.display()))?;
-        file.write_all(&line)
-            .and_then(|()| file.write_all(&rendered.bytes))
-            .with_context(|| format!("writing {}/{PENDING}/{name}", self.dir.display()))?;
-        Ok(Pending { id, name, meta: head.meta, spool: dir, top: self.dir.clone() })
+        let name = format!("{}.{PENDING_EXT}", fresh_name());
+        let file = Arc::new(SpoolFile {
+            name,
+            spool: dir,
+            top: self.dir.clone(),
+            left: std::sync::atomic::AtomicUsize::new(batch.len()),
+        });
+        let mut data = Vec::with_capacity(batch.iter().map(|r| r.bytes.len() + 512).sum());
+        let mut pending = Vec::with_capacity(batch.len());
+        for rendered in batch {
+            let mut meta = Meta::new(rendered, plugin, Some(std::process::id()));
+            meta.relay.clone_from(&self.relay);
+            let id = fresh_name();
+            let head = SpoolHead { id: Some(id.clone()), meta, size: rendered.bytes.len() as u64 };
+            serde_json::to_writer(&mut data, &head).context("encoding a spool header")?;
+            data.push(b'\n');
+            let start = data.len();
+            data.extend_from_slice(&rendered.bytes);
+            pending.push(Pending { id, meta: head.meta, bytes: start..data.len(), file: Arc::clone(&file) });
+        }
+        let mut out = file
+            .spool
+            .open_with(&file.name, cap_std::fs::OpenOptions::new().write(true).create_new(true))
+            .with_context(|| format!("creating {}/{PENDING}/{}", self.dir.display(), file.name))?;
+        out.write_all(&data).with_context(|| format!("writing {}/{PENDING}/{}", self.dir.display(), file.name))?;
+        Ok(pending)
     }
 
     /// Make letters of what dead processes left in `pending/`, as
@@ -267,21 +292,20 @@ impl DeadLetters {
             if path.extension().is_none_or(|e| e != PENDING_EXT) {
                 continue;
             }
-            let Some(id) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
+            let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
             let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let Some((mut meta, bytes)) = parse_spool(&data) else {
-                // Torn: the process died inside write_ahead, before any
-                // attempt; nothing of it was sent.
-                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-                continue;
-            };
-            if meta.pid.is_some_and(process_alive) {
+            let messages = parse_spool(&data, &stem);
+            if messages.iter().any(|(_, meta, _)| meta.pid.is_some_and(process_alive)) {
                 continue;
             }
-            if !self.dir.join(format!("{id}.json")).exists() {
-                meta.pid = None;
-                meta.outcome_unknown = true;
-                write_letter(&self.dir, &id, bytes, &meta)?;
+            // A message cut short was never sent (its attempt comes after
+            // the whole file); one with a letter already was settled.
+            for (id, mut meta, bytes) in messages {
+                if !self.dir.join(format!("{id}.json")).exists() {
+                    meta.pid = None;
+                    meta.outcome_unknown = true;
+                    write_letter(&self.dir, &id, bytes, &meta)?;
+                }
             }
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
@@ -316,22 +340,33 @@ impl DeadLetters {
     }
 }
 
-/// The first line of a spool file.
+/// The line before each message of a spool file.
 #[derive(Serialize, Deserialize)]
 struct SpoolHead {
+    /// The message's id (its letter's name, in its audit records). Absent
+    /// in a file of one message written before batches: the file's stem.
+    #[serde(default)]
+    id: Option<String>,
     meta: Meta,
     /// The message's length, to tell a finished write from a torn one.
     size: u64,
 }
 
-/// The header and the message of a spool file, or `None` when its write
-/// never finished.
-fn parse_spool(data: &[u8]) -> Option<(Meta, &[u8])> {
-    let nl = data.iter().position(|&b| b == b'\n')?;
-    let (line, rest) = data.split_at(nl);
-    let head: SpoolHead = serde_json::from_slice(line).ok()?;
-    let bytes = rest.get(1..)?;
-    (bytes.len() as u64 == head.size).then_some((head.meta, bytes))
+/// The messages of a spool file, in order: each one's id (`stem` when its
+/// head has none), header and bytes. A message whose write never finished
+/// ends the list.
+fn parse_spool<'a>(data: &'a [u8], stem: &str) -> Vec<(String, Meta, &'a [u8])> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else { break };
+        let Ok(head) = serde_json::from_slice::<SpoolHead>(&rest[..nl]) else { break };
+        let body = &rest[nl + 1..];
+        let Some(bytes) = usize::try_from(head.size).ok().and_then(|n| body.get(..n)) else { break };
+        out.push((head.id.unwrap_or_else(|| stem.to_owned()), head.meta, bytes));
+        rest = &body[bytes.len()..];
+    }
+    out
 }
 
 impl Meta {
@@ -381,22 +416,44 @@ fn write_letter(dir: &Path, id: &str, bytes: &[u8], meta: &Meta) -> Result<(Path
     Ok((eml, json))
 }
 
+/// A spool file of one batch: removed when its last message settles.
+#[derive(Debug)]
+struct SpoolFile {
+    name: String,
+    spool: Arc<Dir>,
+    top: PathBuf,
+    /// Messages not settled yet.
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl SpoolFile {
+    /// One more message settled; the last one removes the file.
+    fn settled(&self) -> Result<()> {
+        if self.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.spool
+                .remove_file(&self.name)
+                .with_context(|| format!("removing {}/{PENDING}/{}", self.top.display(), self.name))?;
+        }
+        Ok(())
+    }
+}
+
 /// A message written ahead, not yet delivered.
 #[derive(Debug)]
 pub struct Pending {
-    /// Its id: the spool file's name, also in its audit records and in the
-    /// name of the letter it may become.
+    /// Its id, also in its audit records and in the name of the letter it
+    /// may become.
     pub id: String,
-    name: String,
     meta: Meta,
-    spool: Arc<Dir>,
-    top: PathBuf,
+    /// Where its bytes are in the spool file.
+    bytes: std::ops::Range<usize>,
+    file: Arc<SpoolFile>,
 }
 
 impl Pending {
     /// Delivered, or refused for good: nothing to keep.
     pub fn done(self) -> Result<()> {
-        self.spool.remove_file(&self.name).with_context(|| format!("removing {}/{PENDING}/{}", self.top.display(), self.name))
+        self.file.settled()
     }
 
     /// Not delivered: keep it in the folder with the reason. Returns the
@@ -417,15 +474,16 @@ impl Pending {
         self.settle(meta)
     }
 
-    /// Write the letter (same id), then remove the spool file: a process
-    /// killed in between leaves both, and adoption sees the letter.
+    /// Write the letter (same id), then settle it in the spool file: a
+    /// process killed in between leaves both, and adoption sees the letter.
     fn settle(self, mut meta: Meta) -> Result<PathBuf> {
         meta.attempts = 1;
         meta.last_failure_ms = audit::now_ms();
         meta.pid = None;
-        let data = self.spool.read(&self.name).with_context(|| format!("reading {}/{PENDING}/{}", self.top.display(), self.name))?;
-        let (_, bytes) = parse_spool(&data).context("a spool file changed under its writer")?;
-        let (eml, _) = write_letter(&self.top, &self.id, bytes, &meta)?;
+        let f = &self.file;
+        let data = f.spool.read(&f.name).with_context(|| format!("reading {}/{PENDING}/{}", f.top.display(), f.name))?;
+        let bytes = data.get(self.bytes.clone()).context("a spool file changed under its writer")?;
+        let (eml, _) = write_letter(&f.top, &self.id, bytes, &meta)?;
         self.done()?;
         Ok(eml)
     }
@@ -481,16 +539,58 @@ mod tests {
 
     /// Rewrite a spool file as if process `pid` had written it.
     fn pretend_written_by(p: &Pending, pid: u32) -> PathBuf {
-        let mut meta = p.meta.clone();
-        meta.pid = Some(pid);
-        let data = p.spool.read(&p.name).unwrap();
-        let (_, bytes) = parse_spool(&data).unwrap();
-        let mut line = serde_json::to_vec(&SpoolHead { meta, size: bytes.len() as u64 }).unwrap();
-        line.push(b'\n');
-        line.extend_from_slice(bytes);
-        let path = p.top.join(PENDING).join(&p.name);
-        std::fs::write(&path, line).unwrap();
+        let path = p.file.top.join(PENDING).join(&p.file.name);
+        let data = std::fs::read(&path).unwrap();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        for (id, mut meta, bytes) in parse_spool(&data, &stem) {
+            meta.pid = Some(pid);
+            serde_json::to_writer(&mut out, &SpoolHead { id: Some(id), meta, size: bytes.len() as u64 }).unwrap();
+            out.push(b'\n');
+            out.extend_from_slice(bytes);
+        }
+        std::fs::write(&path, out).unwrap();
         path
+    }
+
+    #[test]
+    fn a_batch_is_one_file_removed_when_its_last_message_settles() {
+        let dir = scratch("batch");
+        let d = DeadLetters::new(&dir);
+        let (a, b, c) = (rendered("7@x"), rendered("8@x"), rendered("9@x"));
+        let mut batch = d.write_ahead_many(&[&a, &b, &c], Some("p")).unwrap().into_iter();
+        assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 1);
+        batch.next().unwrap().done().unwrap();
+        batch.next().unwrap().keep(&SendError::Connect("down".into())).unwrap();
+        assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 1, "one message is not settled");
+        batch.next().unwrap().done().unwrap();
+        assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 0);
+        let letters = d.list().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].meta.message_id, "8@x");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_dead_process_leaves_each_unsettled_message_of_its_batch() {
+        let dir = scratch("deadbatch");
+        let d = DeadLetters::new(&dir);
+        let (a, b, c) = (rendered("10@x"), rendered("11@x"), rendered("12@x"));
+        let mut batch = d.write_ahead_many(&[&a, &b, &c], None).unwrap();
+        let spooled = pretend_written_by(&batch[0], u32::MAX);
+        // Message 11 was kept before the process died; 10 and 12 were not settled.
+        let kept = batch.remove(1);
+        write_letter(&dir, &kept.id, &b.bytes, &kept.meta).unwrap();
+        // The last message's write was cut short: it was never sent.
+        let data = std::fs::read(&spooled).unwrap();
+        std::fs::write(&spooled, &data[..data.len() - 3]).unwrap();
+        let letters = d.list().unwrap();
+        let ids: Vec<&str> = letters.iter().map(|l| l.meta.message_id.as_str()).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids.contains(&"10@x") && ids.contains(&"11@x"), "{ids:?}");
+        assert!(letters.iter().find(|l| l.meta.message_id == "10@x").unwrap().meta.outcome_unknown);
+        assert!(!spooled.exists());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

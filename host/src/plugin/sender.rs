@@ -58,15 +58,17 @@ pub const MAX_BATCH_BYTES: u64 = 16 << 20;
 /// The most messages in one pipelined batch handed to the mailer.
 pub const MAX_BATCH_MESSAGES: usize = 256;
 
-/// A message written ahead to the spool, with its `attempt` record, whose
-/// outcome is not settled yet.
+/// An approved, assembled message waiting for its batch: then written
+/// ahead to the spool, with its `attempt` record, until its outcome is
+/// settled.
 #[derive(Debug)]
 pub struct Queued {
     /// Which message of the call it is.
     index: usize,
     approved: Approved,
-    pending: Pending,
     rendered: Rendered,
+    /// Its place in the spool, once written ahead.
+    pending: Option<Pending>,
 }
 
 /// What the run was in the middle of, for when a limit stops it there.
@@ -74,7 +76,7 @@ pub struct Queued {
 pub struct InFlight {
     /// A message the mailer was assembling: nothing written or sent yet.
     pub assembling: Option<Approved>,
-    /// Messages in the spool, waiting for their batch.
+    /// Messages waiting for their batch (then in the spool).
     pub queued: Vec<Queued>,
     /// The queued messages were handed to the mailer for delivery.
     pub delivering: bool,
@@ -214,7 +216,7 @@ impl Forwarder {
                 self.flush(&mut results).await?;
                 queued_bytes = 0;
             }
-            self.write_ahead(index, approved, rendered)?;
+            self.in_flight.queued.push(Queued { index, approved, rendered, pending: None });
             queued_bytes += size;
         }
         self.flush(&mut results).await?;
@@ -296,25 +298,42 @@ impl Forwarder {
         }))
     }
 
-    /// Write the message ahead to the spool, then its `attempt` record, and
-    /// queue it for the next batch.
-    fn write_ahead(&mut self, index: usize, approved: Approved, rendered: Rendered) -> Result<()> {
-        let pending = match self.dead_letters.write_ahead(&rendered, Some(&self.plugin)) {
+    /// Write the queued messages ahead to the spool (one file), then each
+    /// one's `attempt` record.
+    fn write_ahead(&mut self) -> Result<()> {
+        let batch: Vec<&Rendered> = self.in_flight.queued.iter().map(|q| &q.rendered).collect();
+        let pending = match self.dead_letters.write_ahead_many(&batch, Some(&self.plugin)) {
             Ok(p) => p,
-            Err(e) => return Err(self.could_not_keep("spool", &approved, rendered.message_id, &e)),
-        };
-        let mut attempt = base(Some(&approved), Outcome::Attempt, None);
-        attempt.id = Some(pending.id.clone());
-        attempt.message_id = Some(rendered.message_id.clone());
-        attempt.size = Some(rendered.bytes.len() as u64);
-        if let Err(e) = self.record(attempt) {
-            // Not sent, and not to be sent later by `retry` unaudited.
-            if let Err(undo) = pending.done() {
-                tracing::error!("removing a spooled message after its audit record failed: {undo:#}");
+            Err(e) => {
+                let queued = std::mem::take(&mut self.in_flight.queued);
+                let mut error = None;
+                for q in queued {
+                    error = Some(self.could_not_keep("spool", &q.approved, q.rendered.message_id, &e));
+                }
+                return Err(error.unwrap_or(e));
             }
-            return Err(e);
+        };
+        for (q, p) in self.in_flight.queued.iter_mut().zip(pending) {
+            q.pending = Some(p);
         }
-        self.in_flight.queued.push(Queued { index, approved, pending, rendered });
+        for i in 0..self.in_flight.queued.len() {
+            let q = &self.in_flight.queued[i];
+            let mut attempt = base(Some(&q.approved), Outcome::Attempt, None);
+            attempt.id = q.pending.as_ref().map(|p| p.id.clone());
+            attempt.message_id = Some(q.rendered.message_id.clone());
+            attempt.size = Some(q.rendered.bytes.len() as u64);
+            if let Err(e) = self.record(attempt) {
+                // Not sent, and not to be sent later by `retry` unaudited:
+                // this one and the rest leave the spool; the ones with
+                // their attempt record stay queued, kept as not sent.
+                for q in self.in_flight.queued.drain(i..) {
+                    if let Some(Err(undo)) = q.pending.map(Pending::done) {
+                        tracing::error!("removing a spooled message after its audit record failed: {undo:#}");
+                    }
+                }
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -324,6 +343,7 @@ impl Forwarder {
         if self.in_flight.queued.is_empty() {
             return Ok(());
         }
+        self.write_ahead()?;
         let batch: Vec<Rendered> = self.in_flight.queued.iter().map(|q| q.rendered.clone()).collect();
         self.in_flight.delivering = true;
         let sent = self.mailer.submit_many(&batch).await;
@@ -368,6 +388,9 @@ impl Forwarder {
     /// keep its spool copy.
     fn settle(&mut self, q: Queued, result: &Result<Receipt, SendError>) -> Result<()> {
         let Queued { approved, pending, rendered, .. } = q;
+        let Some(pending) = pending else {
+            anyhow::bail!("a message was delivered without being written ahead");
+        };
         let id = pending.id.clone();
         let mut r = match result {
             Ok(receipt) => {
@@ -423,22 +446,38 @@ impl Forwarder {
     }
 
     fn settle_unknown(&mut self, q: Queued, why: &str) -> Result<()> {
+        let Some(pending) = q.pending else {
+            return self.never_sent(&q.approved, why);
+        };
         let mut r = base(Some(&q.approved), Outcome::Error, Some(format!("outcome-unknown: {why}")));
-        r.id = Some(q.pending.id.clone());
+        r.id = Some(pending.id.clone());
         r.message_id = Some(q.rendered.message_id);
-        r.dead_letter = Some(q.pending.keep_unknown(why)?.display().to_string());
+        r.dead_letter = Some(pending.keep_unknown(why)?.display().to_string());
         self.record(r)
     }
 
     /// A queued message the run never handed to the mailer: kept in the
-    /// dead-letter folder as not sent, for `retry`.
+    /// dead-letter folder as not sent, for `retry`, when it was written
+    /// ahead; otherwise only recorded.
     fn settle_unsent(&mut self, q: Queued, why: &str) -> Result<()> {
+        let Some(pending) = q.pending else {
+            return self.never_sent(&q.approved, why);
+        };
         let error = SendError::Connect(format!("not sent: the run was stopped before its batch went out ({why})"));
         let mut r = base(Some(&q.approved), Outcome::Error, Some(format!("{}: {}", error.kind(), error.describe())));
-        r.id = Some(q.pending.id.clone());
+        r.id = Some(pending.id.clone());
         r.message_id = Some(q.rendered.message_id);
-        r.dead_letter = Some(q.pending.keep(&error)?.display().to_string());
+        r.dead_letter = Some(pending.keep(&error)?.display().to_string());
         self.record(r)
+    }
+
+    /// An approved message the run stopped before it was written anywhere.
+    fn never_sent(&mut self, approved: &Approved, why: &str) -> Result<()> {
+        self.record(base(
+            Some(approved),
+            Outcome::Error,
+            Some(format!("stopped: {why}, before the message was written ahead; nothing was sent")),
+        ))
     }
 
     /// The run was stopped (`why`) in the middle of a send: record what
