@@ -636,6 +636,9 @@ _POSTFIX_TROUBLE_RE = re.compile(
     r"|lost connection after"
     r"|timeout after"
     r"|too many errors after")
+# Warnings about the machine, not the client: cleanup notices the file
+# system's clock running ahead of the local one (a busy or virtual disk).
+_POSTFIX_HOST_NOISE_RE = re.compile(r"warning: (?:file system clock is|resetting file time stamps)")
 _POSTFIX_DELIVERY_RE = re.compile(
     r"postfix/discard\[\d+\]: ([0-9A-Za-z]+): to=<([^>]*)>,.* status=sent ")
 _POSTFIX_SESSION_RE = re.compile(r"postfix/smtpd\[\d+\]: disconnect from \S+ (.*)$")
@@ -846,8 +849,10 @@ class PostfixSmtpd:
         """Log lines about trouble: `warning:`, `error:`, `fatal:` and
         `panic:` lines, and smtpd's complaints about a client (improper
         command pipelining, bare <LF>, a rejected command, a lost connection,
-        a timeout, too many errors)."""
-        return [l for l in self.log_lines() if _POSTFIX_TROUBLE_RE.search(l)]
+        a timeout, too many errors). Cleanup's notes about the file system
+        clock are about the machine, not the client, and are left out."""
+        return [l for l in self.log_lines()
+                if _POSTFIX_TROUBLE_RE.search(l) and not _POSTFIX_HOST_NOISE_RE.search(l)]
 
     def deliveries(self) -> list[Delivery]:
         """What the discard transport took so far: one per recipient."""

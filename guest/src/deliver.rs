@@ -463,10 +463,11 @@ impl<B: Blobs> Prepared<B> {
     }
 }
 
-/// The Message-ID of raw message bytes, from its header section.
+/// The Message-ID of raw message bytes, from its header section (read
+/// only as far as the blank line that ends it).
 fn message_id_of(bytes: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let headers = text.split("\r\n\r\n").next()?;
+    let end = memchr::memmem::find(bytes, b"\r\n\r\n").unwrap_or(bytes.len());
+    let headers = std::str::from_utf8(bytes.get(..end)?).ok()?;
     headers.split("\r\n").find_map(|l| {
         let (name, value) = l.split_once(':')?;
         name.eq_ignore_ascii_case("message-id")

@@ -188,6 +188,17 @@ impl AuditLog {
         f.flush().with_context(|| format!("flushing {}", self.path.display()))
     }
 
+    /// Append records, each one line, in one `write`.
+    pub fn append_many(&self, records: &[Record]) -> Result<()> {
+        let mut lines = Vec::with_capacity(records.len() * 512);
+        for r in records {
+            lines.extend_from_slice(&r.to_line()?);
+        }
+        let mut f = self.file.lock().map_err(|_| anyhow::anyhow!("audit log lock poisoned"))?;
+        f.write_all(&lines).with_context(|| format!("writing {}", self.path.display()))?;
+        f.flush().with_context(|| format!("flushing {}", self.path.display()))
+    }
+
     /// Read every record back.
     pub fn read(path: &Path) -> Result<Vec<Record>> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -316,23 +316,31 @@ impl Forwarder {
         for (q, p) in self.in_flight.queued.iter_mut().zip(pending) {
             q.pending = Some(p);
         }
-        for i in 0..self.in_flight.queued.len() {
-            let q = &self.in_flight.queued[i];
-            let mut attempt = base(Some(&q.approved), Outcome::Attempt, None);
-            attempt.id = q.pending.as_ref().map(|p| p.id.clone());
-            attempt.message_id = Some(q.rendered.message_id.clone());
-            attempt.size = Some(q.rendered.bytes.len() as u64);
-            if let Err(e) = self.record(attempt) {
-                // Not sent, and not to be sent later by `retry` unaudited:
-                // this one and the rest leave the spool; the ones with
-                // their attempt record stay queued, kept as not sent.
-                for q in self.in_flight.queued.drain(i..) {
-                    if let Some(Err(undo)) = q.pending.map(Pending::done) {
-                        tracing::error!("removing a spooled message after its audit record failed: {undo:#}");
-                    }
+        let attempts: Vec<Record> = self
+            .in_flight
+            .queued
+            .iter()
+            .map(|q| {
+                let mut attempt = base(Some(&q.approved), Outcome::Attempt, None);
+                attempt.id = q.pending.as_ref().map(|p| p.id.clone());
+                attempt.message_id = Some(q.rendered.message_id.clone());
+                attempt.size = Some(q.rendered.bytes.len() as u64);
+                attempt.plugin.clone_from(&self.plugin);
+                attempt.sha256.clone_from(&self.sha256);
+                attempt
+            })
+            .collect();
+        // One write for the batch's attempt records: all of them or, if it
+        // fails part way, a cut last line that `read` reports.
+        if let Err(e) = self.audit.append_many(&attempts) {
+            let e = self.stop(Stop::Host(format!("the audit log could not be written: {e:#}")));
+            // Not sent, and not to be sent later by `retry` unaudited.
+            for q in std::mem::take(&mut self.in_flight.queued) {
+                if let Some(Err(undo)) = q.pending.map(Pending::done) {
+                    tracing::error!("removing a spooled message after its audit record failed: {undo:#}");
                 }
-                return Err(e);
             }
+            return Err(e);
         }
         Ok(())
     }
@@ -344,7 +352,18 @@ impl Forwarder {
             return Ok(());
         }
         self.write_ahead()?;
-        let batch: Vec<Rendered> = self.in_flight.queued.iter().map(|q| q.rendered.clone()).collect();
+        // The bytes go to the mailer and are not needed here again (the
+        // spool has them): moved out, not copied.
+        let batch: Vec<Rendered> = self
+            .in_flight
+            .queued
+            .iter_mut()
+            .map(|q| Rendered {
+                message_id: q.rendered.message_id.clone(),
+                envelope: q.rendered.envelope.clone(),
+                bytes: std::mem::take(&mut q.rendered.bytes),
+            })
+            .collect();
         self.in_flight.delivering = true;
         let sent = self.mailer.submit_many(&batch).await;
         drop(batch);
