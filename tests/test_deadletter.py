@@ -158,7 +158,7 @@ def test_plugin_mail_refused_for_good_leaves_the_spool(run, plugins, smtpd, tmp_
 
     assert_exit(proc, 1)
     assert json.loads(proc.stdout)["counts"] == {
-        "attempts": 1, "accepted": 0, "denied": 0, "rejected": 1, "errors": 0, "kept": 0}
+        "attempts": 1, "accepted": 0, "denied": 0, "rejected": 1, "errors": 0, "kept": 0, "skipped": 0}
     attempt, outcome = [json.loads(l) for l in audit.read_text().splitlines()]
     assert attempt["outcome"] == "attempt" and outcome["outcome"] == "rejected", (attempt, outcome)
     assert attempt["id"] == outcome["id"] and attempt["message_id"] == outcome["message_id"]
@@ -181,7 +181,7 @@ def test_plugin_mail_refused_for_now_is_moved_out_of_the_spool(run, plugins, scr
 
     assert_exit(proc, 1)
     assert json.loads(proc.stdout)["counts"] == {
-        "attempts": 1, "accepted": 0, "denied": 0, "rejected": 1, "errors": 0, "kept": 1}
+        "attempts": 1, "accepted": 0, "denied": 0, "rejected": 1, "errors": 0, "kept": 1, "skipped": 0}
     attempt, outcome = [json.loads(l) for l in audit.read_text().splitlines()]
     assert attempt["outcome"] == "attempt" and outcome["outcome"] == "rejected", (attempt, outcome)
     assert attempt["id"] == outcome["id"]

@@ -34,9 +34,11 @@ EXIT_CONFIG = 78        # bad config file
 # The keys of the `--json` run report (it keeps counts; the records
 # themselves are only in the audit log), of its `counts`, and of one audit
 # record.
-REPORT_KEYS = {"plugin", "sha256", "output", "plugin_error", "stopped", "accepted", "counts",
-               "audit"}
-COUNT_KEYS = {"attempts", "accepted", "denied", "rejected", "errors", "kept"}
+REPORT_KEYS = {"plugin", "job", "sha256", "output", "plugin_error", "stopped", "accepted", "counts",
+               "messages", "unlisted", "audit"}
+COUNT_KEYS = {"attempts", "accepted", "denied", "rejected", "errors", "kept", "skipped"}
+# One entry per message in a report's `messages` (the first 1000).
+MESSAGE_KEYS = {"seq", "id", "message_id", "outcome", "reason", "dead_letter"}
 AUDIT_KEYS = {"time_ms", "plugin", "sha256", "from", "recipients", "rejected", "size",
               "message_id", "outcome", "reason"}
 AUDIT_OPTIONAL_KEYS = {
@@ -44,10 +46,12 @@ AUDIT_OPTIONAL_KEYS = {
     "outbox",       # only on records of mail written to the outbox
     "dead_letter",  # where an undelivered message was kept for `wasmail retry`
     "omitted",      # characters and list entries cut to keep the record small
+    "seq",          # which message of its run (1, 2, ...): every plugin record
+    "job",          # the job the run was for (`--job`, a queue's job id)
 }
 # "attempt" is written ahead, before a message goes to the relay; the other
 # outcomes end an attempt (or a call to send that never got that far).
-OUTCOMES = {"attempt", "accepted", "rejected", "denied", "error"}
+OUTCOMES = {"attempt", "accepted", "rejected", "denied", "error", "skipped"}
 # The longest audit line, newline included.
 MAX_RECORD_BYTES = 8 * 1024
 # The host's name for an outbox or dead-letter file: ms, pid, counter.
@@ -208,14 +212,18 @@ def run_report(proc) -> dict:
     assert ended <= counts["attempts"], describe(proc)
     assert counts["kept"] <= counts["errors"] + counts["rejected"], describe(proc)
     assert isinstance(report["audit"], str) and report["audit"], describe(proc)
+    # The report lists each settled message (up to 1000; the rest counted).
+    for m in report["messages"]:
+        assert set(m) == MESSAGE_KEYS and m["outcome"] in OUTCOMES - {"attempt"}, (m, describe(proc))
+    assert len(report["messages"]) <= 1000 and report["unlisted"] >= 0, describe(proc)
     return report
 
 
 def counts(attempts: int = 0, accepted: int = 0, denied: int = 0, rejected: int = 0,
-           errors: int = 0, kept: int = 0) -> dict:
+           errors: int = 0, kept: int = 0, skipped: int = 0) -> dict:
     """A report's expected `counts`."""
     return {"attempts": attempts, "accepted": accepted, "denied": denied,
-            "rejected": rejected, "errors": errors, "kept": kept}
+            "rejected": rejected, "errors": errors, "kept": kept, "skipped": skipped}
 
 
 def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Path,

@@ -141,8 +141,12 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    /// The component file (informational; `wasmail run` takes the path).
+    /// The component file: what `wasmail serve` and `wasmail worker` load
+    /// (`wasmail run` takes the path on its command line).
     pub path: Option<PathBuf>,
+    /// Runs of this plugin at once under `wasmail serve` (default: its
+    /// `--max-runs`); more are refused with `429`.
+    pub max_concurrent_runs: Option<usize>,
     /// Allowed From addresses or patterns (`*@example.com`).
     #[serde(default)]
     pub allowed_from: Vec<String>,
@@ -271,6 +275,7 @@ impl PluginConfig {
     pub fn outbox_default() -> Self {
         Self {
             path: None,
+            max_concurrent_runs: None,
             allowed_from: vec!["*".into()],
             allowed_reply_to: None,
             allow_address_in_display_name: false,

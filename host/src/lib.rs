@@ -2,6 +2,9 @@
 //! per RFC 5321) and untrusted mail plugins on wasmtime, each in its own
 //! store, deny by default.
 //!
+//! [`api`] is the library: a [`api::Host`] loads plugins and runs them, or
+//! sends a message, in-process; the CLI and `wasmail serve` are built on it.
+//!
 //! The layout shows the layers:
 //! - [`cli`]: the `wasmail` commands, their flags, exit codes and output;
 //! - [`mailer`]: the mailer component's store, with one module per
@@ -15,6 +18,7 @@
 //!   types: stage names, error kinds, transience), [`engine`], [`config`]
 //!   and [`text`] underneath them all.
 
+pub mod api;
 pub mod bindings;
 pub mod cli;
 pub mod config;
@@ -22,12 +26,16 @@ pub mod engine;
 pub mod mail;
 pub mod mailer;
 pub mod plugin;
+pub mod serve;
 pub mod text;
+pub mod worker;
 
 use anyhow::Result;
 use wasmtime::Engine;
 
-/// What every command shares: the engine and the compiled mailer.
+/// What every command shares: the engine and the compiled mailer. Cheap to
+/// clone (both are shared handles).
+#[derive(Clone)]
 pub struct Runtime {
     /// The engine all stores use.
     pub engine: Engine,

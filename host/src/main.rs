@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use wasmail::cli::report::exit;
 use wasmail::Runtime;
 use wasmail::cli::{compile, dkim, inspect, retry, run, send, sendmail};
+use wasmail::{serve, worker};
 
 /// How long the process waits at exit for blocking threads to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -32,6 +33,11 @@ enum Command {
     Compile(compile::CompileArgs),
     /// DKIM keys: generate one and print the DNS record to publish.
     Dkim(dkim::DkimArgs),
+    /// Serve the HTTP API: runs of the config's plugins, plain sends,
+    /// health and metrics.
+    Serve(Box<serve::ServeArgs>),
+    /// Run jobs from a NATS JetStream stream.
+    Worker(Box<worker::WorkerArgs>),
     /// Show what a plugin imports and exports, and whether it can run here.
     Inspect {
         /// The plugin component.
@@ -68,7 +74,12 @@ fn main() -> ExitCode {
     if let Command::Dkim(args) = &cli.command {
         return ExitCode::from(dkim::run(args));
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The service runs requests on every core; a command is one task.
+    let rt = match &cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             wasmail::cli::report::say(format_args!("cannot start the async runtime: {e}"));
@@ -89,6 +100,8 @@ fn main() -> ExitCode {
             Command::Retry(args) => retry::run(&runtime, *args).await,
             Command::Sendmail(args) => sendmail::run(&runtime, *args).await,
             Command::Compile(args) => compile::run(&runtime, args),
+            Command::Serve(args) => serve::run(&runtime, *args).await,
+            Command::Worker(args) => worker::run(&runtime, *args).await,
             Command::Dkim(args) => dkim::run(&args),
             Command::Inspect { plugin: path } => match inspect::inspect(&runtime, &path) {
                 Ok((text, code)) => {

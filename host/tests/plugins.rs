@@ -70,22 +70,22 @@ fn fixture_with(tag: &str, tweak: impl FnOnce(&mut PluginConfig)) -> Fixture {
     Fixture { _dir: dir, config, audit, outbox, lines: Arc::default() }
 }
 
-fn host(f: &Fixture) -> PluginHost<'static> {
+fn host(f: &Fixture) -> PluginHost {
     let lines = Arc::clone(&f.lines);
     let options = HostOptions {
-        transcript: None,
         output: Some(Arc::new(move |l: &str| lines.lock().unwrap().push(l.to_owned()))),
+        ..HostOptions::default()
     };
     PluginHost::new(runtime(), f.config.clone(), options).expect("host")
 }
 
-async fn run(host: &PluginHost<'_>, name: &str, input: &str) -> RunReport {
+async fn run(host: &PluginHost, name: &str, input: &str) -> RunReport {
     let p = host.load(&plugin(name), None).expect("load");
     host.run(&p, input).await.expect("run")
 }
 
 /// After each hostile plugin: a well-behaved one still works.
-async fn control(host: &PluginHost<'_>) {
+async fn control(host: &PluginHost) {
     let r = run(host, "hello", "friend@example.com").await;
     assert!(r.stopped.is_none(), "control plugin stopped: {:?}", r.stopped);
     assert!(matches!(&r.output, Some(Ok(o)) if o.starts_with("sent")), "{:?}", r.output);

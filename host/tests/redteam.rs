@@ -66,16 +66,16 @@ fn fixture(tag: &str) -> Fixture {
     fixture_with(tag, |_, _| {})
 }
 
-fn host(f: &Fixture) -> PluginHost<'static> {
+fn host(f: &Fixture) -> PluginHost {
     let lines = Arc::clone(&f.lines);
     let options = HostOptions {
-        transcript: None,
         output: Some(Arc::new(move |l: &str| lines.lock().unwrap().push(l.to_owned()))),
+        ..HostOptions::default()
     };
     PluginHost::new(runtime(), f.config.clone(), options).expect("host")
 }
 
-async fn run(host: &PluginHost<'_>, name: &str, input: &str) -> RunReport {
+async fn run(host: &PluginHost, name: &str, input: &str) -> RunReport {
     let p = host.load(&plugin(name), None).expect("load");
     host.run(&p, input).await.expect("run")
 }
@@ -453,7 +453,7 @@ async fn non_ascii_and_control_characters_in_the_plugin_name() {
     let name = "é\u{1b}[2J\nwasmail: ok\u{202e}";
     config.plugins.insert(name.into(), config.plugins["hostile"].clone());
     let lines = Arc::clone(&f.lines);
-    let options = HostOptions { transcript: None, output: Some(Arc::new(move |l: &str| lines.lock().unwrap().push(l.to_owned()))) };
+    let options = HostOptions { output: Some(Arc::new(move |l: &str| lines.lock().unwrap().push(l.to_owned()))), ..HostOptions::default() };
     let host = PluginHost::new(runtime(), config, options).unwrap();
     let p = host.load(&plugin("hostile"), Some(name)).unwrap();
     let r = host.run(&p, "forge").await.unwrap();

@@ -2,8 +2,8 @@
 //! table in `wasmail.toml`; mail goes to the relay over SMTP (RFC 5321) or to
 //! the outbox.
 
+use crate::api::{Host, LoadFailed, Refused};
 use crate::config::Config;
-use crate::plugin::{HostOptions, LoadFailed, PluginHost, Refused};
 use crate::cli::report::{self, CliError, exit};
 use crate::{Runtime, text};
 use std::path::PathBuf;
@@ -31,6 +31,28 @@ pub struct RunArgs {
     /// Print the SMTP transcript to standard error.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Run for this job id: it goes into every audit record, and a message
+    /// an earlier run of the same job attempted is not sent again.
+    #[arg(long, value_name = "ID")]
+    pub job: Option<String>,
+}
+
+/// A run's report as JSON: what `run --json` prints and `wasmail serve`
+/// answers.
+pub fn report_json(ran: &crate::api::RunReport, sha256: &str, audit: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({
+        "plugin": ran.plugin,
+        "job": ran.job,
+        "sha256": sha256,
+        "output": ran.output.as_ref().and_then(|o| o.as_ref().ok()),
+        "plugin_error": ran.output.as_ref().and_then(|o| o.as_ref().err()),
+        "stopped": ran.stopped,
+        "accepted": ran.counts.accepted,
+        "counts": ran.counts,
+        "messages": ran.messages,
+        "unlisted": ran.unlisted,
+        "audit": audit,
+    })
 }
 
 fn fail(json: bool, code: u8, kind: &'static str, message: &str) -> u8 {
@@ -61,12 +83,16 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
         (None, Some(t)) => t.clone(),
         (None, None) => String::new(),
     };
-    let options = HostOptions { transcript: a.verbose.then(text::stderr_lines), output: None };
-    let host = match PluginHost::new(rt, config, options) {
+    let mut builder = Host::builder().config(config);
+    if a.verbose {
+        let sink = text::stderr_lines();
+        builder = builder.transcript(move |line| sink(line));
+    }
+    let host = match builder.build_on(rt) {
         Ok(h) => h,
         Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
     };
-    let plugin = match host.load(&a.plugin, a.name.as_deref()) {
+    let plugin = match host.load_file_as(&a.plugin, a.name.as_deref()) {
         Ok(p) => p,
         Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
         // Not a component, over the engine's per-component limits, or its
@@ -74,24 +100,17 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
         Err(e) if e.is::<LoadFailed>() => return fail(a.json, exit::DATAERR, "load", &format!("{e:#}")),
         Err(e) => return fail(a.json, exit::NOINPUT, "load", &format!("{e:#}")),
     };
-    let ran = match host.run(&plugin, &input).await {
+    let ran = match &a.job {
+        Some(job) => host.run_job(&plugin, &input, job).await,
+        None => host.run(&plugin, &input).await,
+    };
+    let ran = match ran {
         Ok(r) => r,
         Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
         Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
     };
-    let accepted = ran.counts.accepted;
     if a.json {
-        let value = serde_json::json!({
-            "plugin": ran.plugin,
-            "sha256": plugin.sha256,
-            "output": ran.output.as_ref().and_then(|o| o.as_ref().ok()),
-            "plugin_error": ran.output.as_ref().and_then(|o| o.as_ref().err()),
-            "stopped": ran.stopped,
-            "accepted": accepted,
-            "counts": ran.counts,
-            "audit": host.audit().path(),
-        });
-        println!("{value}");
+        println!("{}", report_json(&ran, plugin.sha256(), host.audit_path()));
     } else {
         let prefix = format!("[{}] ", text::printable(&ran.plugin));
         match (&ran.output, &ran.stopped) {
@@ -119,7 +138,7 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
                 c.errors,
                 c.kept,
                 c.attempts,
-                host.audit().path().display()
+                host.audit_path().display()
             ));
         }
     }

@@ -35,6 +35,9 @@ pub enum Outcome {
     Denied,
     /// Anything else: invalid message, network, TLS, timeout.
     Error,
+    /// Not sent again: a redelivered job's message that an earlier delivery
+    /// of the same job already attempted (see `job` and `seq`).
+    Skipped,
 }
 
 /// One line of the log.
@@ -71,6 +74,14 @@ pub struct Record {
     /// Where it was kept for `wasmail retry`, when it was not delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<String>,
+    /// The job this run was for (`wasmail worker`, `wasmail serve`): the
+    /// idempotency key of its messages, with `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Which of the run's messages it is: 1 for the first message handed to
+    /// `send`/`send-many`, and so on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// How many characters and list entries were cut to keep the record
     /// under [`MAX_RECORD_BYTES`].
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -98,6 +109,8 @@ impl Record {
             reason: None,
             outbox: None,
             dead_letter: None,
+            job: None,
+            seq: None,
             omitted: 0,
         }
     }
@@ -197,6 +210,13 @@ impl AuditLog {
         let mut f = self.file.lock().map_err(|_| anyhow::anyhow!("audit log lock poisoned"))?;
         f.write_all(&lines).with_context(|| format!("writing {}", self.path.display()))?;
         f.flush().with_context(|| format!("flushing {}", self.path.display()))
+    }
+
+    /// Make what was written durable (fsync): before a queue's job is
+    /// acknowledged.
+    pub fn sync(&self) -> Result<()> {
+        let f = self.file.lock().map_err(|_| anyhow::anyhow!("audit log lock poisoned"))?;
+        f.sync_data().with_context(|| format!("syncing {}", self.path.display()))
     }
 
     /// Read every record back.

@@ -173,6 +173,8 @@ pub struct Plugin {
 pub struct RunReport {
     /// The plugin's name.
     pub plugin: String,
+    /// The job it ran for, if any.
+    pub job: Option<String>,
     /// What `run` returned, if it returned.
     pub output: Option<Result<String, String>>,
     /// Why the run was stopped (a limit, a trap, a host failure).
@@ -181,6 +183,11 @@ pub struct RunReport {
     pub stop: Option<Stop>,
     /// What the run's sends came to; each record is in the audit log.
     pub counts: Counts,
+    /// Each message's outcome, audit id and Message-ID, for the first
+    /// [`sender::MAX_REPORTED_MESSAGES`] messages.
+    pub messages: Vec<sender::MessageOutcome>,
+    /// Messages past those, counted only.
+    pub unlisted: u64,
 }
 
 impl RunReport {
@@ -195,9 +202,72 @@ impl RunReport {
     }
 }
 
+/// Relay sessions kept open from run to run (`wasmail serve`): a finished
+/// run's mailer, with its SMTP session, waits here for the plugin's next
+/// run (mailers are per plugin: their grants differ). At most `max`
+/// connections to the relay exist at once, idle or in use.
+pub struct MailerPool {
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<(Mailer, tokio::sync::OwnedSemaphorePermit)>>>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+/// How long a run waits for a relay connection from a full pool.
+pub const POOL_WAIT: Duration = Duration::from_secs(30);
+
+impl MailerPool {
+    /// A pool of at most `max` relay connections.
+    pub fn new(max: usize) -> Self {
+        Self { idle: Default::default(), connections: Arc::new(tokio::sync::Semaphore::new(max.max(1))) }
+    }
+
+    fn take(&self, plugin: &str) -> Option<(Mailer, tokio::sync::OwnedSemaphorePermit)> {
+        self.idle.lock().ok()?.get_mut(plugin)?.pop()
+    }
+
+    /// A connection slot, waiting at most [`POOL_WAIT`] for one. An idle
+    /// session of another plugin is closed to make room.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = Arc::clone(&self.connections).try_acquire_owned() {
+            return Ok(p);
+        }
+        let spare = self.idle.lock().ok().and_then(|mut idle| idle.values_mut().find_map(Vec::pop));
+        if let Some((mut mailer, permit)) = spare {
+            if let Err(e) = mailer.close().await {
+                tracing::debug!("closing an idle relay session: {e:#}");
+            }
+            return Ok(permit);
+        }
+        match tokio::time::timeout(POOL_WAIT, Arc::clone(&self.connections).acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => bail!("relay: all {} connections are busy", self.connections.available_permits()),
+        }
+    }
+
+    fn put(&self, plugin: &str, mailer: Mailer, permit: tokio::sync::OwnedSemaphorePermit) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.entry(plugin.to_owned()).or_default().push((mailer, permit));
+        }
+    }
+
+    /// Close every idle session (QUIT).
+    pub async fn close_all(&self) {
+        let all: Vec<_> = match self.idle.lock() {
+            Ok(mut idle) => idle.drain().flat_map(|(_, v)| v).collect(),
+            Err(_) => return,
+        };
+        for (mut mailer, _permit) in all {
+            if let Err(e) = mailer.close().await {
+                tracing::debug!("closing an idle relay session: {e:#}");
+            }
+        }
+    }
+}
+
 /// Options that are not in the config file.
 #[derive(Clone, Default)]
 pub struct HostOptions {
+    /// Keep relay sessions open between runs, in this pool.
+    pub pool: Option<Arc<MailerPool>>,
     /// `-v`: the mailer's SMTP transcript goes here.
     pub transcript: Option<Sink>,
     /// Plugins' stdout and stderr lines go here (default: the host's stderr).
@@ -205,8 +275,8 @@ pub struct HostOptions {
 }
 
 /// Runs plugins under one config.
-pub struct PluginHost<'a> {
-    rt: &'a Runtime,
+pub struct PluginHost {
+    rt: Runtime,
     config: Config,
     linker: Linker<PluginState>,
     audit: AuditLog,
@@ -215,16 +285,16 @@ pub struct PluginHost<'a> {
 }
 
 
-impl<'a> PluginHost<'a> {
+impl PluginHost {
     /// Set up for `config`.
-    pub fn new(rt: &'a Runtime, config: Config, options: HostOptions) -> Result<Self> {
+    pub fn new(rt: &Runtime, config: Config, options: HostOptions) -> Result<Self> {
         let linker = plugin_linker(&rt.engine).anyhow().context("linking the plugin interfaces")?;
         let audit_path = config.audit.clone().unwrap_or_else(|| PathBuf::from(crate::mail::audit::DEFAULT_AUDIT));
         let audit = AuditLog::open(&audit_path)?;
         // For outbox runs only (they never connect); relay runs get the
         // relay's trust from `RelayArgs::resolve`.
         let tls = tls::Provider::new(None)?;
-        Ok(Self { rt, config, linker, audit, tls, options })
+        Ok(Self { rt: rt.clone(), config, linker, audit, tls, options })
     }
 
     /// The audit log.
@@ -244,14 +314,29 @@ impl<'a> PluginHost<'a> {
         let name = name.map_or_else(|| Self::name_for(path), str::to_owned);
         let max = self.policy_for(&name)?.max_component_bytes;
         let bytes = read_bounded(path, max)?;
-        let (component, cache) = prepare(&self.rt.engine, &bytes, &format!("plugin {name}"))?;
+        self.load_bytes(&name, &bytes)
+    }
+
+    /// Check, compile (or load from the cache) and link the component
+    /// `bytes` as plugin `name` (the policy table it runs under).
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<Plugin> {
+        let max = self.policy_for(name)?.max_component_bytes;
+        if bytes.len() as u64 > max {
+            bail!(Refused(format!("plugin {name} is larger than max_component_bytes ({max} bytes)")));
+        }
+        let (component, cache) = prepare(&self.rt.engine, bytes, &format!("plugin {name}"))?;
         // Every import passed the check, so a link error is a type mismatch:
         // the plugin was built against another version of the WIT.
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadFailed {
             what: format!("linking plugin {name}: {:#}", anyhow::Error::from(e)),
             hint: "it was built against another version of wit/ than this wasmail; rebuild it against this checkout's wit/".into(),
         })?;
-        Ok(Plugin { name, sha256: engine::sha256_hex(&bytes), cache, pre })
+        Ok(Plugin { name: name.to_owned(), sha256: engine::sha256_hex(bytes), cache, pre })
+    }
+
+    /// The config it runs under.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn policy_for(&self, name: &str) -> Result<PluginConfig> {
@@ -264,6 +349,53 @@ impl<'a> PluginHost<'a> {
         }
     }
 
+    /// Send one message given by the host's caller (not a plugin): to the
+    /// config's relay, or to its outbox without one. Attachments must be
+    /// bytes (no file is opened for a caller). A failure a retry may fix
+    /// keeps the exact message in the dead-letter folder: its path comes
+    /// back with the error.
+    pub async fn send(&self, msg: &crate::bindings::types::Message) -> Result<(Result<crate::bindings::types::Receipt, crate::bindings::types::SendError>, Option<PathBuf>)> {
+        let Some(r) = &self.config.relay else {
+            let mut mailer = Mailer::new(&self.rt.mailer, MailerGrant::outbox(self.tls.clone())).await?;
+            let rendered = match mailer.render(msg).await? {
+                Ok(r) => r,
+                Err(e) => return Ok((Err(e), None)),
+            };
+            let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
+            let path = crate::mail::outbox::write(&dir, &rendered.bytes)?;
+            let receipt = crate::bindings::types::Receipt {
+                message_id: rendered.message_id,
+                accepted: rendered.envelope.recipients,
+                rejected: vec![],
+                size: rendered.bytes.len() as u64,
+                reply: crate::bindings::types::Reply { code: 250, enhanced: None, text: format!("written to {}", path.display()) },
+            };
+            return Ok((Ok(receipt), None));
+        };
+        let (settings, secret, tls) = crate::mailer::relay::RelayArgs::from_config(r)
+            .resolve(self.options.transcript.is_some())
+            .await
+            .map_err(|e| anyhow::anyhow!("relay: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
+        let grant = MailerGrant::relay(&settings.addresses, secret, tls).transcript(self.options.transcript.clone());
+        let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
+        mailer.configure(&settings.to_wit()).await?;
+        let delivered = mailer.deliver(msg).await?;
+        if let Err(e) = mailer.close().await {
+            tracing::warn!("closing the mailer session: {e:#}");
+        }
+        match delivered {
+            Ok(receipt) => Ok((Ok(receipt), None)),
+            Err(undelivered) => {
+                let kept = match &undelivered.kept {
+                    Some(k) => Some(self.dead_letters().keep(k, &undelivered.error, None)?),
+                    None => None,
+                };
+                Ok((Err(undelivered.error), kept))
+            }
+        }
+    }
+
     /// The DKIM identity the plugin's policy names (`dkim = "NAME"`), its key
     /// loaded: it signs the headers the policy lets the plugin set too.
     fn signing_for(&self, cfg: &PluginConfig) -> Result<Option<Arc<Signing>>> {
@@ -272,7 +404,22 @@ impl<'a> PluginHost<'a> {
         Ok(Some(Arc::new(table.signing(name, &cfg.allowed_headers)?)))
     }
 
-    async fn mailer_for(&self, cfg: &PluginConfig) -> Result<(Mailer, Delivery)> {
+    async fn mailer_for(&self, name: &str, cfg: &PluginConfig) -> Result<(Mailer, Delivery, Option<tokio::sync::OwnedSemaphorePermit>)> {
+        if let Some(pool) = &self.options.pool
+            && self.config.relay.is_some()
+        {
+            if let Some((mailer, permit)) = pool.take(name) {
+                return Ok((mailer, Delivery::Relay, Some(permit)));
+            }
+            let permit = pool.slot().await?;
+            let (mailer, delivery) = self.new_mailer(cfg).await?;
+            return Ok((mailer, delivery, Some(permit)));
+        }
+        let (mailer, delivery) = self.new_mailer(cfg).await?;
+        Ok((mailer, delivery, None))
+    }
+
+    async fn new_mailer(&self, cfg: &PluginConfig) -> Result<(Mailer, Delivery)> {
         let blobs = match &cfg.folder {
             None => BlobAccess::Deny,
             Some(f) => BlobAccess::folder(f).with_context(|| format!("opening the granted folder {}", f.display()))?,
@@ -304,8 +451,17 @@ impl<'a> PluginHost<'a> {
 
     /// A fresh store for one run of `plugin`: its mailer (one SMTP session
     /// for the run), WASI context, limits and CPU meter.
-    async fn store_for(&self, plugin: &Plugin, cfg: &PluginConfig) -> Result<(Store<PluginState>, PluginOutput)> {
-        let (mailer, delivery) = self.mailer_for(cfg).await?;
+    async fn store_for(
+        &self,
+        plugin: &Plugin,
+        cfg: &PluginConfig,
+        job: Option<&str>,
+    ) -> Result<(Store<PluginState>, PluginOutput)> {
+        let priors = match job {
+            Some(job) => sender::priors(self.audit.path(), job)?,
+            None => Default::default(),
+        };
+        let (mailer, delivery, connection) = self.mailer_for(&plugin.name, cfg).await?;
         let sink = self.options.output.clone().unwrap_or_else(crate::text::stderr_lines);
         let output = PluginOutput::new(&plugin.name, cfg.max_output_bytes, sink);
         let mut wasi = WasiCtx::builder();
@@ -332,6 +488,12 @@ impl<'a> PluginHost<'a> {
             counts: Counts::default(),
             in_flight: InFlight::default(),
             stop: None,
+            job: job.map(str::to_owned),
+            connection,
+            priors,
+            seq: 0,
+            reported: Vec::new(),
+            unreported: 0,
         };
         let state = PluginState {
             wasi: wasi.build(),
@@ -378,7 +540,7 @@ impl<'a> PluginHost<'a> {
     /// both instances.
     pub async fn instantiate_pair(&self, plugin: &Plugin) -> Result<impl Drop + use<>> {
         let cfg = self.policy_for(&plugin.name)?;
-        let (mut store, _) = self.store_for(plugin, &cfg).await?;
+        let (mut store, _) = self.store_for(plugin, &cfg, None).await?;
         plugin.pre.instantiate_async(&mut store).await.anyhow()?;
         Ok(store)
     }
@@ -386,8 +548,15 @@ impl<'a> PluginHost<'a> {
     /// Run `plugin` once with `input`. Host failures before the plugin
     /// starts are errors; everything after is in the report.
     pub async fn run(&self, plugin: &Plugin, input: &str) -> Result<RunReport> {
+        self.run_job(plugin, input, None).await
+    }
+
+    /// Run `plugin` for `job`: every audit record carries the job's id, and
+    /// the messages an earlier delivery of the same job attempted (the
+    /// audit log knows them by `seq`) are not sent again.
+    pub async fn run_job(&self, plugin: &Plugin, input: &str, job: Option<&str>) -> Result<RunReport> {
         let cfg = self.policy_for(&plugin.name)?;
-        let (mut store, output) = self.store_for(plugin, &cfg).await?;
+        let (mut store, output) = self.store_for(plugin, &cfg, job).await?;
         let wall = Duration::from_millis(cfg.wall_ms);
         let outcome = tokio::time::timeout(wall, async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
@@ -419,12 +588,34 @@ impl<'a> PluginHost<'a> {
         {
             tracing::error!("recording the message in flight when the run stopped: {e:#}");
         }
-        if !mailer_busy && let Err(e) = forwarder.mailer.close().await {
-            tracing::warn!("closing the mailer session: {e:#}");
-        }
         let counts = forwarder.counts;
+        let messages = std::mem::take(&mut forwarder.reported);
+        let unlisted = forwarder.unreported;
+        let connection = forwarder.connection.take();
+        let forwarder = store.into_data().forwarder;
+        match (&self.options.pool, connection) {
+            // Its session stays open for the plugin's next run.
+            (Some(pool), Some(permit)) if !mailer_busy => pool.put(&plugin.name, forwarder.mailer, permit),
+            _ if !mailer_busy => {
+                let mut mailer = forwarder.mailer;
+                if let Err(e) = mailer.close().await {
+                    tracing::warn!("closing the mailer session: {e:#}");
+                }
+            }
+            // A mailer stopped inside a call is dropped: its connection closes.
+            _ => {}
+        }
         let output = returned.map(|r| r.map(|s| output.clip(&s)).map_err(|e| output.clip(&e)));
-        Ok(RunReport { plugin: plugin.name.clone(), output, stopped, stop, counts })
+        Ok(RunReport {
+            plugin: plugin.name.clone(),
+            job: job.map(str::to_owned),
+            output,
+            stopped,
+            stop,
+            counts,
+            messages,
+            unlisted,
+        })
     }
 }
 

@@ -40,6 +40,22 @@ pub enum Stop {
     Host(String),
 }
 
+impl Stop {
+    /// The limit's name, as its config key (`cpu_ms`, `max_attempts`), or
+    /// `mailer`/`host` for a failure that was not the plugin's.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            Self::Cpu { .. } => "cpu_ms",
+            Self::Memory { .. } => "memory_mib",
+            Self::Tables { .. } => "tables",
+            Self::Wall { .. } => "wall_ms",
+            Self::Budget(e) => e.key,
+            Self::Mailer(_) => "mailer",
+            Self::Host(_) => "host",
+        }
+    }
+}
+
 impl std::fmt::Display for Stop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -13,7 +13,7 @@ use crate::mailer::Mailer;
 use crate::mail::policy::{Approved, Exhausted, Policy, Refusal};
 use crate::plugin::sandbox::Stop;
 use crate::mail::outbox;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 use wasmtime::component::Linker;
 
@@ -44,6 +44,9 @@ pub struct Counts {
     pub rejected: u64,
     /// Messages that failed otherwise (invalid, network, TLS, timeout).
     pub errors: u64,
+    /// Messages not sent again because an earlier delivery of the run's job
+    /// attempted them.
+    pub skipped: u64,
     /// Messages kept in the dead-letter folder for `wasmail retry`.
     pub kept: u64,
 }
@@ -65,6 +68,8 @@ pub const MAX_BATCH_MESSAGES: usize = 256;
 pub struct Queued {
     /// Which message of the call it is.
     index: usize,
+    /// Which message of the run it is (audit `seq`).
+    seq: u64,
     approved: Approved,
     rendered: Rendered,
     /// Its place in the spool, once written ahead.
@@ -93,10 +98,93 @@ impl InFlight {
 enum Admission {
     /// It may go.
     Approved(Approved),
+    /// An earlier delivery of this run's job attempted it: its result then
+    /// (recorded as `skipped`), and it is not sent again.
+    Replayed(Result<Receipt, SendError>),
     /// It may not: its `send-error` (recorded).
     Refused(SendError),
     /// The run's attempt budget is spent: the run stops (recorded then).
     Exhausted(Exhausted),
+}
+
+/// The most messages a run's report lists one by one; the rest are only
+/// counted (`RunReport::unlisted`), so a report stays small whatever the
+/// plugin sends. Every message has its records in the audit log.
+pub const MAX_REPORTED_MESSAGES: usize = 1000;
+
+/// What became of one message of a run, for its report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MessageOutcome {
+    /// Which message of the run (1 for the first handed to the host).
+    pub seq: Option<u64>,
+    /// Its audit and spool id (ties its records together), once written ahead.
+    pub id: Option<String>,
+    /// Its Message-ID, once assembled.
+    pub message_id: Option<String>,
+    /// The outcome, as in the audit log.
+    pub outcome: Outcome,
+    /// Why it was denied or failed, or the relay's reply.
+    pub reason: Option<String>,
+    /// Where it was kept for `wasmail retry`, if it was.
+    pub dead_letter: Option<String>,
+}
+
+/// What an earlier delivery of the same job did with one of its messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prior {
+    /// Its audit id.
+    pub id: Option<String>,
+    /// Its Message-ID.
+    pub message_id: Option<String>,
+    /// Its recipients.
+    pub recipients: Vec<String>,
+    /// Its size.
+    pub size: Option<u64>,
+    /// Its last outcome: `attempt` when none followed (the process died or
+    /// was stopped with it in flight).
+    pub outcome: Outcome,
+}
+
+/// The messages of `job` that earlier deliveries attempted, by `seq`, from
+/// the audit log at `path`: the idempotency record of a queue's jobs.
+pub fn priors(path: &std::path::Path, job: &str) -> Result<std::collections::HashMap<u64, Prior>> {
+    use std::io::BufRead;
+    let mut out = std::collections::HashMap::new();
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        // A cheap filter before parsing: most lines are other jobs'.
+        if !line.contains(job) {
+            continue;
+        }
+        let Ok(r) = serde_json::from_str::<Record>(&line) else { continue };
+        let (Some(j), Some(seq)) = (&r.job, r.seq) else { continue };
+        if j != job {
+            continue;
+        }
+        match r.outcome {
+            Outcome::Attempt => {
+                out.entry(seq).or_insert(Prior {
+                    id: r.id,
+                    message_id: r.message_id,
+                    recipients: r.recipients,
+                    size: r.size,
+                    outcome: Outcome::Attempt,
+                });
+            }
+            Outcome::Accepted | Outcome::Rejected | Outcome::Error => {
+                if let Some(p) = out.get_mut(&seq) {
+                    p.outcome = r.outcome;
+                }
+            }
+            Outcome::Denied | Outcome::Skipped => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Everything `send` needs during one run.
@@ -121,6 +209,18 @@ pub struct Forwarder {
     pub in_flight: InFlight,
     /// Why the host stopped the run from inside `send`, if it did.
     pub stop: Option<Stop>,
+    /// The job the run is for, if any: written into every record.
+    pub job: Option<String>,
+    /// The run's slot in the relay pool, if it draws from one.
+    pub connection: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What earlier deliveries of that job attempted, by `seq`.
+    pub priors: std::collections::HashMap<u64, Prior>,
+    /// The message being handled: its `seq`.
+    pub seq: u64,
+    /// The first [`MAX_REPORTED_MESSAGES`] messages' outcomes.
+    pub reported: Vec<MessageOutcome>,
+    /// Outcomes past that, only counted.
+    pub unreported: u64,
 }
 
 fn base(approved: Option<&Approved>, outcome: Outcome, reason: Option<String>) -> Record {
@@ -149,12 +249,29 @@ impl Forwarder {
             Outcome::Denied => self.counts.denied += 1,
             Outcome::Rejected => self.counts.rejected += 1,
             Outcome::Error => self.counts.errors += 1,
+            Outcome::Skipped => self.counts.skipped += 1,
         }
         if r.dead_letter.is_some() {
             self.counts.kept += 1;
         }
         r.plugin.clone_from(&self.plugin);
         r.sha256.clone_from(&self.sha256);
+        r.job.clone_from(&self.job);
+        r.seq.get_or_insert(self.seq);
+        if r.outcome != Outcome::Attempt {
+            if self.reported.len() < MAX_REPORTED_MESSAGES {
+                self.reported.push(MessageOutcome {
+                    seq: r.seq,
+                    id: r.id.clone(),
+                    message_id: r.message_id.clone(),
+                    outcome: r.outcome,
+                    reason: r.reason.clone(),
+                    dead_letter: r.dead_letter.clone(),
+                });
+            } else {
+                self.unreported += 1;
+            }
+        }
         self.audit.append(&r).map_err(|e| self.stop(Stop::Host(format!("the audit log could not be written: {e:#}"))))
     }
 
@@ -185,6 +302,10 @@ impl Forwarder {
         for (index, mut msg) in msgs.into_iter().enumerate() {
             let approved = match self.admit(&mut msg)? {
                 Admission::Approved(approved) => approved,
+                Admission::Replayed(result) => {
+                    results[index] = Some(result);
+                    continue;
+                }
                 Admission::Refused(refused) => {
                     results[index] = Some(Err(refused));
                     continue;
@@ -216,7 +337,7 @@ impl Forwarder {
                 self.flush(&mut results).await?;
                 queued_bytes = 0;
             }
-            self.in_flight.queued.push(Queued { index, approved, rendered, pending: None });
+            self.in_flight.queued.push(Queued { index, seq: self.seq, approved, rendered, pending: None });
             queued_bytes += size;
         }
         self.flush(&mut results).await?;
@@ -229,6 +350,7 @@ impl Forwarder {
     /// Count the attempt and hold `msg` to the policy.
     fn admit(&mut self, msg: &mut Message) -> Result<Admission> {
         self.counts.attempts += 1;
+        self.seq = self.counts.attempts;
         match self.policy.attempt() {
             Ok(Ok(())) => {}
             Ok(Err(denied)) => {
@@ -238,7 +360,10 @@ impl Forwarder {
             Err(exhausted) => return Ok(Admission::Exhausted(exhausted)),
         }
         match self.policy.check(msg) {
-            Ok(approved) => Ok(Admission::Approved(approved)),
+            Ok(approved) => match self.priors.remove(&self.seq) {
+                None => Ok(Admission::Approved(approved)),
+                Some(prior) => self.replay(&approved, prior).map(Admission::Replayed),
+            },
             Err(Refusal::Denied(denied)) => {
                 let mut r = base(None, Outcome::Denied, Some(format!("policy-denied: {denied}")));
                 r.from = msg.from.as_ref().map(|m| m.address.clone());
@@ -250,6 +375,37 @@ impl Forwarder {
                 Ok(Admission::Refused(SendError::InvalidMessage(invalid)))
             }
         }
+    }
+
+    /// A message an earlier delivery of this job attempted: not sent again.
+    /// Accepted then: its receipt, from the audit log. Otherwise (refused,
+    /// kept, or in flight when that delivery died): refused now, and left to
+    /// the dead-letter folder and an operator.
+    fn replay(&mut self, approved: &Approved, prior: Prior) -> Result<Result<Receipt, SendError>> {
+        let job = self.job.clone().unwrap_or_default();
+        let was = serde_json::to_value(prior.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let mut r = base(Some(approved), Outcome::Skipped, Some(format!(
+            "job {job}: message {} was attempted in an earlier delivery of the job (outcome: {was}; id {}); not sent again",
+            self.seq,
+            prior.id.as_deref().unwrap_or("?")
+        )));
+        r.id.clone_from(&prior.id);
+        r.message_id.clone_from(&prior.message_id);
+        self.record(r)?;
+        if prior.outcome == Outcome::Accepted {
+            return Ok(Ok(Receipt {
+                message_id: prior.message_id.unwrap_or_default(),
+                accepted: prior.recipients,
+                rejected: vec![],
+                size: prior.size.unwrap_or(0),
+                reply: Reply { code: 250, enhanced: None, text: format!("already accepted in an earlier delivery of job {job}") },
+            }));
+        }
+        Ok(Err(SendError::PolicyDenied(format!(
+            "idempotency: message {} of job {job} was attempted in an earlier delivery (outcome: {was}); \
+             it is not sent again: see the dead-letter folder",
+            self.seq
+        ))))
     }
 
     /// Have the mailer assemble (and sign) an approved message.
@@ -327,6 +483,8 @@ impl Forwarder {
                 attempt.size = Some(q.rendered.bytes.len() as u64);
                 attempt.plugin.clone_from(&self.plugin);
                 attempt.sha256.clone_from(&self.sha256);
+                attempt.job.clone_from(&self.job);
+                attempt.seq = Some(q.seq);
                 attempt
             })
             .collect();
@@ -406,7 +564,7 @@ impl Forwarder {
     /// Record what became of a delivered (or not) message, and remove or
     /// keep its spool copy.
     fn settle(&mut self, q: Queued, result: &Result<Receipt, SendError>) -> Result<()> {
-        let Queued { approved, pending, rendered, .. } = q;
+        let Queued { approved, pending, rendered, seq, .. } = q;
         let Some(pending) = pending else {
             anyhow::bail!("a message was delivered without being written ahead");
         };
@@ -440,6 +598,7 @@ impl Forwarder {
                         r.reason = Some(format!("{}; the spool could not settle it: {why}", r.reason.unwrap_or_default()));
                         r.id = Some(id);
                         r.message_id = Some(rendered.message_id);
+                        r.seq = Some(seq);
                         self.record(r)?;
                         return Err(self.stop(Stop::Host(format!("the spool could not keep a message: {why}"))));
                     }
@@ -449,6 +608,7 @@ impl Forwarder {
         };
         r.id = Some(id);
         r.message_id = Some(rendered.message_id);
+        r.seq = Some(seq);
         self.record(r)
     }
 
@@ -466,9 +626,10 @@ impl Forwarder {
 
     fn settle_unknown(&mut self, q: Queued, why: &str) -> Result<()> {
         let Some(pending) = q.pending else {
-            return self.never_sent(&q.approved, why);
+            return self.never_sent(&q.approved, q.seq, why);
         };
         let mut r = base(Some(&q.approved), Outcome::Error, Some(format!("outcome-unknown: {why}")));
+        r.seq = Some(q.seq);
         r.id = Some(pending.id.clone());
         r.message_id = Some(q.rendered.message_id);
         r.dead_letter = Some(pending.keep_unknown(why)?.display().to_string());
@@ -480,10 +641,11 @@ impl Forwarder {
     /// ahead; otherwise only recorded.
     fn settle_unsent(&mut self, q: Queued, why: &str) -> Result<()> {
         let Some(pending) = q.pending else {
-            return self.never_sent(&q.approved, why);
+            return self.never_sent(&q.approved, q.seq, why);
         };
         let error = SendError::Connect(format!("not sent: the run was stopped before its batch went out ({why})"));
         let mut r = base(Some(&q.approved), Outcome::Error, Some(format!("{}: {}", error.kind(), error.describe())));
+        r.seq = Some(q.seq);
         r.id = Some(pending.id.clone());
         r.message_id = Some(q.rendered.message_id);
         r.dead_letter = Some(pending.keep(&error)?.display().to_string());
@@ -491,12 +653,14 @@ impl Forwarder {
     }
 
     /// An approved message the run stopped before it was written anywhere.
-    fn never_sent(&mut self, approved: &Approved, why: &str) -> Result<()> {
-        self.record(base(
+    fn never_sent(&mut self, approved: &Approved, seq: u64, why: &str) -> Result<()> {
+        let mut r = base(
             Some(approved),
             Outcome::Error,
             Some(format!("stopped: {why}, before the message was written ahead; nothing was sent")),
-        ))
+        );
+        r.seq = Some(seq);
+        self.record(r)
     }
 
     /// The run was stopped (`why`) in the middle of a send: record what

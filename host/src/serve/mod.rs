@@ -1,0 +1,399 @@
+//! `wasmail serve`: the library's [`Host`] behind an HTTP/1.1 API (RFC 9110,
+//! with axum), for platforms that run many plugins for many clients:
+//!
+//! - `POST /v1/plugins/{name}/runs`: the body is the plugin's input; the
+//!   answer is the run report (as `wasmail run --json`), or `202` with the
+//!   job id when runs go to a queue (`--queue`);
+//! - `POST /v1/messages`: a plain send of a JSON message, answered as
+//!   `wasmail send --json`;
+//! - `GET /healthz`, and `GET /metrics` in Prometheus' text format.
+//!
+//! Clients present bearer tokens (RFC 6750) from a file that says which
+//! plugins each may run and whether it may send. Runs go on concurrently up
+//! to `--max-runs`, and up to each plugin's `max_concurrent_runs`; past
+//! that the answer is `429` with `Retry-After` (RFC 6585), never a queue
+//! without bound. Relay sessions are pooled between runs, at most
+//! `--max-relay-connections`. SIGHUP reloads the config, the tokens and the
+//! plugins; SIGTERM stops accepting, lets the runs in flight finish within
+//! `--shutdown-secs`, and leaves whatever is cut short in the write-ahead
+//! spool, for `wasmail retry`.
+
+pub mod auth;
+pub mod message;
+pub mod metrics;
+
+use crate::Runtime;
+use crate::api::{Host, Plugin, RunReport};
+use crate::cli::report::{self, exit};
+use crate::config::Config;
+use crate::plugin::MailerPool;
+use crate::worker::{Job, Publisher};
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The largest request body: a message with its attachments in base64.
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+/// The largest plugin input.
+pub const MAX_INPUT_BYTES: usize = 1 << 20;
+/// How long a client told `429` should wait, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// The longest `Idempotency-Key` a client may give as a run's job id.
+pub const MAX_JOB_ID_CHARS: usize = 128;
+
+/// The flags of `wasmail serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The config: relay, audit log, spool, and the plugins served (each
+    /// `[plugins.NAME]` table with a `path`).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The address to listen on (loopback unless told otherwise).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8025")]
+    pub listen: SocketAddr,
+    /// The bearer tokens (TOML, `[[token]]` with `name`, `token`,
+    /// `plugins`, `send`; mode 600).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: PathBuf,
+    /// Runs at once, in all.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_runs: usize,
+    /// Connections to the relay at once (pooled between runs).
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub max_relay_connections: usize,
+    /// How long runs in flight may take to finish after SIGTERM.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub shutdown_secs: u64,
+    /// Hand runs to this NATS server's JetStream (workers run them) instead
+    /// of running them here.
+    #[arg(long, value_name = "URL")]
+    pub queue: Option<String>,
+    /// The JetStream stream, with `--queue`.
+    #[arg(long, value_name = "NAME", default_value = "WASMAIL_RUNS")]
+    pub stream: String,
+}
+
+/// One plugin served: loaded once, with its own concurrency limit.
+struct Served {
+    plugin: Plugin,
+    slots: Arc<Semaphore>,
+}
+
+/// What a (re)load reads: the host, its plugins and the tokens.
+struct Loaded {
+    host: Host,
+    plugins: HashMap<String, Served>,
+    tokens: auth::Tokens,
+}
+
+/// The service's state, shared by every request.
+struct App {
+    loaded: RwLock<Arc<Loaded>>,
+    runs: Arc<Semaphore>,
+    metrics: metrics::Metrics,
+    queue: Option<Publisher>,
+    rt: Runtime,
+    pool: Arc<MailerPool>,
+    args: ServeArgs,
+}
+
+/// Read the config and tokens, and load (compile, or take from the cache)
+/// every plugin with a `path`.
+fn load(rt: &Runtime, args: &ServeArgs, pool: &Arc<MailerPool>) -> Result<Loaded> {
+    let config = Config::load(&args.config)?;
+    let tokens = auth::Tokens::load(&args.tokens)?;
+    let host = Host::builder().config(config.clone()).relay_pool(Arc::clone(pool)).build_on(rt)?;
+    let mut plugins = HashMap::new();
+    for (name, cfg) in &config.plugins {
+        let Some(path) = &cfg.path else { continue };
+        let plugin = host.load_file_as(path, Some(name)).with_context(|| format!("plugins.{name}: {}", path.display()))?;
+        let slots = Arc::new(Semaphore::new(cfg.max_concurrent_runs.unwrap_or(args.max_runs).max(1)));
+        plugins.insert(name.clone(), Served { plugin, slots });
+    }
+    Ok(Loaded { host, plugins, tokens })
+}
+
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn refuse(app: &App, status: StatusCode, reason: &'static str, message: &str) -> Response {
+    app.metrics.add("wasmail_requests_refused_total", &[("reason", reason)], 1);
+    let mut r = answer(status, report::other_error_json(reason, message));
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::TOO_MANY_REQUESTS => {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+/// The job id: the client's `Idempotency-Key`, if it is a plain token, or
+/// a new one.
+fn job_id(headers: &HeaderMap) -> Result<String, String> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(format!("job-{}", crate::mail::deadletter::fresh_name()));
+    };
+    let key = key.to_str().map_err(|_| "Idempotency-Key: not visible ASCII".to_owned())?;
+    if key.is_empty()
+        || key.chars().count() > MAX_JOB_ID_CHARS
+        || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(format!("Idempotency-Key: 1 to {MAX_JOB_ID_CHARS} of A-Z a-z 0-9 - _ . :"));
+    }
+    Ok(key.to_owned())
+}
+
+fn record_run(app: &App, name: &str, ran: &RunReport, took: Duration) {
+    let result = match (&ran.stop, &ran.output) {
+        (Some(_), _) => "stopped",
+        (None, Some(Ok(_))) => "ok",
+        (None, Some(Err(_))) => "plugin-error",
+        (None, None) => "failed",
+    };
+    let m = &app.metrics;
+    m.add("wasmail_runs_total", &[("plugin", name), ("result", result)], 1);
+    let c = ran.counts;
+    for (outcome, n) in [
+        ("accepted", c.accepted),
+        ("denied", c.denied),
+        ("rejected", c.rejected),
+        ("error", c.errors),
+        ("skipped", c.skipped),
+        ("kept", c.kept),
+    ] {
+        if n > 0 {
+            m.add("wasmail_messages_total", &[("plugin", name), ("outcome", outcome)], n);
+        }
+    }
+    if let Some(stop) = &ran.stop {
+        m.add("wasmail_limit_stops_total", &[("plugin", name), ("limit", stop.limit())], 1);
+    }
+    m.observe(name, took);
+}
+
+async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, headers: HeaderMap, input: String) -> Response {
+    let loaded = match app.loaded.read() {
+        Ok(l) => Arc::clone(&l),
+        Err(_) => return answer(StatusCode::INTERNAL_SERVER_ERROR, report::other_error_json("internal", "state lock poisoned")),
+    };
+    let Some(grant) = loaded.tokens.check(authorization(&headers)) else {
+        return refuse(&app, StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+    };
+    if !grant.may_run(&name) {
+        return refuse(&app, StatusCode::FORBIDDEN, "forbidden", &format!("token {} may not run this plugin", grant.name));
+    }
+    let Some(served) = loaded.plugins.get(&name) else {
+        return refuse(&app, StatusCode::NOT_FOUND, "not-found", "no such plugin is served");
+    };
+    if input.len() > MAX_INPUT_BYTES {
+        return refuse(&app, StatusCode::PAYLOAD_TOO_LARGE, "bad-request", &format!("input: more than {MAX_INPUT_BYTES} bytes"));
+    }
+    let job = match job_id(&headers) {
+        Ok(j) => j,
+        Err(e) => return refuse(&app, StatusCode::BAD_REQUEST, "bad-request", &e),
+    };
+    if let Some(queue) = &app.queue {
+        let job = Job { id: job, plugin: name.clone(), input };
+        return match queue.publish(&job).await {
+            Ok(()) => {
+                app.metrics.add("wasmail_jobs_queued_total", &[("plugin", &name)], 1);
+                answer(StatusCode::ACCEPTED, json!({ "job": job.id, "plugin": name, "queued": true }))
+            }
+            Err(e) => answer(StatusCode::SERVICE_UNAVAILABLE, report::other_error_json("queue", &format!("{e:#}"))),
+        };
+    }
+    // Both limits or neither: a run that may not start is refused at once.
+    let Ok(all) = Arc::clone(&app.runs).try_acquire_owned() else {
+        return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "busy", &format!("{} runs are in progress", app.args.max_runs));
+    };
+    let Ok(mine) = Arc::clone(&served.slots).try_acquire_owned() else {
+        return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "busy", "this plugin's runs are all in progress");
+    };
+    app.metrics.in_flight(1);
+    let started = Instant::now();
+    let ran = loaded.host.run_job(&served.plugin, &input, &job).await;
+    app.metrics.in_flight(-1);
+    drop((all, mine));
+    match ran {
+        Ok(ran) => {
+            record_run(&app, &name, &ran, started.elapsed());
+            let body = crate::cli::run::report_json(&ran, served.plugin.sha256(), loaded.host.audit_path());
+            answer(StatusCode::OK, body)
+        }
+        Err(e) => {
+            app.metrics.add("wasmail_runs_total", &[("plugin", &name), ("result", "failed")], 1);
+            answer(StatusCode::SERVICE_UNAVAILABLE, report::other_error_json("run", &format!("{e:#}")))
+        }
+    }
+}
+
+async fn send_message(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+    let loaded = match app.loaded.read() {
+        Ok(l) => Arc::clone(&l),
+        Err(_) => return answer(StatusCode::INTERNAL_SERVER_ERROR, report::other_error_json("internal", "state lock poisoned")),
+    };
+    let Some(grant) = loaded.tokens.check(authorization(&headers)) else {
+        return refuse(&app, StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required");
+    };
+    if !grant.send {
+        return refuse(&app, StatusCode::FORBIDDEN, "forbidden", &format!("token {} may not send", grant.name));
+    }
+    let msg = match serde_json::from_str::<message::MessageBody>(&body).map_err(|e| e.to_string()).and_then(|b| b.into_message()) {
+        Ok(m) => m,
+        Err(e) => return refuse(&app, StatusCode::BAD_REQUEST, "bad-request", &format!("invalid message: {e}")),
+    };
+    match loaded.host.send(&msg).await {
+        Ok(sent) => match sent.result {
+            Ok(receipt) => {
+                app.metrics.add("wasmail_sends_total", &[("result", "accepted")], 1);
+                answer(StatusCode::OK, report::receipt_json(&receipt))
+            }
+            Err(e) => {
+                app.metrics.add("wasmail_sends_total", &[("result", e.kind())], 1);
+                let status = match e {
+                    crate::bindings::types::SendError::InvalidMessage(_) | crate::bindings::types::SendError::PolicyDenied(_) => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                let mut body = report::error_json(&e);
+                body["kept"] = json!(sent.kept);
+                answer(status, body)
+            }
+        },
+        Err(e) => answer(StatusCode::SERVICE_UNAVAILABLE, report::other_error_json("send", &format!("{e:#}"))),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response()
+}
+
+/// The routes.
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/plugins/{name}/runs", post(run_plugin))
+        .route("/v1/messages", post(send_message))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+/// Reload on SIGHUP: a new host, plugins and tokens, or the old ones kept
+/// when the new ones fail to load.
+async fn reloads(app: Arc<App>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        let (rt, args, pool) = (app.rt.clone(), app.args.clone(), Arc::clone(&app.pool));
+        match tokio::task::spawn_blocking(move || load(&rt, &args, &pool)).await {
+            Ok(Ok(new)) => {
+                let n = new.plugins.len();
+                if let Ok(mut l) = app.loaded.write() {
+                    *l = Arc::new(new);
+                }
+                app.pool.close_all().await;
+                app.metrics.add("wasmail_reloads_total", &[("result", "ok")], 1);
+                report::say(format_args!("serve: reloaded {} ({n} plugins)", app.args.config.display()));
+            }
+            Ok(Err(e)) => {
+                app.metrics.add("wasmail_reloads_total", &[("result", "failed")], 1);
+                report::say(format_args!("serve: reload failed, still serving the old config: {e:#}"));
+            }
+            Err(e) => report::say(format_args!("serve: reload failed: {e}")),
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Run `wasmail serve`; returns the exit code.
+pub async fn run(rt: &Runtime, args: ServeArgs) -> u8 {
+    match serve(rt, args).await {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            report::say(format_args!("serve: {e:#}"));
+            exit::CONFIG
+        }
+    }
+}
+
+async fn serve(rt: &Runtime, args: ServeArgs) -> Result<()> {
+    if !args.listen.ip().is_loopback() {
+        report::say(format_args!("serve: listening on {}, beyond loopback, as told", args.listen));
+    }
+    let pool = Arc::new(MailerPool::new(args.max_relay_connections));
+    let loaded = load(rt, &args, &pool)?;
+    let queue = match &args.queue {
+        Some(url) => Some(Publisher::connect(url, &args.stream).await.with_context(|| format!("queue {url}"))?),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let local = listener.local_addr().context("the listening address")?;
+    report::say(format_args!("serve: listening on http://{local} ({} plugins)", loaded.plugins.len()));
+    let app = Arc::new(App {
+        loaded: RwLock::new(Arc::new(loaded)),
+        runs: Arc::new(Semaphore::new(args.max_runs.max(1))),
+        metrics: metrics::Metrics::default(),
+        queue,
+        rt: rt.clone(),
+        pool: Arc::clone(&pool),
+        args: args.clone(),
+    });
+    tokio::spawn(reloads(Arc::clone(&app)));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router(Arc::clone(&app))).with_graceful_shutdown(async move {
+        let _ = stop_rx.changed().await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        r = &mut server => return r.context("serving"),
+        () = terminated() => {}
+    }
+    report::say(format_args!("serve: stopping; runs in flight have {} s to finish", args.shutdown_secs));
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(args.shutdown_secs), &mut server).await {
+        Ok(r) => r.context("serving")?,
+        Err(_) => report::say(format_args!(
+            "serve: the deadline passed with runs in flight; their messages stay in the spool for `wasmail retry`"
+        )),
+    }
+    pool.close_all().await;
+    Ok(())
+}
