@@ -23,7 +23,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::wasmail::mail::transport;
-pub use wasmail::mail::types;
+pub use self::wasmail::mail::types;
 
 use std::fmt;
 use types::{Reply, SendError, Stage};
