@@ -54,11 +54,14 @@ $(BUILD_STAMP):
 
 setup-test: setup-servers $(VENV_STAMP)
 
-# smtp-sink (in Postfix, left unconfigured) and the openssl CLI, from apt.
+# smtp-sink (in Postfix, left unconfigured), the openssl CLI and nats-server
+# (JetStream, for `wasmail worker`; Debian's package puts it in /usr/sbin and
+# enables a system service we do not use), from apt.
 setup-servers:
 	@missing=""; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="postfix"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing="$$missing nats-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing from apt:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections && \
@@ -112,7 +115,7 @@ test-setup:
 # wasmail` resolves features without the test crates (indexmap, futures,
 # regex-syntax, ...) and would compile wasmtime a second time. `--no-run`
 # builds target/debug/wasmail along with the test binaries.
-TEST_PKGS   := -p wasmail-mailer -p wasmail -p wasmail-plugin-report -p wasmail-plugin-bulk
+TEST_PKGS   := -p wasmail-mailer -p wasmail -p wasmail-plugin-report -p wasmail-plugin-bulk -p wasmail-example-embed
 
 build: setup-build
 	$(CARGO) build --target $(WASM_TARGET) --release -p wasmail-mailer $(PLUGIN_PKGS)
@@ -120,6 +123,9 @@ build: setup-build
 
 test: setup-test build lang-plugins
 	$(CARGO) test $(TEST_PKGS)
+	@# The library API end to end: examples/embed loads and runs a plugin and
+	@# sends a message, into a scratch outbox.
+	out=$$(mktemp -d) && target/debug/embed $(WASM_DIR)/wasmail_plugin_hello.wasm $$out && rm -rf $$out
 	@# Compiled once ahead of time (cached in ~/.cache/wasmail), so no test
 	@# pays for an 18 MB component's first compile inside its timeout.
 	$(WASMAIL) compile $(LANG_WASM)

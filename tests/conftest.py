@@ -8,6 +8,7 @@
 * `postfix_smtpd`: a private, strict Postfix smtpd that discards what it
   accepts and logs how the client behaved.
 * `scripted`: a fake server that plays a script (see scripted.py).
+* `nats`: a private nats-server with JetStream (`wasmail worker`'s queue).
 
 Every server listens on 127.0.0.1 and is stopped at teardown.
 """
@@ -25,7 +26,7 @@ import pytest
 
 from cli import CLI_TIMEOUT_S, PASSWORD, PASSWORD_ENV
 from scripted import ScriptedServer
-from servers import PostfixSmtpd, RecordingSmtpd, SmtpSink
+from servers import NatsServer, PostfixSmtpd, RecordingSmtpd, SmtpSink
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BINARY = REPO / "target" / "debug" / "wasmail"
@@ -284,6 +285,23 @@ def scripted():
 
     def _start(steps) -> ScriptedServer:
         server = ScriptedServer(list(steps)).start()
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def nats(tmp_path: Path):
+    """Factory: `nats() -> NatsServer`, a nats-server with JetStream on
+    127.0.0.1:<free port>, its store under tmp (`restart()` keeps it);
+    stopped at teardown (its log stays as `<tmp_path>/natsN/nats.log`)."""
+    started: list[NatsServer] = []
+
+    def _start() -> NatsServer:
+        server = NatsServer(tmp_path / f"nats{len(started)}").start()
         started.append(server)
         return server
 

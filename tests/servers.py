@@ -14,6 +14,9 @@ Three kinds:
   everything to the `discard` transport; its own log file tells a test what
   it accepted, delivered and complained about.
 
+And `NatsServer`: a private `nats-server` with JetStream (the queue of
+`wasmail worker`), its store in a folder of its own so a restart keeps it.
+
 All listen on 127.0.0.1 only.
 """
 
@@ -888,3 +891,86 @@ class PostfixSmtpd:
         self._wait(lambda: len(self.deliveries()) >= count
                    and len(self.sessions()) >= sessions, timeout)
         return len(self.deliveries())
+
+
+# --------------------------------------------------------------------------
+# NATS with JetStream
+# --------------------------------------------------------------------------
+
+def find_nats_server() -> Optional[str]:
+    """Debian's package puts it in /usr/sbin."""
+    for candidate in ("/usr/sbin/nats-server", shutil.which("nats-server")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class NatsServer:
+    """`nats-server -js` on 127.0.0.1:<free port>, its JetStream store in
+    `<workdir>/store`. `restart()` stops it and starts it again on the same
+    port with the same store (streams, consumers and unacknowledged
+    messages survive). Its log is `<workdir>/nats.log`."""
+
+    START_ATTEMPTS = 3
+
+    def __init__(self, workdir: Path):
+        binary = find_nats_server()
+        if binary is None:
+            raise RuntimeError("nats-server not found (apt-get install nats-server)")
+        self.binary = binary
+        self.workdir = Path(workdir)
+        self.store = self.workdir / "store"
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.log = self.workdir / "nats.log"
+        self.port: Optional[int] = None
+        self._proc: Optional[subprocess.Popen] = None
+
+    def _spawn(self, port: int) -> bool:
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(
+                [self.binary, "-js", "-a", LOOPBACK, "-p", str(port), "-sd", str(self.store)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None and not _listening(port):
+            time.sleep(0.05)
+        if proc.poll() is None and _listening(port):
+            self._proc, self.port = proc, port
+            return True
+        proc.kill()
+        proc.wait()
+        return False
+
+    def start(self) -> "NatsServer":
+        for _ in range(self.START_ATTEMPTS):
+            if self._spawn(free_port()):
+                return self
+        raise RuntimeError(f"nats-server did not start: {self.log.read_text(errors='replace')[-2000:]}")
+
+    def stop(self) -> None:
+        """SIGTERM (the server flushes its store), SIGKILL if it lingers."""
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(SERVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def restart(self) -> "NatsServer":
+        """Stop, then start on the same port with the same store."""
+        port = self.port
+        self.stop()
+        if port is None:
+            return self.start()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not _listening(port) and self._spawn(port):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"nats-server did not restart on port {port}: "
+                           f"{self.log.read_text(errors='replace')[-2000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOOPBACK}:{self.port}"

@@ -557,7 +557,12 @@ impl Worker {
     /// server.
     async fn fetch(&self) -> Result<Option<jetstream::Message>> {
         let body = serde_json::json!({ "batch": 1, "expires": FETCH_WAIT.as_nanos() as u64 });
-        let request = async_nats::Request::new().payload(body.to_string().into()).timeout(Some(FETCH_WAIT + FETCH_GRACE));
+        // An inbox of its own: the job arrives under its own subject, which
+        // the client's shared request inbox would not recognize.
+        let request = async_nats::Request::new()
+            .payload(body.to_string().into())
+            .inbox(self.client.new_inbox())
+            .timeout(Some(FETCH_WAIT + FETCH_GRACE));
         let m = match self.client.send_request(self.next_subject.clone(), request).await {
             Ok(m) => m,
             Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => return Ok(None),
