@@ -123,9 +123,6 @@ build: setup-build
 
 test: setup-test build lang-plugins
 	$(CARGO) test $(TEST_PKGS)
-	@# The library API end to end: examples/embed loads and runs a plugin and
-	@# sends a message, into a scratch outbox.
-	out=$$(mktemp -d) && target/debug/embed $(WASM_DIR)/wasmail_plugin_hello.wasm $$out && rm -rf $$out
 	@# Compiled once ahead of time (cached in ~/.cache/wasmail), so no test
 	@# pays for an 18 MB component's first compile inside its timeout.
 	$(WASMAIL) compile $(LANG_WASM)
