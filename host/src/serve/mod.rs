@@ -228,14 +228,27 @@ async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, heade
     let Ok(mine) = Arc::clone(&served.slots).try_acquire_owned() else {
         return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "busy", "this plugin's runs are all in progress");
     };
+    // The run is a task of its own: a client that hangs up does not cut it
+    // short (its messages would be left half-settled); it finishes, holding
+    // its slots, and its report goes to the audit log and the metrics.
     app.metrics.in_flight(1);
     let started = Instant::now();
-    let ran = loaded.host.run_job(&served.plugin, &input, &job).await;
-    app.metrics.in_flight(-1);
-    drop((all, mine));
+    let (host, plugin, task_app, task_name) = (loaded.host.clone(), served.plugin.clone(), Arc::clone(&app), name.clone());
+    let task = tokio::spawn(async move {
+        let ran = host.run_job(&plugin, &input, &job).await;
+        task_app.metrics.in_flight(-1);
+        drop((all, mine));
+        if let Ok(ran) = &ran {
+            record_run(&task_app, &task_name, ran, started.elapsed());
+        }
+        ran
+    });
+    let ran = match task.await {
+        Ok(ran) => ran,
+        Err(e) => Err(anyhow::anyhow!("the run's task failed: {e}")),
+    };
     match ran {
         Ok(ran) => {
-            record_run(&app, &name, &ran, started.elapsed());
             let body = crate::cli::run::report_json(&ran, served.plugin.sha256(), loaded.host.audit_path());
             answer(StatusCode::OK, body)
         }
