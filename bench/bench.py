@@ -62,6 +62,13 @@ HELLO_PLUGINS = {
 COMPILE_RUNS = int(os.environ.get("BENCH_COMPILE_RUNS", "2"))
 #: DKIM: messages per `send --repeat` run, signed and unsigned interleaved.
 DKIM_COUNT = int(os.environ.get("BENCH_DKIM", "5000"))
+#: `wasmail serve` under load: runs of the hello plugin per round, by this
+#: many concurrent keep-alive clients; against `wasmail run` once per
+#: process, this many times in a row per round.
+SERVE_RUNS = int(os.environ.get("BENCH_SERVE_RUNS", "2000"))
+SERVE_CONCURRENCY = int(os.environ.get("BENCH_SERVE_CONCURRENCY", "16"))
+SERVE_CLI_RUNS = int(os.environ.get("BENCH_SERVE_CLI_RUNS", "50"))
+SERVE_START_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -380,6 +387,7 @@ allowed_headers = ["X-Mailer"]
         discard.wait(timeout=5)
     att_secs = statistics.median(r[0] for r in att_runs)
     hello = hello_plugins(work, env, config)
+    serve = serve_load(work, env, config)
     native = median(lambda: float(subprocess.run([str(MICRO), "base64", str(ATTACHMENT_MIB)],
                                                  check=True, capture_output=True, text=True).stdout))
     return {
@@ -393,6 +401,7 @@ allowed_headers = ["X-Mailer"]
         "oneshot_wall_ms": {k: round(v, 2) for k, v in oneshot.items()},
         "instantiate_us_p50": round(instantiate, 2),
         "hello_plugins": hello,
+        "serve": serve,
         "dkim": dict(dkim, attachment_signed_peak_rss_mib=round(max(r[1] for r in signed_att), 1),
                      attachment_signed_send_seconds=round(statistics.median(r[0] for r in signed_att), 2),
                      guest_body_hash_mb_s=round(statistics.median(r[2] for r in signed_att), 1)),
@@ -532,6 +541,118 @@ def hello_plugins(work: Path, env: dict, config: Path) -> dict:
     return out
 
 
+def serve_load(work: Path, env: dict, config: Path, runs: int = SERVE_RUNS,
+               concurrency: int = SERVE_CONCURRENCY, cli_runs: int = SERVE_CLI_RUNS) -> dict:
+    """`wasmail serve` with the hello plugin against the sink: `concurrency`
+    clients (threads, one keep-alive connection each) share `runs` runs a
+    round (runs/s, and each run's latency); interleaved round by round with
+    `wasmail run hello` once per process, `cli_runs` times in a row. The
+    serve process's peak RSS (VmHWM) is read at the end."""
+    import http.client
+    import re
+    import threading
+    hello = PLUGINS / "wasmail_plugin_hello.wasm"
+    serve_config = work / "bench-serve.toml"
+    serve_config.write_text(config.read_text().replace(
+        "[plugins.hello]\n", f"[plugins.hello]\npath = {json.dumps(str(hello))}\n", 1))
+    token = "bench-" + os.urandom(16).hex()
+    tokens = work / "bench-tokens.toml"
+    tokens.write_text(f'[[token]]\nname = "bench"\ntoken = "{token}"\nplugins = ["hello"]\n')
+    tokens.chmod(0o600)
+    err_path = work / "serve.err"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([str(WASMAIL), "serve", "--config", str(serve_config), "--tokens", str(tokens),
+                                 "--listen", "127.0.0.1:0", "--max-runs", str(concurrency),
+                                 "--max-relay-connections", str(concurrency)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        while True:
+            found = re.search(r"listening on http://([0-9.]+):(\d+)", err_path.read_text(errors="replace"))
+            if found:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"wasmail serve did not start: {err_path.read_text(errors='replace')}")
+            time.sleep(0.05)
+        host, port = found.group(1), int(found.group(2))
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+        latencies: list[float] = []
+        failures: list[str] = []
+
+        def load(total: int) -> float:
+            """`total` runs by the clients; runs/s."""
+            left = [total]
+            lock = threading.Lock()
+            round_latencies: list[float] = []
+
+            def client() -> None:
+                conn = http.client.HTTPConnection(host, port, timeout=120)
+                mine = []
+                try:
+                    while True:
+                        with lock:
+                            if left[0] == 0:
+                                break
+                            left[0] -= 1
+                        t = time.perf_counter()
+                        conn.request("POST", "/v1/plugins/hello/runs", body=b"sink@example.com", headers=headers)
+                        resp = conn.getresponse()
+                        body = resp.read()
+                        mine.append(time.perf_counter() - t)
+                        if resp.status != 200 or b'"accepted":1' not in body:
+                            failures.append(f"{resp.status} {body[:200]!r}")
+                finally:
+                    conn.close()
+                    with lock:
+                        round_latencies.extend(mine)
+
+            threads = [threading.Thread(target=client) for _ in range(concurrency)]
+            t = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            secs = time.perf_counter() - t
+            latencies.extend(round_latencies)
+            return total / secs
+
+        load(min(runs, 4 * concurrency))  # warm-up: compile cache, relay sessions
+        latencies.clear()
+        cli = [str(WASMAIL), "run", str(hello), "--config", str(config), "--input-text", "sink@example.com"]
+        rates = interleaved({
+            "serve": lambda: load(runs),
+            "cli": lambda: cli_runs / sum(timed(cli, env=env) for _ in range(cli_runs)),
+        })
+        with open(f"/proc/{proc.pid}/status") as f:
+            hwm_kib = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return 1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+
+    return {
+        "runs_per_round": runs,
+        "concurrency": concurrency,
+        "cli_runs_per_round": cli_runs,
+        "serve_runs_per_s": round(rates["serve"], 1),
+        "cli_runs_per_s": round(rates["cli"], 1),
+        "serve_vs_cli": round(rates["serve"] / rates["cli"], 2),
+        "latency_ms_p50": round(pct(0.50), 2),
+        "latency_ms_p99": round(pct(0.99), 2),
+        "failures": len(failures),
+        "first_failure": failures[0] if failures else None,
+        "serve_peak_rss_mib": round(hwm_kib / 1024, 1),
+        "serve_exit": proc.returncode,
+    }
+
+
 def ratios(r: dict) -> dict:
     tp, one, att = r["throughput_msgs_per_s"], r["oneshot_wall_ms"], r["attachment_1gib"]
     out = {
@@ -613,6 +734,17 @@ def table(r: dict, q: dict) -> str:
         lines.append(f"| {lang} | {h['component_mb']:.1f} | {h['first_run_s']:.1f} s | "
                      f"{h['first_run_peak_rss_mib']:.0f} MiB | {h['cached_run_ms']:.0f} ms | "
                      f"{h['cached_run_peak_rss_mib']:.0f} MiB |")
+    sv = r.get("serve")
+    if sv:
+        lines += ["", f"| `wasmail serve`, hello plugin, {sv['concurrency']} keep-alive clients "
+                  f"({sv['runs_per_round']} runs a round) | figure |", "|---|---:|",
+                  f"| runs/s | {sv['serve_runs_per_s']:,.0f} |",
+                  f"| `wasmail run` once per process, {sv['cli_runs_per_round']} in a row: runs/s | "
+                  f"{sv['cli_runs_per_s']:,.1f} |",
+                  f"| serve / one process per run | {sv['serve_vs_cli']:.1f}× |",
+                  f"| latency p50 / p99 | {sv['latency_ms_p50']:.1f} / {sv['latency_ms_p99']:.1f} ms |",
+                  f"| peak RSS of the serve process | {sv['serve_peak_rss_mib']:.0f} MiB |",
+                  f"| failed runs (not 200 with the message accepted) | {sv['failures']} |"]
     lines += ["", "| ratio (this run) | value | target |", "|---|---:|---:|",
               f"| wasmail run (send-many) / smtp-source, smtp-sink | {q['run_vs_smtp_source']:.2f} | ≥ 2.0 |",
               f"| wasmail run (one send per call) / smtp-source, smtp-sink | "
