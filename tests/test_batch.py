@@ -25,6 +25,7 @@ CHUNKING is offered and with DATA when it is not, and the same with one
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -46,9 +47,10 @@ from test_postfix import assert_clean_session, content_command
 TO = "sink@example.com"
 # The bulk plugin's body size in the scripted tests.
 SIZE = 2048
-# Messages in the Postfix volume tests (one batch: the host's batches hold
-# up to 256 messages).
+# Messages in the Postfix volume tests: several of the host's batches.
 VOLUME = 200
+# The host's batches (plugin/sender.rs MAX_BATCH_MESSAGES).
+MAX_BATCH_MESSAGES = 64
 # `timeout_secs` of the relay in the scripted tests: a script that goes
 # wrong shows up as a timeout, not as a hung test.
 RELAY_TIMEOUT_S = 5
@@ -230,9 +232,13 @@ def split_audit(audit: Path, count: int, *, batched: bool = True) -> tuple[list[
     by_id = {r["id"]: r for r in outcomes(records)}
     assert len(by_id) == len(outcomes(records)) == count, records
     if batched:
-        # Every outcome comes after every attempt: the batch was written
-        # ahead whole before any of it went to the relay.
-        assert [r["outcome"] for r in records[:count]] == ["attempt"] * count, records
+        # Batches of at most MAX_BATCH_MESSAGES: each written ahead whole
+        # (its attempts) before any of it went to the relay (its outcomes).
+        kinds = ["attempt" if r["outcome"] == "attempt" else "outcome" for r in records]
+        runs = [(k, len(list(g))) for k, g in itertools.groupby(kinds)]
+        assert [k for k, _ in runs] == ["attempt", "outcome"] * (len(runs) // 2), runs
+        assert all(0 < n <= MAX_BATCH_MESSAGES for _, n in runs), runs
+        assert all(runs[i][1] == runs[i + 1][1] for i in range(0, len(runs), 2)), runs
     else:
         # One send call per message: its attempt, then its outcome.
         assert [r["outcome"] for r in records] == ["attempt", "accepted"] * count, records

@@ -512,11 +512,6 @@ def test_metrics_count_runs_messages_and_stops(serve, plugins, smtpd, tmp_path):
     assert types["wasmail_run_duration_seconds"] == "histogram"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "serve/mod.rs record_run labels a run by `ran.stop` (a host limit) instead of "
-    "`ran.stopped`: a run stopped by a trap (hostile `panic`) has stopped=Some, stop=None "
-    "and is counted as result=\"failed\" (meant for host failures), although its report "
-    "says stopped"))
 def test_metrics_count_a_trapped_run_as_stopped(serve, plugins, smtpd, tmp_path):
     setup = make_setup(tmp_path, plugins, smtpd(), {"hostile": {}})
     server = serve(setup)
@@ -778,11 +773,6 @@ def test_sigterm_deadline_leaves_the_message_in_the_spool(serve, run, plugins, s
 
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "axum's graceful shutdown waits for a connection whose request headers never "
-    "finish (hyper has no header read timeout here: a half-sent request was still held "
-    "open after 70 s), so one idle client holds SIGTERM for the whole --shutdown-secs "
-    "and stderr then blames 'runs in flight' when there were none"))
 def test_sigterm_is_not_held_by_a_half_sent_request(serve, plugins, smtpd, tmp_path):
     setup = make_setup(tmp_path, plugins, smtpd(), {"hello": {}})
     server = serve(setup, "--shutdown-secs", "20")

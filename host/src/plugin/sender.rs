@@ -58,8 +58,13 @@ pub struct Counts {
 /// store, under its `memory_mib`).
 pub const MAX_BATCH_BYTES: u64 = 16 << 20;
 
-/// The most messages in one pipelined batch handed to the mailer.
-pub const MAX_BATCH_MESSAGES: usize = 256;
+/// The most messages in one pipelined batch handed to the mailer. It is
+/// also the most messages a process killed in the middle of a batch leaves
+/// as outcome unknown (the whole batch is written ahead, and which of them
+/// the relay took is only known when the batch returns); 64 keeps that
+/// small while a batch's fixed costs (one spool file, one audit write)
+/// stay a few µs a message.
+pub const MAX_BATCH_MESSAGES: usize = 64;
 
 /// An approved, assembled message waiting for its batch: then written
 /// ahead to the spool, with its `attempt` record, until its outcome is

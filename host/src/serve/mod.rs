@@ -48,6 +48,11 @@ pub const MAX_BODY_BYTES: usize = 32 << 20;
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
 /// How long a client told `429` should wait, in seconds.
 pub const RETRY_AFTER_SECS: u64 = 1;
+/// How often a stopping server looks whether runs are left.
+pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How long a stopping server with no run left waits for the last answers
+/// to be written before it closes what connections remain.
+pub const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 /// The longest `Idempotency-Key` a client may give as a run's job id.
 pub const MAX_JOB_ID_CHARS: usize = 128;
 
@@ -100,6 +105,8 @@ struct Loaded {
 struct App {
     loaded: RwLock<Arc<Loaded>>,
     runs: Arc<Semaphore>,
+    /// Runs not finished yet (what SIGTERM waits for).
+    running: std::sync::atomic::AtomicUsize,
     metrics: metrics::Metrics,
     queue: Option<Publisher>,
     rt: Runtime,
@@ -163,7 +170,7 @@ fn job_id(headers: &HeaderMap) -> Result<String, String> {
 }
 
 fn record_run(app: &App, name: &str, ran: &RunReport, took: Duration) {
-    let result = match (&ran.stop, &ran.output) {
+    let result = match (&ran.stopped, &ran.output) {
         (Some(_), _) => "stopped",
         (None, Some(Ok(_))) => "ok",
         (None, Some(Err(_))) => "plugin-error",
@@ -232,11 +239,13 @@ async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, heade
     // short (its messages would be left half-settled); it finishes, holding
     // its slots, and its report goes to the audit log and the metrics.
     app.metrics.in_flight(1);
+    app.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let started = Instant::now();
     let (host, plugin, task_app, task_name) = (loaded.host.clone(), served.plugin.clone(), Arc::clone(&app), name.clone());
     let task = tokio::spawn(async move {
         let ran = host.run_job(&plugin, &input, &job).await;
         task_app.metrics.in_flight(-1);
+        task_app.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         drop((all, mine));
         if let Ok(ran) = &ran {
             record_run(&task_app, &task_name, ran, started.elapsed());
@@ -383,6 +392,7 @@ async fn serve(rt: &Runtime, args: ServeArgs) -> Result<()> {
     let app = Arc::new(App {
         loaded: RwLock::new(Arc::new(loaded)),
         runs: Arc::new(Semaphore::new(args.max_runs.max(1))),
+        running: std::sync::atomic::AtomicUsize::new(0),
         metrics: metrics::Metrics::default(),
         queue,
         rt: rt.clone(),
@@ -399,13 +409,38 @@ async fn serve(rt: &Runtime, args: ServeArgs) -> Result<()> {
         r = &mut server => return r.context("serving"),
         () = terminated() => {}
     }
-    report::say(format_args!("serve: stopping; runs in flight have {} s to finish", args.shutdown_secs));
+    report::say(format_args!("serve: stopping; runs in progress have up to {} s to finish", args.shutdown_secs));
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(args.shutdown_secs), &mut server).await {
-        Ok(r) => r.context("serving")?,
-        Err(_) => report::say(format_args!(
-            "serve: the deadline passed with runs in flight; their messages stay in the spool for `wasmail retry`"
-        )),
+    // What is waited for is the runs, not the connections: an idle or
+    // half-sent request must not hold the exit. Done when the server has
+    // closed every connection, or when no run is left and the answers of
+    // the last ones had a moment to go out.
+    let deadline = tokio::time::sleep(Duration::from_secs(args.shutdown_secs));
+    tokio::pin!(deadline);
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            r = &mut server => {
+                r.context("serving")?;
+                break;
+            }
+            () = &mut deadline => {
+                let left = app.running.load(std::sync::atomic::Ordering::SeqCst);
+                if left > 0 {
+                    report::say(format_args!(
+                        "serve: the deadline passed with {left} run(s) in flight; their messages stay in the spool for `wasmail retry`"
+                    ));
+                }
+                break;
+            }
+            () = tokio::time::sleep(SHUTDOWN_POLL) => {
+                if app.running.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                    idle_since = None;
+                } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= SHUTDOWN_LINGER {
+                    break;
+                }
+            }
+        }
     }
     pool.close_all().await;
     Ok(())
