@@ -404,49 +404,51 @@ impl PluginHost {
         Ok(Some(Arc::new(table.signing(name, &cfg.allowed_headers)?)))
     }
 
-    async fn mailer_for(&self, name: &str, cfg: &PluginConfig) -> Result<(Mailer, Delivery, Option<tokio::sync::OwnedSemaphorePermit>)> {
-        if let Some(pool) = &self.options.pool
-            && self.config.relay.is_some()
-        {
-            if let Some((mailer, permit)) = pool.take(name) {
-                return Ok((mailer, Delivery::Relay, Some(permit)));
-            }
-            let permit = pool.slot().await?;
-            let (mailer, delivery) = self.new_mailer(cfg).await?;
-            return Ok((mailer, delivery, Some(permit)));
-        }
-        let (mailer, delivery) = self.new_mailer(cfg).await?;
-        Ok((mailer, delivery, None))
-    }
-
-    async fn new_mailer(&self, cfg: &PluginConfig) -> Result<(Mailer, Delivery)> {
+    /// The run's mailers: the one that holds the relay session (from the
+    /// pool, when there is one) and, for the relay, a second one that
+    /// assembles (with the files and the signing key, without the network),
+    /// so the next batch is assembled while the last is on the wire.
+    async fn mailer_for(
+        &self,
+        name: &str,
+        cfg: &PluginConfig,
+    ) -> Result<(Mailer, Option<Mailer>, Delivery, Option<tokio::sync::OwnedSemaphorePermit>)> {
         let blobs = match &cfg.folder {
             None => BlobAccess::Deny,
             Some(f) => BlobAccess::folder(f).with_context(|| format!("opening the granted folder {}", f.display()))?,
         };
         let signing = self.signing_for(cfg)?;
+        let assembler = MailerGrant::outbox(self.tls.clone())
+            .blobs(blobs)
+            .max_message_bytes(cfg.max_message_bytes)
+            .transcript(self.options.transcript.clone())
+            .signing(signing);
         let Some(r) = &self.config.relay else {
-            let grant = MailerGrant::outbox(self.tls.clone())
-                .blobs(blobs)
-                .max_message_bytes(cfg.max_message_bytes)
-                .signing(signing);
-            let mailer = Mailer::new(&self.rt.mailer, grant).await?;
+            let mailer = Mailer::new(&self.rt.mailer, assembler).await?;
             let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
-            return Ok((mailer, Delivery::Outbox(dir)));
+            return Ok((mailer, None, Delivery::Outbox(dir), None));
+        };
+        let mut renderer = Mailer::new(&self.rt.mailer, assembler).await?;
+        if let Some(pool) = &self.options.pool
+            && let Some((mailer, permit)) = pool.take(name)
+        {
+            return Ok((mailer, Some(renderer), Delivery::Relay, Some(permit)));
+        }
+        let permit = match &self.options.pool {
+            Some(pool) => Some(pool.slot().await?),
+            None => None,
         };
         let (settings, secret, tls) = crate::mailer::relay::RelayArgs::from_config(r)
             .resolve(self.options.transcript.is_some())
             .await
             .map_err(|e| anyhow::anyhow!("relay: {e}"))?
             .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
-        let grant = MailerGrant::relay(&settings.addresses, secret, tls)
-            .blobs(blobs)
-            .max_message_bytes(cfg.max_message_bytes)
-            .transcript(self.options.transcript.clone())
-            .signing(signing);
+        let grant = MailerGrant::relay(&settings.addresses, secret, tls).transcript(self.options.transcript.clone());
         let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
         mailer.configure(&settings.to_wit()).await?;
-        Ok((mailer, Delivery::Relay))
+        // It never connects; its settings only say whether to report (-v).
+        renderer.configure(&settings.to_wit()).await?;
+        Ok((mailer, Some(renderer), Delivery::Relay, permit))
     }
 
     /// A fresh store for one run of `plugin`: its mailer (one SMTP session
@@ -461,7 +463,7 @@ impl PluginHost {
             Some(job) => sender::priors(self.audit.path(), job)?,
             None => Default::default(),
         };
-        let (mailer, delivery, connection) = self.mailer_for(&plugin.name, cfg).await?;
+        let (mailer, renderer, delivery, connection) = self.mailer_for(&plugin.name, cfg).await?;
         let sink = self.options.output.clone().unwrap_or_else(crate::text::stderr_lines);
         let output = PluginOutput::new(&plugin.name, cfg.max_output_bytes, sink);
         let mut wasi = WasiCtx::builder();
@@ -482,7 +484,8 @@ impl PluginHost {
             sha256: plugin.sha256.clone(),
             policy: Policy::new(cfg.clone()),
             delivery,
-            mailer,
+            mailer: Some(mailer),
+            renderer,
             audit: self.audit.clone(),
             dead_letters: self.dead_letters(),
             counts: Counts::default(),
@@ -593,11 +596,10 @@ impl PluginHost {
         let unlisted = forwarder.unreported;
         let connection = forwarder.connection.take();
         let forwarder = store.into_data().forwarder;
-        match (&self.options.pool, connection) {
+        match (&self.options.pool, connection, forwarder.mailer) {
             // Its session stays open for the plugin's next run.
-            (Some(pool), Some(permit)) if !mailer_busy => pool.put(&plugin.name, forwarder.mailer, permit),
-            _ if !mailer_busy => {
-                let mut mailer = forwarder.mailer;
+            (Some(pool), Some(permit), Some(mailer)) if !mailer_busy => pool.put(&plugin.name, mailer, permit),
+            (_, _, Some(mut mailer)) if !mailer_busy => {
                 if let Err(e) = mailer.close().await {
                     tracing::warn!("closing the mailer session: {e:#}");
                 }

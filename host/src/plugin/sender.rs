@@ -51,10 +51,11 @@ pub struct Counts {
     pub kept: u64,
 }
 
-/// The most octets of assembled messages one `send-many` call holds in the
-/// host before it hands them to the mailer: a longer list goes out in
-/// several pipelined batches, so a plugin's list costs the host at most
-/// this much, whatever its length (the list itself lives in the plugin's
+/// The most octets of assembled messages a batch gathers before it goes to
+/// the mailer (the message that passes it is the batch's last): a longer
+/// list goes out in several pipelined batches, so a plugin's list costs the
+/// host about twice this much (one batch on the wire, the next being
+/// assembled), whatever its length (the list itself lives in the plugin's
 /// store, under its `memory_mib`).
 pub const MAX_BATCH_BYTES: u64 = 16 << 20;
 
@@ -86,16 +87,16 @@ pub struct Queued {
 pub struct InFlight {
     /// A message the mailer was assembling: nothing written or sent yet.
     pub assembling: Option<Approved>,
-    /// Messages waiting for their batch (then in the spool).
+    /// Messages gathered for the next batch: assembled, not written ahead.
     pub queued: Vec<Queued>,
-    /// The queued messages were handed to the mailer for delivery.
-    pub delivering: bool,
+    /// The batch written ahead and handed to the mailer for delivery.
+    pub delivering: Vec<Queued>,
 }
 
 impl InFlight {
     /// Nothing in flight.
     pub fn is_empty(&self) -> bool {
-        self.assembling.is_none() && self.queued.is_empty()
+        self.assembling.is_none() && self.queued.is_empty() && self.delivering.is_empty()
     }
 }
 
@@ -202,8 +203,14 @@ pub struct Forwarder {
     pub policy: Policy,
     /// Where mail goes.
     pub delivery: Delivery,
-    /// The run's mailer (one SMTP session for all sends).
-    pub mailer: Mailer,
+    /// The run's mailer: it holds the one SMTP session for all sends (and,
+    /// for the outbox, assembles). `None` while a batch is with it, or once
+    /// a stop dropped it in the middle of a call.
+    pub mailer: Option<Mailer>,
+    /// The mailer that assembles messages for the relay: a second instance,
+    /// so the next batch is assembled while the last one is on the wire. It
+    /// has the files and the signing key; the sending one has the network.
+    pub renderer: Option<Mailer>,
     /// The audit log.
     pub audit: AuditLog,
     /// Where undelivered messages are kept, and the write-ahead spool.
@@ -303,53 +310,109 @@ impl Forwarder {
     /// delivered (budget exhausted) or settled; refusals are `send-error`s.
     pub async fn send_many(&mut self, msgs: Vec<Message>) -> Result<Vec<Result<Receipt, SendError>>> {
         let mut results: Vec<Option<Result<Receipt, SendError>>> = msgs.iter().map(|_| None).collect();
-        let mut queued_bytes = 0u64;
-        for (index, mut msg) in msgs.into_iter().enumerate() {
+        let mut msgs = msgs.into_iter().enumerate().peekable();
+        let mut exhausted = self.gather(&mut msgs, &mut results).await?;
+        while !self.in_flight.queued.is_empty() {
+            self.write_ahead()?;
+            let batch = self.hand_over();
+            let Some(mut mailer) = self.mailer.take() else {
+                anyhow::bail!("the run's mailer went missing");
+            };
+            let submit = async move {
+                let sent = mailer.submit_many(&batch).await;
+                (mailer, sent)
+            };
+            // The next batch is assembled while this one is on the wire.
+            let ((mailer, sent), gathered) = if exhausted.is_none() && msgs.peek().is_some() {
+                let (a, b) = tokio::join!(submit, self.gather(&mut msgs, &mut results));
+                (a, Some(b))
+            } else {
+                (submit.await, None)
+            };
+            self.mailer = Some(mailer);
+            self.settle_batch(sent, &mut results)?;
+            if let Some(gathered) = gathered {
+                exhausted = gathered?;
+            }
+        }
+        if let Some(exhausted) = exhausted {
+            // Over the budget: what was approved before went out; the run stops.
+            self.record(base(None, Outcome::Denied, Some(format!("stopped: {exhausted}"))))?;
+            return Err(self.stop(Stop::Budget(exhausted)));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SendError::Protocol("the host left this message unsettled".into()))))
+            .collect())
+    }
+
+    /// Take messages from `msgs` through the policy and the mailer's
+    /// assembly into the next batch (`in_flight.queued`), until it holds
+    /// [`MAX_BATCH_MESSAGES`] or [`MAX_BATCH_BYTES`], or `msgs` ends; refused
+    /// messages get their results at once, and outbox mail is written at
+    /// once. `Some` when the attempt budget ran out (the rest are not
+    /// taken).
+    async fn gather(
+        &mut self,
+        msgs: &mut std::iter::Peekable<impl Iterator<Item = (usize, Message)>>,
+        results: &mut [Option<Result<Receipt, SendError>>],
+    ) -> Result<Option<Exhausted>> {
+        let mut queued_bytes: u64 = self.in_flight.queued.iter().map(|q| q.rendered.bytes.len() as u64).sum();
+        while queued_bytes < MAX_BATCH_BYTES && self.in_flight.queued.len() < MAX_BATCH_MESSAGES {
+            let Some((index, mut msg)) = msgs.next() else { break };
             let approved = match self.admit(&mut msg)? {
                 Admission::Approved(approved) => approved,
                 Admission::Replayed(result) => {
-                    results[index] = Some(result);
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = Some(result);
+                    }
                     continue;
                 }
                 Admission::Refused(refused) => {
-                    results[index] = Some(Err(refused));
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = Some(Err(refused));
+                    }
                     continue;
                 }
-                Admission::Exhausted(exhausted) => {
-                    // Over the budget: what was approved before still goes,
-                    // then the run stops.
-                    self.flush(&mut results).await?;
-                    self.record(base(None, Outcome::Denied, Some(format!("stopped: {exhausted}"))))?;
-                    return Err(self.stop(Stop::Budget(exhausted)));
-                }
+                Admission::Exhausted(exhausted) => return Ok(Some(exhausted)),
             };
             let rendered = match self.assemble(approved.clone(), &msg).await? {
                 Ok(rendered) => rendered,
                 Err(e) => {
-                    results[index] = Some(Err(e));
+                    if let Some(slot) = results.get_mut(index) {
+                        *slot = Some(Err(e));
+                    }
                     continue;
                 }
             };
             if let Delivery::Outbox(dir) = &self.delivery {
                 let dir = dir.clone();
-                results[index] = Some(self.to_outbox(&dir, approved, rendered)?);
+                let written = self.to_outbox(&dir, approved, rendered)?;
+                if let Some(slot) = results.get_mut(index) {
+                    *slot = Some(written);
+                }
                 continue;
             }
-            let size = rendered.bytes.len() as u64;
-            if !self.in_flight.queued.is_empty()
-                && (queued_bytes + size > MAX_BATCH_BYTES || self.in_flight.queued.len() >= MAX_BATCH_MESSAGES)
-            {
-                self.flush(&mut results).await?;
-                queued_bytes = 0;
-            }
+            queued_bytes += rendered.bytes.len() as u64;
             self.in_flight.queued.push(Queued { index, seq: self.seq, approved, rendered, pending: None });
-            queued_bytes += size;
         }
-        self.flush(&mut results).await?;
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(SendError::Protocol("the host left this message unsettled".into()))))
-            .collect())
+        Ok(None)
+    }
+
+    /// The queued batch, written ahead, becomes the one being delivered;
+    /// its bytes go to the mailer (moved, not copied: the spool has them).
+    fn hand_over(&mut self) -> Vec<Rendered> {
+        let mut delivering = std::mem::take(&mut self.in_flight.queued);
+        let batch = delivering
+            .iter_mut()
+            .map(|q| Rendered {
+                message_id: q.rendered.message_id.clone(),
+                envelope: q.rendered.envelope.clone(),
+                bytes: std::mem::take(&mut q.rendered.bytes),
+            })
+            .collect();
+        self.in_flight.delivering = delivering;
+        batch
     }
 
     /// Count the attempt and hold `msg` to the policy.
@@ -416,7 +479,10 @@ impl Forwarder {
     /// Have the mailer assemble (and sign) an approved message.
     async fn assemble(&mut self, approved: Approved, msg: &Message) -> Result<Result<Rendered, SendError>> {
         self.in_flight.assembling = Some(approved);
-        let rendered = self.mailer.render(msg).await;
+        let Some(assembler) = self.renderer.as_mut().or(self.mailer.as_mut()) else {
+            anyhow::bail!("the run's mailer went missing");
+        };
+        let rendered = assembler.render(msg).await;
         let Some(approved) = self.in_flight.assembling.take() else {
             anyhow::bail!("the message being assembled went missing");
         };
@@ -508,55 +574,37 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Deliver the queued messages as one batch and settle each: its outcome
-    /// record, and its spool copy removed or kept.
-    async fn flush(&mut self, results: &mut [Option<Result<Receipt, SendError>>]) -> Result<()> {
-        if self.in_flight.queued.is_empty() {
-            return Ok(());
-        }
-        self.write_ahead()?;
-        // The bytes go to the mailer and are not needed here again (the
-        // spool has them): moved out, not copied.
-        let batch: Vec<Rendered> = self
-            .in_flight
-            .queued
-            .iter_mut()
-            .map(|q| Rendered {
-                message_id: q.rendered.message_id.clone(),
-                envelope: q.rendered.envelope.clone(),
-                bytes: std::mem::take(&mut q.rendered.bytes),
-            })
-            .collect();
-        self.in_flight.delivering = true;
-        let sent = self.mailer.submit_many(&batch).await;
-        drop(batch);
-        self.in_flight.delivering = false;
-        let queued = std::mem::take(&mut self.in_flight.queued);
+    /// Settle the batch the mailer answered: each message's outcome record,
+    /// and its spool entry dropped or kept.
+    fn settle_batch(
+        &mut self,
+        sent: Result<Vec<Result<Receipt, SendError>>>,
+        results: &mut [Option<Result<Receipt, SendError>>],
+    ) -> Result<()> {
         let sent = match sent {
-            Ok(sent) if sent.len() == queued.len() => sent,
+            Ok(sent) if sent.len() == self.in_flight.delivering.len() => sent,
             Ok(sent) => {
-                let why = format!("the mailer gave {} results for {} messages", sent.len(), queued.len());
-                self.in_flight.queued = queued;
-                self.in_flight.delivering = true;
+                let why = format!("the mailer gave {} results for {} messages", sent.len(), self.in_flight.delivering.len());
                 return Err(self.stop(Stop::Mailer(why)));
             }
             Err(e) => {
                 let why = format!("{e:#}");
-                for q in queued {
+                for q in std::mem::take(&mut self.in_flight.delivering) {
                     self.settle_unknown(q, &format!("the mailer failed during delivery: {why}"))?;
                 }
+                // The mailer trapped: it is not called again.
+                self.mailer = None;
                 return Err(self.stop(Stop::Mailer(why)));
             }
         };
-        let mut queued = queued.into_iter();
+        let mut delivering = std::mem::take(&mut self.in_flight.delivering).into_iter();
         let mut sent = sent.into_iter();
-        while let (Some(q), Some(result)) = (queued.next(), sent.next()) {
+        while let (Some(q), Some(result)) = (delivering.next(), sent.next()) {
             let index = q.index;
             if let Err(e) = self.settle(q, &result) {
                 // The run stops; the rest were delivered or not, unrecorded:
                 // they stay in the spool as outcome unknown.
-                self.in_flight.queued = queued.collect();
-                self.in_flight.delivering = true;
+                self.in_flight.delivering = delivering.collect();
                 return Err(e);
             }
             if let Some(slot) = results.get_mut(index) {
@@ -681,12 +729,11 @@ impl Forwarder {
                 Some(format!("stopped: {why}, while the message was assembled; nothing was sent")),
             ))?;
         }
+        for q in in_flight.delivering {
+            self.settle_unknown(q, &format!("the run was stopped during delivery ({why})"))?;
+        }
         for q in in_flight.queued {
-            if in_flight.delivering {
-                self.settle_unknown(q, &format!("the run was stopped during delivery ({why})"))?;
-            } else {
-                self.settle_unsent(q, why)?;
-            }
+            self.settle_unsent(q, why)?;
         }
         Ok(())
     }
