@@ -25,7 +25,9 @@ from typing import Callable, Optional
 import nats as natspy
 import pytest
 
+from servers import free_port
 from test_plugins import policy, relay_table, write_config
+from test_serve import START_TIMEOUT_S, TOKENS, Setup, serve, write_tokens  # noqa: F401 (serve: a fixture)
 
 STREAM = "WASMAIL_RUNS"
 SUBJECT = "wasmail.runs"
@@ -172,11 +174,11 @@ def publish(url: str, jobs: list, *, retry_for: float = 0.0) -> None:
             time.sleep(0.5)
 
 
-def queue_state(url: str) -> tuple[int, int, int]:
+def queue_state(url: str, stream: str = STREAM) -> tuple[int, int, int]:
     """(messages in the job stream, unacknowledged deliveries, not yet delivered)."""
     async def go(js):
-        si = await js.stream_info(STREAM)
-        ci = await js.consumer_info(STREAM, CONSUMER)
+        si = await js.stream_info(stream)
+        ci = await js.consumer_info(stream, CONSUMER)
         return si.state.messages, ci.num_ack_pending, ci.num_pending
     return nats_call(url, go)
 
@@ -215,8 +217,14 @@ def finished(ws: list[Worker], ids: set[str]) -> set[str]:
     return {l["job"] for l in all_lines(ws) if l.get("result") in ("done", "dead-letter")} & ids
 
 
-def drained(url: str) -> bool:
-    messages, ack_pending, pending = queue_state(url)
+def stream_messages(url: str, stream: str) -> int:
+    async def go(js):
+        return (await js.stream_info(stream)).state.messages
+    return nats_call(url, go)
+
+
+def drained(url: str, stream: str = STREAM) -> bool:
+    messages, ack_pending, pending = queue_state(url, stream)
     return messages == 0 and ack_pending == 0 and pending == 0
 
 
@@ -478,3 +486,90 @@ def test_sigterm_finishes_the_job_in_hand(nats, smtpd, workers, config_for):
     assert line["result"] == "done" and line["answered"] is True
     messages, ack_pending, _ = queue_state(server.url)
     assert (messages, ack_pending) == (1, 0)
+
+
+# ---------------------------------------------------------------------------
+# `wasmail serve --queue`: runs handed to the workers
+# ---------------------------------------------------------------------------
+
+def bulk_input(tag: str, count: int) -> str:
+    return json.dumps({"count": count, "to": f"{tag}@example.com", "size": 256})
+
+
+def dead_letters_of(url: str, stream: str) -> int:
+    async def go(js):
+        return (await js.stream_info(stream + "_DEAD")).state.messages
+    return nats_call(url, go)
+
+
+def test_serve_queue_hands_runs_to_workers(nats, smtpd, serve, workers, config_for, tmp_path):
+    """`serve --queue --stream S`: each POST is published as a job and
+    answered 202 with its id; a POST repeated with its Idempotency-Key is
+    stored once (Nats-Msg-Id), even with another input; two workers on S
+    run every job once."""
+    server = nats()
+    relay = smtpd()
+    stream = "SERVE_RUNS"
+    config = config_for(relay_table(relay))
+    setup = Setup(config, write_tokens(tmp_path / "tokens.toml", TOKENS),
+                  tmp_path / "audit.jsonl", tmp_path / "dead-letter")
+    api = serve(setup, "--queue", server.url, "--stream", stream)
+    count = 3
+    tag_of: dict[str, str] = {}  # job id -> the recipient tag of its input
+    for i in range(5):
+        a = api.run("bulk", bulk_input(f"plain{i}", count))
+        assert a.status == 202, a
+        body = a.json()
+        assert set(body) == {"job", "plugin", "queued"}, body
+        assert body["plugin"] == "bulk" and body["queued"] is True, body
+        assert body["job"] not in tag_of, body
+        tag_of[body["job"]] = f"plain{i}"
+    for i in range(5):
+        key = f"order-{i}:x_y.z"
+        # The client's retry carries another input: the first one stands.
+        for tag in (f"keyed{i}", f"retry{i}"):
+            a = api.run("bulk", bulk_input(tag, count), headers={"Idempotency-Key": key})
+            assert a.status == 202, a
+            assert a.json() == {"job": key, "plugin": "bulk", "queued": True}, a
+        tag_of[key] = f"keyed{i}"
+    ids = set(tag_of)
+    assert len(ids) == 10
+    # Ten jobs in the stream, the repeated ones stored once.
+    assert stream_messages(server.url, stream) == 10
+
+    ws = workers(config, server.url, n=2, extra=["--stream", stream])
+    took = wait_for("every job done",
+                    lambda: finished(ws, ids) == ids and drained(server.url, stream), ws)
+    print(f"\n10 jobs through serve, 2 workers: {took:.1f} s")
+
+    counts = relay_counts(relay)
+    want = set().union(*(expected(tag, count) for tag in tag_of.values()))
+    assert set(counts) == want, sorted(set(counts) ^ want)
+    assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n != 1]
+    lines = all_lines(ws)
+    done = Counter(l["job"] for l in lines if l["result"] == "done")
+    assert done == Counter({i: 1 for i in ids}), done
+    for l in lines:
+        assert l["plugin"] == "bulk" and l["output"] == "ok", l
+        assert l["counts"]["accepted"] == count and l["delivered"] == 1, l
+    records = audit_records(tmp_path / "audit.jsonl")
+    accepted = [r for r in records if r.get("outcome") == "accepted"]
+    assert Counter(r["job"] for r in accepted) == Counter({i: count for i in ids})
+    assert not [r for r in records if r.get("outcome") == "skipped"]
+    assert stream_messages(server.url, stream) == 0
+    assert dead_letters_of(server.url, stream) == 0
+    assert api.proc.poll() is None, api.stderr()
+    for w in ws:
+        assert w.stop() == EXIT_OK, diagnostics([w])
+
+
+def test_serve_queue_without_a_nats_server_refuses_to_start(serve, smtpd, config_for, tmp_path):
+    config = config_for(relay_table(smtpd()))
+    setup = Setup(config, write_tokens(tmp_path / "tokens.toml", TOKENS),
+                  tmp_path / "audit.jsonl", tmp_path / "dead-letter")
+    url = f"nats://127.0.0.1:{free_port()}"
+    api = serve(setup, "--queue", url, "--stream", "NOWHERE", wait=False)
+    code = api.wait_exit(START_TIMEOUT_S)
+    assert code != 0, api.stderr()
+    assert f"queue {url}" in api.stderr(), api.stderr()
+    assert "listening" not in api.stderr(), api.stderr()
