@@ -100,6 +100,23 @@ impl InFlight {
     }
 }
 
+/// A spawned task that is aborted when its handle is dropped: the batch a
+/// stopped run had on the wire stops with the run.
+struct Aborting<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Aborting<T> {
+    async fn join(mut self) -> Result<T> {
+        let handle = &mut self.0;
+        handle.await.map_err(|e| anyhow::anyhow!("the delivery task failed: {e}"))
+    }
+}
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the policy made of one message.
 enum Admission {
     /// It may go.
@@ -318,16 +335,21 @@ impl Forwarder {
             let Some(mut mailer) = self.mailer.take() else {
                 anyhow::bail!("the run's mailer went missing");
             };
-            let submit = async move {
-                let sent = mailer.submit_many(&batch).await;
-                (mailer, sent)
-            };
-            // The next batch is assembled while this one is on the wire.
-            let ((mailer, sent), gathered) = if exhausted.is_none() && msgs.peek().is_some() {
-                let (a, b) = tokio::join!(submit, self.gather(&mut msgs, &mut results));
-                (a, Some(b))
+            let (mailer, sent, gathered) = if exhausted.is_none() && msgs.peek().is_some() {
+                // The batch goes out on a task of its own (on a runtime with
+                // more than one thread, in parallel), while the next batch is
+                // assembled here; a stop that drops this call aborts it.
+                let submit = Aborting(tokio::spawn(async move {
+                    let sent = mailer.submit_many(&batch).await;
+                    (mailer, sent)
+                }));
+                let (submitted, gathered) = tokio::join!(submit.join(), self.gather(&mut msgs, &mut results));
+                let (mailer, sent) = submitted?;
+                (mailer, sent, Some(gathered))
             } else {
-                (submit.await, None)
+                // Nothing to assemble meanwhile: no task to hand it to.
+                let sent = mailer.submit_many(&batch).await;
+                (mailer, sent, None)
             };
             self.mailer = Some(mailer);
             self.settle_batch(sent, &mut results)?;
