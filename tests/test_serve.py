@@ -847,3 +847,31 @@ def test_non_ascii_input_and_the_input_limit(serve, plugins, smtpd, tmp_path):
     assert len(relay.messages) == 2
     m = server.metrics()
     assert metric(m, "wasmail_runs_total", plugin="hello") == 1
+
+
+def test_max_runs_at_once_all_get_their_instances(serve, plugins, smtpd, tmp_path):
+    # --max-runs 12 and 12 runs at once: each run holds three component
+    # instances (the plugin and its two mailers) and the pool keeps idle
+    # mailers besides, so the engine must be sized for the service's
+    # concurrency, not for one command (where 32 slots did, and half of
+    # these runs once failed with "maximum concurrent limit ... reached").
+    relay = smtpd()
+    setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
+    server = serve(setup, "--max-runs", "12", "--max-relay-connections", "12")
+    answers: list[Answer] = [None] * 12
+    barrier = threading.Barrier(12)
+
+    def one(i: int) -> None:
+        barrier.wait(timeout=60)
+        answers[i] = server.run("hello", f"u{i}@example.com")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    statuses = [a.status if a else None for a in answers]
+    assert statuses == [200] * 12, [(a.status, a.body[:200]) for a in answers if a]
+    for a in answers:
+        assert a.json()["counts"]["accepted"] == 1, a.body[:300]
+    assert len(relay.messages) == 12

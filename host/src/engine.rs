@@ -13,10 +13,21 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// Largest linear memory any instance may reserve, in bytes. Plugins get a
 /// lower, configured limit through `StoreLimits`.
 pub const MAX_MEMORY_BYTES: usize = 1 << 30;
-/// Instances the pooling allocator keeps slots for (a plugin and a mailer
-/// per concurrent run). Each slot costs start-up time (guard pages), so
-/// this stays small.
+/// Instances the pooling allocator keeps slots for in a command (a plugin
+/// and its two mailers per run, a few runs at once). Each slot costs
+/// start-up time (guard pages), so this stays small; `wasmail serve` sizes
+/// its engine for its own concurrency ([`instances_for_runs`]).
 pub const POOL_INSTANCES: u32 = 32;
+/// Component instances one run holds at once: the plugin, the mailer that
+/// assembles, the mailer that sends.
+pub const INSTANCES_PER_RUN: u32 = 3;
+
+/// The instance slots for `runs` runs at once and `idle` pooled mailers,
+/// never fewer than [`POOL_INSTANCES`].
+pub fn instances_for_runs(runs: usize, idle: usize) -> u32 {
+    let need = u32::try_from(runs.saturating_mul(INSTANCES_PER_RUN as usize).saturating_add(idle)).unwrap_or(u32::MAX);
+    need.saturating_add(2).max(POOL_INSTANCES)
+}
 /// Core module instances one component may create. A componentize-py 0.25
 /// plugin has 14 (CPython and its libraries, each a module; 38 when built
 /// with `--stub-wasi`), componentize-js 0.23 4, Rust or C 1 to 3.
@@ -46,23 +57,33 @@ impl<T> AnyhowExt<T> for wasmtime::Result<T> {
 
 /// Build the engine every store in this process shares.
 pub fn engine() -> Result<Engine> {
-    Engine::new(&config()).anyhow().context("creating the wasmtime engine")
+    engine_with(POOL_INSTANCES)
+}
+
+/// Build an engine with `instances` component instance slots.
+pub fn engine_with(instances: u32) -> Result<Engine> {
+    Engine::new(&config_with(instances)).anyhow().context("creating the wasmtime engine")
 }
 
 /// The engine's configuration (tests build variants of it, e.g. with their
 /// own memory creator to read every linear memory back).
 pub fn config() -> Config {
+    config_with(POOL_INSTANCES)
+}
+
+/// The configuration with `instances` component instance slots.
+pub fn config_with(instances: u32) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     config.max_wasm_stack(MAX_WASM_STACK);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(POOL_INSTANCES);
-    pool.total_stacks(POOL_INSTANCES);
+    pool.total_component_instances(instances);
+    pool.total_stacks(instances);
     // Room for a few Python plugins at once next to their mailers.
-    pool.total_core_instances(POOL_INSTANCES * 8);
-    pool.total_memories(POOL_INSTANCES * 2);
-    pool.total_tables(POOL_INSTANCES * 16);
+    pool.total_core_instances(instances.saturating_mul(8));
+    pool.total_memories(instances.saturating_mul(2));
+    pool.total_tables(instances.saturating_mul(16));
     pool.max_memory_size(MAX_MEMORY_BYTES);
     pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT);
     pool.max_memories_per_component(MAX_MEMORIES_PER_COMPONENT);

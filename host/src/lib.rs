@@ -46,7 +46,13 @@ pub struct Runtime {
 impl Runtime {
     /// Build the engine, start its epoch ticker and load the mailer.
     pub fn new() -> Result<Self> {
-        let engine = engine::engine()?;
+        Self::with_instances(engine::POOL_INSTANCES)
+    }
+
+    /// As [`Runtime::new`], with room for `instances` component instances
+    /// at once (see [`engine::instances_for_runs`]).
+    pub fn with_instances(instances: u32) -> Result<Self> {
+        let engine = engine::engine_with(instances)?;
         engine::start_epoch_ticker(&engine);
         let mailer = mailer::MailerFactory::new(&engine)?;
         Ok(Self { engine, mailer })

@@ -87,7 +87,12 @@ fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(async {
-        let runtime = match Runtime::new() {
+        // The service runs many plugins at once, each with its mailers.
+        let instances = match &cli.command {
+            Command::Serve(a) => wasmail::engine::instances_for_runs(a.max_runs, a.max_relay_connections),
+            _ => wasmail::engine::POOL_INSTANCES,
+        };
+        let runtime = match Runtime::with_instances(instances) {
             Ok(r) => r,
             Err(e) => {
                 wasmail::cli::report::say(format_args!("{e:#}"));

@@ -372,14 +372,7 @@ impl PluginHost {
             };
             return Ok((Ok(receipt), None));
         };
-        let (settings, secret, tls) = crate::mailer::relay::RelayArgs::from_config(r)
-            .resolve(self.options.transcript.is_some())
-            .await
-            .map_err(|e| anyhow::anyhow!("relay: {e}"))?
-            .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
-        let grant = MailerGrant::relay(&settings.addresses, secret, tls).transcript(self.options.transcript.clone());
-        let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
-        mailer.configure(&settings.to_wit()).await?;
+        let (mut mailer, _) = self.relay_mailer(r).await?;
         let delivered = mailer.deliver(msg).await?;
         if let Err(e) = mailer.close().await {
             tracing::warn!("closing the mailer session: {e:#}");
@@ -394,6 +387,21 @@ impl PluginHost {
                 Ok((Err(undelivered.error), kept))
             }
         }
+    }
+
+    /// A mailer that may reach the relay `r` (resolved now) and nothing
+    /// else, holding its secret, configured; with the settings it was given.
+    async fn relay_mailer(&self, r: &crate::config::RelayConfig) -> Result<(Mailer, crate::bindings::transport::Relay)> {
+        let (settings, secret, tls) = crate::mailer::relay::RelayArgs::from_config(r)
+            .resolve(self.options.transcript.is_some())
+            .await
+            .map_err(|e| anyhow::anyhow!("relay: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
+        let grant = MailerGrant::relay(&settings.addresses, secret, tls).transcript(self.options.transcript.clone());
+        let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
+        let wit = settings.to_wit();
+        mailer.configure(&wit).await?;
+        Ok((mailer, wit))
     }
 
     /// The DKIM identity the plugin's policy names (`dkim = "NAME"`), its key
@@ -438,16 +446,9 @@ impl PluginHost {
             Some(pool) => Some(pool.slot().await?),
             None => None,
         };
-        let (settings, secret, tls) = crate::mailer::relay::RelayArgs::from_config(r)
-            .resolve(self.options.transcript.is_some())
-            .await
-            .map_err(|e| anyhow::anyhow!("relay: {e}"))?
-            .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
-        let grant = MailerGrant::relay(&settings.addresses, secret, tls).transcript(self.options.transcript.clone());
-        let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
-        mailer.configure(&settings.to_wit()).await?;
+        let (mailer, settings) = self.relay_mailer(r).await?;
         // It never connects; its settings only say whether to report (-v).
-        renderer.configure(&settings.to_wit()).await?;
+        renderer.configure(&settings).await?;
         Ok((mailer, Some(renderer), Delivery::Relay, permit))
     }
 
