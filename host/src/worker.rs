@@ -707,7 +707,7 @@ impl Worker {
             .payload(msg.payload.clone())
             // One dead letter per job message, however often this runs.
             .message_id(format!("{}.{}", self.stream, line.seq))
-            .header("Wasmail-Reason", printable(&why, MAX_REASON_CHARS).as_str())
+            .header("Wasmail-Reason", header_value(&why).as_str())
             .header("Wasmail-Stream", self.stream.as_str())
             .header("Wasmail-Stream-Seq", line.seq.to_string().as_str())
             .header("Wasmail-Delivered", line.delivered.to_string().as_str());
@@ -759,10 +759,15 @@ fn print_line(line: &Line) {
     }
 }
 
-/// `s` cut to `max` characters with control characters replaced (for
-/// headers and one-line messages).
+/// `s` cut to `max` characters, controls escaped (the host's one escaping
+/// function): for headers and one-line messages.
 fn printable(s: &str, max: usize) -> String {
-    s.chars().take(max).map(|c| if c.is_control() { ' ' } else { c }).collect()
+    crate::text::printable(&crate::text::clip(s, max)).into_owned()
+}
+
+/// `s` as a header value: printable, cut, and ASCII only (others as `?`).
+fn header_value(s: &str) -> String {
+    printable(s, MAX_REASON_CHARS).chars().map(|c| if c.is_ascii() { c } else { '?' }).collect()
 }
 
 #[cfg(test)]
@@ -845,7 +850,8 @@ mod tests {
 
     #[test]
     fn printable_cuts_and_cleans() {
-        assert_eq!(printable("a\r\nb", 10), "a  b");
-        assert_eq!(printable("abcdef", 3), "abc");
+        assert!(!printable("a\r\nb", 10).contains(['\r', '\n']));
+        assert!(printable("abcdef", 3).starts_with("abc"));
+        assert!(header_value(&"é\u{202e}".repeat(400)).is_ascii());
     }
 }
