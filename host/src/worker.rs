@@ -268,20 +268,36 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// The stream of `config`, created if missing. Workers starting together
+/// race to create it: a creation that fails because another one got there
+/// first (NATS 2.9 may then say the subjects overlap) finds that stream.
+async fn get_or_create(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream> {
+    let name = config.name.clone();
+    match js.get_or_create_stream(config).await {
+        Ok(s) => Ok(s),
+        Err(first) => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            js.get_stream(&name).await.map_err(|_| anyhow::Error::new(first))
+        }
+    }
+}
+
 /// The work-queue stream `name`, created with `subject` (file storage) if
 /// missing; an existing one must be a work queue that takes `subject`.
 async fn ensure_job_stream(js: &jetstream::Context, name: &str, subject: &str) -> Result<stream::Stream> {
-    let s = js
-        .get_or_create_stream(stream::Config {
+    let s = get_or_create(
+        js,
+        stream::Config {
             name: name.to_owned(),
             subjects: vec![subject.to_owned()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
-        })
-        .await
-        .with_context(|| format!("the stream {name}"))?;
+        },
+    )
+    .await
+    .with_context(|| format!("the stream {name}"))?;
     let config = &s.cached_info().config;
     if config.retention != stream::RetentionPolicy::WorkQueue {
         anyhow::bail!("the stream {name} exists and is not a work queue (retention {:?})", config.retention);
@@ -295,16 +311,18 @@ async fn ensure_job_stream(js: &jetstream::Context, name: &str, subject: &str) -
 /// The stream that keeps dead-lettered jobs (limits retention, file
 /// storage), created if missing.
 async fn ensure_dead_stream(js: &jetstream::Context, name: &str, subject: &str) -> Result<stream::Stream> {
-    let s = js
-        .get_or_create_stream(stream::Config {
+    let s = get_or_create(
+        js,
+        stream::Config {
             name: name.to_owned(),
             subjects: vec![subject.to_owned()],
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
             ..Default::default()
-        })
-        .await
-        .with_context(|| format!("the dead-letter stream {name}"))?;
+        },
+    )
+    .await
+    .with_context(|| format!("the dead-letter stream {name}"))?;
     if !s.cached_info().config.subjects.iter().any(|p| subject_matches(p, subject)) {
         anyhow::bail!("the stream {name} exists and does not take the subject {subject}");
     }
@@ -467,20 +485,23 @@ async fn setup(a: &WorkerArgs, host: Host, plugins: BTreeMap<String, Plugin>, du
     }
     ensure_dead_stream(&js, &format!("{}{DEAD_STREAM_SUFFIX}", a.stream), &a.dead_subject).await?;
     let ack_wait = Duration::from_secs_f64(a.ack_wait);
-    let consumer: consumer::PullConsumer = jobs
-        .get_or_create_consumer(
-            &a.consumer,
-            consumer::pull::Config {
-                durable_name: Some(a.consumer.clone()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait,
-                // One delivery in reserve: see the module's documentation.
-                max_deliver: i64::from(a.max_deliver) + 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .with_context(|| format!("the consumer {} of the stream {}", a.consumer, a.stream))?;
+    let wanted = consumer::pull::Config {
+        durable_name: Some(a.consumer.clone()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        // One delivery in reserve: see the module's documentation.
+        max_deliver: i64::from(a.max_deliver) + 1,
+        ..Default::default()
+    };
+    // Workers starting together race to create it, as for the stream.
+    let consumer: consumer::PullConsumer = match jobs.get_or_create_consumer(&a.consumer, wanted).await {
+        Ok(c) => c,
+        Err(first) => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            jobs.get_consumer(&a.consumer).await.map_err(|_| anyhow::Error::new(first))
+        }
+        .with_context(|| format!("the consumer {} of the stream {}", a.consumer, a.stream))?,
+    };
     // An existing consumer's settings are the ones that apply.
     let info = consumer.cached_info();
     let max_runs = match u32::try_from(info.config.max_deliver) {
