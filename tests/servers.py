@@ -62,6 +62,16 @@ _ENHANCED_REWRITES = {
 }
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it outlives SERVER_STOP_TIMEOUT_S."""
+    proc.terminate()
+    try:
+        proc.wait(SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago.
 
@@ -460,12 +470,7 @@ class SmtpSink:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc)
             self._proc = None
         if self.dump_dir is not None:
             shutil.rmtree(self.dump_dir, ignore_errors=True)
@@ -949,12 +954,7 @@ class NatsServer:
     def stop(self) -> None:
         """SIGTERM (the server flushes its store), SIGKILL if it lingers."""
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(SERVER_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            terminate(self._proc)
             self._proc = None
 
     def restart(self) -> "NatsServer":
