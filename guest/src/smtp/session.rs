@@ -125,6 +125,13 @@ pub struct Session<T: Transport> {
     /// message text, so the connection must be closed, not reused.
     broken: bool,
     wbuf: Vec<u8>,
+    /// Commands and data written but not yet handed to the transport: BDAT
+    /// messages written ahead coalesce here (see [`batch`]), so that a
+    /// refill of the pipeline is one write and no small write waits behind
+    /// another for the peer's ACK (Nagle). Sent before any wait for a reply.
+    queued: Vec<u8>,
+    /// The stage the first queued octets count for.
+    queued_stage: Stage,
 }
 
 fn synthetic(text: String) -> Reply {
@@ -251,6 +258,8 @@ impl<T: Transport> Session<T> {
             dirty: false,
             broken: false,
             wbuf: Vec::with_capacity(DATA_CHUNK + 1024),
+            queued: Vec::new(),
+            queued_stage: Stage::MailFrom,
         };
         match s.start(cfg, secret) {
             Ok(()) => Ok(s),
@@ -315,6 +324,7 @@ impl<T: Transport> Session<T> {
         };
         let stage = first.stage();
         self.show(commands);
+        self.flush_queued()?;
         self.io.send(encode(commands).as_bytes(), stage)
     }
 
@@ -325,7 +335,29 @@ impl<T: Transport> Session<T> {
         self.read_reply(stage)
     }
 
-    /// Read the next complete reply, waiting at `stage`'s deadline.
+    /// Add `bytes` to what goes out with the next flush.
+    fn queue(&mut self, bytes: &[u8], stage: Stage) {
+        if self.queued.is_empty() {
+            self.queued_stage = stage;
+        }
+        self.queued.extend_from_slice(bytes);
+    }
+
+    /// Hand the queued octets to the transport, in one write. When that
+    /// fails, they are dropped: how much of them left is unknown.
+    fn flush_queued(&mut self) -> Result<(), SmtpError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let queued = std::mem::take(&mut self.queued);
+        let sent = self.io.send(&queued, self.queued_stage);
+        self.queued = queued;
+        self.queued.clear();
+        sent
+    }
+
+    /// Read the next complete reply, waiting at `stage`'s deadline. What is
+    /// queued goes out first, before the wait.
     fn read_reply(&mut self, stage: Stage) -> Result<Reply, SmtpError> {
         self.io.start_reply(stage);
         loop {
@@ -337,6 +369,7 @@ impl<T: Transport> Session<T> {
                 }
                 return Ok(reply);
             }
+            self.flush_queued()?;
             let n = self.io.recv(&mut self.rbuf, stage)?;
             if n == 0 {
                 return Err(SmtpError::Connect(format!("the server closed the connection while we waited at {stage}")));

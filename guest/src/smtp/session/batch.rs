@@ -15,7 +15,8 @@
 //!   [`BDAT_CHUNK`](crate::smtp::data::BDAT_CHUNK) octets is one write (RSET, MAIL FROM, RCPT TO,
 //!   `BDAT n LAST` and its bytes; no `354`, no dot-stuffing), and up to
 //!   [`MAX_IN_FLIGHT`] messages are written before the oldest one's replies
-//!   are read. A larger message streams in chunks, one chunk's reply
+//!   are read. Whole messages written ahead coalesce into one write
+//!   ([`MAX_QUEUED`]), sent just before a read has to wait for the network. A larger message streams in chunks, one chunk's reply
 //!   outstanding; a 4xx/5xx to a chunk stops the message (RFC 3030 4) and
 //!   the next transaction starts with RSET.
 //!
@@ -25,7 +26,9 @@
 //!
 //! When the connection breaks or the server says `421` in the middle:
 //! - a message whose end of data (the dot, or `BDAT LAST`) went out and
-//!   whose final reply did not come back has outcome unknown;
+//!   whose final reply did not come back has outcome unknown; so has every
+//!   whole BDAT message of a coalesced write that failed, since part of
+//!   that write may have reached the server;
 //! - a message none of whose data was completed (its envelope was written,
 //!   or nothing) was not delivered: it is *unsent* ([`Batch::unsent`]), with
 //!   a `connect` or `timeout` error, and may go again on a new session;
@@ -43,6 +46,14 @@ use std::collections::VecDeque;
 /// replies left unread (a few hundred octets, far below any socket buffer,
 /// so the server is never stuck writing replies nobody reads).
 pub const MAX_IN_FLIGHT: usize = 8;
+
+/// Whole BDAT messages written ahead are coalesced into one write of about
+/// this many octets at most (it is flushed once it reaches this size, and
+/// before any wait for a reply): a pipeline refill is one write, so no
+/// small write waits for the peer's ACK behind another (Nagle, RFC 896;
+/// wasi:sockets cannot set `TCP_NODELAY`). Bounds the memory a batch holds
+/// beyond one [`BDAT_CHUNK`](crate::smtp::data::BDAT_CHUNK).
+pub const MAX_QUEUED: usize = 256 * 1024;
 
 /// One message of a batch: its envelope and where its text comes from.
 pub struct Item<'m, 's> {
@@ -281,17 +292,43 @@ impl<T: Transport> Session<T> {
                 }
             };
             self.dirty = true;
-            if !first.last {
-                while let Some(f) = flights.pop_front() {
+            let stage = plan.first().map_or(Stage::MailFrom, Command::stage);
+            if first.last {
+                // Whole: it joins the queued write; its end of data counts
+                // as gone from here on (a failed flush may have carried it).
+                self.queue(&wire, stage);
+                self.wbuf = wire;
+                self.show(&plan);
+                self.show_chunk(first);
+                flights.push_back(Flight { index: i, plan, last: first });
+                if self.queued.len() >= MAX_QUEUED
+                    && let Err(e) = self.flush_queued()
+                {
+                    tally.lose(format!("a write failed: {e}"));
+                }
+                // Land the oldest once the window is full. Its replies may
+                // be read already; the messages queued meanwhile go out in
+                // one write just before the next read has to wait, which
+                // also acknowledges the replies at once (a server that
+                // holds small replies for our ACK is not kept waiting).
+                if flights.len() >= MAX_IN_FLIGHT
+                    && let Some(f) = flights.pop_front()
+                {
                     self.land(f, tally);
                 }
-                if tally.lost.is_some() {
-                    self.wbuf = wire;
-                    tally.not_sent(i);
-                    continue;
-                }
+                continue;
             }
-            let sent = self.io.send(&wire, plan.first().map_or(Stage::MailFrom, Command::stage));
+            while let Some(f) = flights.pop_front() {
+                self.land(f, tally);
+            }
+            let flushed = self.flush_queued();
+            if tally.lost.is_some() || flushed.is_err() {
+                self.wbuf = wire;
+                tally.lose("a write failed".into());
+                tally.not_sent(i);
+                continue;
+            }
+            let sent = self.io.send(&wire, stage);
             self.wbuf = wire;
             if let Err(e) = sent {
                 // The write did not complete, so the chunk's end never left.
@@ -301,20 +338,16 @@ impl<T: Transport> Session<T> {
             }
             self.show(&plan);
             self.show_chunk(first);
-            if first.last {
-                flights.push_back(Flight { index: i, plan, last: first });
-                if flights.len() >= MAX_IN_FLIGHT
-                    && let Some(f) = flights.pop_front()
-                {
-                    self.land(f, tally);
-                }
-            } else {
-                let result = self.stream_chunks(&plan, first, &mut chunker);
-                tally.settle(i, result);
-            }
+            let result = self.stream_chunks(&plan, first, &mut chunker);
+            tally.settle(i, result);
         }
         while let Some(f) = flights.pop_front() {
             self.land(f, tally);
+        }
+        // Every flight read its replies, so nothing is left queued; a
+        // batch whose messages were all refused before writing queued none.
+        if let Err(e) = self.flush_queued() {
+            tally.lose(format!("a write failed: {e}"));
         }
     }
 

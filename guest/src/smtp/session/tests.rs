@@ -13,6 +13,8 @@ struct Script {
     tls: bool,
     tls_allowed: bool,
     log: Vec<String>,
+    /// The index of the first write that fails (a broken pipe).
+    fail_write: Option<usize>,
 }
 
 impl Script {
@@ -23,12 +25,16 @@ impl Script {
             tls: false,
             tls_allowed: true,
             log: vec![],
+            fail_write: None,
         }
     }
 }
 
 impl Transport for Script {
     fn send(&mut self, bytes: &[u8], _stage: Stage) -> Result<(), SmtpError> {
+        if self.fail_write.is_some_and(|n| self.writes.len() >= n) {
+            return Err(SmtpError::Connect("broken pipe".into()));
+        }
         self.writes.push(bytes.to_vec());
         Ok(())
     }
@@ -641,15 +647,45 @@ fn bdat_batch_writes_ahead_and_reads_in_order() {
     let out = Batch3::new(&[&["b@x.org"], &["nobody@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
     assert_eq!(codes(&out), ["ok 250", "rcpt-to 550", "data-end 552", "ok 250"]);
     assert_eq!(out.results[3].as_ref().unwrap().reply.lines, ["three"]);
-    // Every message is one write; none waited for a reply.
+    // The four messages are one write; none waited for a reply.
     assert_eq!(
         writes(&s),
         "EHLO client.example\r\n\
          |MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nBDAT 4 LAST\r\nm0\r\n\
-         |RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<nobody@x.org>\r\nBDAT 4 LAST\r\nm1\r\n\
-         |RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm2\r\n\
-         |RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm3\r\n"
+         RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<nobody@x.org>\r\nBDAT 4 LAST\r\nm1\r\n\
+         RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm2\r\n\
+         RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm3\r\n"
     );
+}
+
+#[test]
+fn bdat_batch_refills_the_pipeline_in_one_write() {
+    let first = "250 ok\r\n250 ok\r\n250 sent\r\n".to_owned() + &"250 reset\r\n250 ok\r\n250 ok\r\n250 sent\r\n".repeat(7);
+    let rest = "250 reset\r\n250 ok\r\n250 ok\r\n250 sent\r\n".repeat(4);
+    let mut s = opened(&["220 mx\r\n", CHUNKING, &first, &rest]);
+    let rcpts: Vec<&[&str]> = vec![&["b@x.org"]; MAX_IN_FLIGHT + 4];
+    let out = Batch3::new(&rcpts).send(&mut s);
+    assert!(codes(&out).iter().all(|c| c == "ok 250"), "{:?}", codes(&out));
+    // EHLO; the first eight messages in one write; the last four, queued
+    // while the first eight's replies were read from one receive, in one
+    // write before the next receive.
+    let w = writes(&s);
+    let parts: Vec<&str> = w.split('|').collect();
+    assert_eq!(parts.len(), 3, "{w}");
+    assert_eq!(parts[1].matches(" LAST\r\n").count(), MAX_IN_FLIGHT);
+    assert_eq!(parts[2].matches(" LAST\r\n").count(), 4);
+}
+
+#[test]
+fn bdat_batch_a_failed_coalesced_write_leaves_each_message_in_it_unknown() {
+    let mut script = Script::new(&["220 mx\r\n", CHUNKING]);
+    script.fail_write = Some(1);
+    let mut s = Session::open(script, &cfg(TlsMode::None, None), secret).unwrap();
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
+    // Part of the write may have reached the server: none is unsent.
+    assert_eq!(codes(&out), ["unknown", "unknown", "unknown"]);
+    assert!(out.unsent.is_empty());
+    assert!(!s.is_usable());
 }
 
 #[test]
