@@ -36,8 +36,14 @@ MICRO = ROOT / "target" / "release" / "microbench"
 
 #: Runs per figure; the median is reported.
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-#: The bulk plugin's run: 20,000 messages of 2 KB over one session.
+#: The bulk plugin's run: 20,000 messages of 2 KB.
 BULK_COUNT = int(os.environ.get("BENCH_BULK", "20000"))
+#: `relay.sessions` of the send-many runs (`wasmail_run`); the
+#: `_one_session` and `_one_by_one` rows use one session.
+BENCH_SESSIONS = 4
+#: Sessions of the `smtp-source` run that shows what the relay itself can
+#: take on this machine (its ceiling for any client).
+CEILING_SESSIONS = 8
 #: Messages per run against the full Postfix smtpd (each one is queued by
 #: cleanup and discarded by qmgr: a real relay's cost).
 POSTFIX_COUNT = int(os.environ.get("BENCH_POSTFIX", "5000"))
@@ -146,6 +152,13 @@ def postfix_config() -> dict:
     if missing:
         raise RuntimeError(f"{SERVERS_PY} no longer defines {sorted(missing)} as literals")
     return found
+
+
+def with_sessions(config: Path, sessions: int) -> Path:
+    """A copy of `config` beside it whose [relay] has `sessions`."""
+    out = config.with_name(f"{config.stem}-sessions{sessions}.toml")
+    out.write_text(config.read_text().replace('tls = "none"\n', f'tls = "none"\nsessions = {sessions}\n', 1))
+    return out
 
 
 def start_postfix_smtpd(work: Path) -> tuple[subprocess.Popen, int, Path]:
@@ -300,12 +313,18 @@ allowed_headers = ["X-Mailer"]
     subprocess.run([str(WASMAIL), "send", "--from", "a@example.com", "--to", "b@example.com", "--text", "warm",
                     "--outbox", str(work / "outbox")], env=env, check=True, stdout=subprocess.DEVNULL)
 
+    sessions_config = with_sessions(config, BENCH_SESSIONS)
     n = BULK_COUNT
     bulk_input = json.dumps({"count": n, "to": "sink@example.com", "size": MESSAGE_BYTES})
     one_by_one = json.dumps({"count": n, "to": "sink@example.com", "size": MESSAGE_BYTES, "one_by_one": True})
     tp = interleaved({
-        # The bulk plugin through `send-many`: pipelined across messages.
+        # The bulk plugin through `send-many`: pipelined across messages,
+        # batches on BENCH_SESSIONS sessions at once.
         "wasmail_run": lambda: n / timed(
+            [str(WASMAIL), "run", str(bulk), "--config", str(sessions_config), "--input-text", bulk_input],
+            env=env),
+        # The same on one session.
+        "wasmail_run_one_session": lambda: n / timed(
             [str(WASMAIL), "run", str(bulk), "--config", str(config), "--input-text", bulk_input], env=env),
         # The same plugin, one `send` call per message.
         "wasmail_run_one_by_one": lambda: n / timed(
@@ -426,6 +445,7 @@ def postfix_throughput(work: Path, env: dict, config: Path, bulk: Path) -> dict:
         pf_config = work / "bench-postfix.toml"
         pf_config.write_text(config.read_text().replace(
             f'server = "127.0.0.1:', f'server = "127.0.0.1:{port}" #', 1))
+        pf_sessions = with_sessions(pf_config, BENCH_SESSIONS)
         expected = [0]
 
         def settled(rate: float) -> float:
@@ -435,17 +455,22 @@ def postfix_throughput(work: Path, env: dict, config: Path, bulk: Path) -> dict:
                 time.sleep(0.2)
             return rate
 
-        def run(flags: dict) -> float:
+        def run(flags: dict, cfg: Path = pf_config) -> float:
             text = json.dumps({"count": n, "to": "sink@example.com", "size": MESSAGE_BYTES, **flags})
-            return settled(n / timed([str(WASMAIL), "run", str(bulk), "--config", str(pf_config),
+            return settled(n / timed([str(WASMAIL), "run", str(bulk), "--config", str(cfg),
                                       "--input-text", text], env=env))
 
+        def source(sessions: int) -> float:
+            return settled(n / timed(
+                ["smtp-source", "-d", "-s", str(sessions), "-m", str(n), "-l", str(MESSAGE_BYTES),
+                 "-f", "bench@example.com", "-t", "sink@example.com", f"127.0.0.1:{port}"]))
+
         tp = interleaved({
-            "wasmail_run": lambda: run({}),
+            "wasmail_run": lambda: run({}, pf_sessions),
+            "wasmail_run_one_session": lambda: run({}),
             "wasmail_run_one_by_one": lambda: run({"one_by_one": True}),
-            "smtp_source": lambda: settled(n / timed(
-                ["smtp-source", "-d", "-m", str(n), "-l", str(MESSAGE_BYTES), "-f", "bench@example.com",
-                 "-t", "sink@example.com", f"127.0.0.1:{port}"])),
+            "smtp_source": lambda: source(1),
+            f"smtp_source_{CEILING_SESSIONS}_sessions": lambda: source(CEILING_SESSIONS),
         })
         log = logfile.read_text(errors="replace")
     finally:
@@ -658,6 +683,12 @@ def ratios(r: dict) -> dict:
     out = {
         "run_vs_smtp_source": tp["wasmail_run"] / tp["smtp_source"],
         "run_one_by_one_vs_smtp_source": tp["wasmail_run_one_by_one"] / tp["smtp_source"],
+        "run_one_session_vs_smtp_source": tp["wasmail_run_one_session"] / tp["smtp_source"],
+        "postfix_run_one_session_vs_smtp_source": (r["postfix"]["throughput_msgs_per_s"]["wasmail_run_one_session"]
+                                                   / r["postfix"]["throughput_msgs_per_s"]["smtp_source"]),
+        "postfix_ceiling_vs_smtp_source": (
+            r["postfix"]["throughput_msgs_per_s"][f"smtp_source_{CEILING_SESSIONS}_sessions"]
+            / r["postfix"]["throughput_msgs_per_s"]["smtp_source"]),
         "postfix_run_vs_smtp_source": (r["postfix"]["throughput_msgs_per_s"]["wasmail_run"]
                                        / r["postfix"]["throughput_msgs_per_s"]["smtp_source"]),
         "postfix_run_one_by_one_vs_smtp_source": (r["postfix"]["throughput_msgs_per_s"]["wasmail_run_one_by_one"]
@@ -746,13 +777,20 @@ def table(r: dict, q: dict) -> str:
                   f"| peak RSS of the serve process | {sv['serve_peak_rss_mib']:.0f} MiB |",
                   f"| failed runs (not 200 with the message accepted) | {sv['failures']} |"]
     lines += ["", "| ratio (this run) | value | target |", "|---|---:|---:|",
-              f"| wasmail run (send-many) / smtp-source, smtp-sink | {q['run_vs_smtp_source']:.2f} | ≥ 2.0 |",
+              f"| wasmail run (send-many, {BENCH_SESSIONS} sessions) / smtp-source, smtp-sink | "
+              f"{q['run_vs_smtp_source']:.2f} | ≥ 2.0 |",
+              f"| wasmail run (send-many, one session) / smtp-source, smtp-sink | "
+              f"{q['run_one_session_vs_smtp_source']:.2f} | |",
               f"| wasmail run (one send per call) / smtp-source, smtp-sink | "
               f"{q['run_one_by_one_vs_smtp_source']:.2f} | |",
-              f"| wasmail run (send-many, BDAT) / smtp-source, Postfix smtpd | "
+              f"| wasmail run (send-many, BDAT, {BENCH_SESSIONS} sessions) / smtp-source, Postfix smtpd | "
               f"{q['postfix_run_vs_smtp_source']:.2f} | ≥ 1.5 |",
+              f"| wasmail run (send-many, BDAT, one session) / smtp-source, Postfix smtpd | "
+              f"{q['postfix_run_one_session_vs_smtp_source']:.2f} | |",
               f"| wasmail run (one send per call) / smtp-source, Postfix smtpd | "
               f"{q['postfix_run_one_by_one_vs_smtp_source']:.2f} | |",
+              f"| Postfix's ceiling here: smtp-source with {CEILING_SESSIONS} sessions / with one | "
+              f"{q['postfix_ceiling_vs_smtp_source']:.2f} | |",
               f"| wasmail send (one-shot) / msmtp | {q.get('oneshot_vs_msmtp', float('nan')):.2f} | ≤ 0.25 |",
               f"| guest base64 / native base64 | {q['guest_vs_native_b64']:.2f} | ≥ 0.5 |",
               f"| instantiate p50 | {r['instantiate_us_p50']:.1f} µs | ≤ 20 µs |",

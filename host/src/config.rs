@@ -135,6 +135,34 @@ pub struct RelayConfig {
     pub ehlo: Option<String>,
     /// Cap on every SMTP timeout, in seconds.
     pub timeout_secs: Option<f64>,
+    /// SMTP sessions one run may hold open to the relay at once (default 1,
+    /// at most [`MAX_RELAY_SESSIONS`]). With more than one, the batches of
+    /// a plugin's `send-many` go out in parallel, each on its own session;
+    /// another session opens only when a batch is ready while every open
+    /// one is busy.
+    pub sessions: Option<usize>,
+}
+
+/// The most SMTP sessions `relay.sessions` may ask for: a relay counts a
+/// client's connections, and each session is a mailer instance.
+pub const MAX_RELAY_SESSIONS: usize = 8;
+
+impl RelayConfig {
+    /// `relay.sessions`, 1 when not set.
+    pub fn sessions(&self) -> usize {
+        self.sessions.unwrap_or(1)
+    }
+
+    /// Check values that parse but cannot work; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(n) = self.sessions {
+            anyhow::ensure!(
+                (1..=MAX_RELAY_SESSIONS).contains(&n),
+                "relay.sessions: {n} is not between 1 and {MAX_RELAY_SESSIONS}"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `[plugins.NAME]`: the policy and limits of one plugin.
@@ -338,6 +366,7 @@ impl Config {
         if let Some(r) = &mut c.relay {
             r.ca_file.as_mut().map(fix);
             r.password_file.as_mut().map(fix);
+            r.validate().with_context(|| format!("in {}", path.display()))?;
         }
         c.outbox.as_mut().map(fix);
         c.audit.as_mut().map(fix);
@@ -377,11 +406,26 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(c.relay.unwrap().tls, Tls::None);
+        let relay = c.relay.unwrap();
+        assert_eq!(relay.tls, Tls::None);
+        assert_eq!(relay.sessions(), 1);
         assert_eq!(c.plugins["hello"].max_recipients, 3);
         assert_eq!(c.plugins["hello"].cpu_ms, defaults::CPU_MS);
         let bad = toml::from_str::<Config>("[plugins.x]\nallowed_recipient = [\"*\"]\n");
         assert!(bad.is_err(), "a typo must not silently drop a rule");
+    }
+
+    #[test]
+    fn relay_sessions_are_bounded_and_named() {
+        for (n, ok) in [(1, true), (MAX_RELAY_SESSIONS, true), (0, false), (MAX_RELAY_SESSIONS + 1, false)] {
+            let c: Config = toml::from_str(&format!("[relay]\nserver = \"127.0.0.1\"\nsessions = {n}\n")).unwrap();
+            let checked = c.relay.unwrap().validate();
+            assert_eq!(checked.is_ok(), ok, "{n}");
+            if let Err(e) = checked {
+                assert!(e.to_string().starts_with("relay.sessions: "), "{e}");
+            }
+        }
+        assert!(toml::from_str::<Config>("[relay]\nserver = \"x\"\nsessions = -1\n").is_err());
     }
 
     #[test]

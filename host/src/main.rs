@@ -74,9 +74,11 @@ fn main() -> ExitCode {
     if let Command::Dkim(args) = &cli.command {
         return ExitCode::from(dkim::run(args));
     }
-    // The service runs requests on every core; a command is one task.
+    // The service runs requests on every core, and so does a plugin's run
+    // (its batches go out on tasks of their own while the next is
+    // assembled); any other command is one task.
     let rt = match &cli.command {
-        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Command::Serve(_) | Command::Run(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     };
     let rt = match rt {
@@ -86,7 +88,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::SOFTWARE);
         }
     };
-    let code = rt.block_on(async {
+    let command = async move {
         // The service runs many plugins at once, each with its mailers.
         let instances = match &cli.command {
             Command::Serve(a) => wasmail::engine::instances_for_runs(a.max_runs, a.max_relay_connections),
@@ -119,7 +121,10 @@ fn main() -> ExitCode {
                 }
             },
         }
-    });
+    };
+    // On a worker thread, not this one: a worker waits for the network
+    // itself, where this thread would be woken by one that did.
+    let code = rt.block_on(async move { tokio::spawn(command).await.unwrap_or(exit::SOFTWARE) });
     // A blocking thread can be stuck in the kernel (a plugin opening a FIFO
     // in its grant, say) after a limit stopped its run: do not wait for it.
     rt.shutdown_timeout(SHUTDOWN_GRACE);

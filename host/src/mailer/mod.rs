@@ -103,6 +103,46 @@ impl MailerFactory {
     }
 }
 
+/// Opens sessions to one relay, each a mailer instance with the same grant
+/// (the relay's addresses, its secret, its trust): a run's first session
+/// and the more `relay.sessions` allows. No `Debug`: it holds the secret.
+#[derive(Clone)]
+pub struct RelayOpener {
+    factory: MailerFactory,
+    addresses: Vec<SocketAddr>,
+    secret: Secret,
+    tls: tls::Provider,
+    transcript: Option<Sink>,
+    settings: Relay,
+}
+
+impl RelayOpener {
+    /// The opener for `settings`, connecting to `addresses` only.
+    pub fn new(factory: &MailerFactory, addresses: &[SocketAddr], secret: Secret, tls: tls::Provider, settings: Relay) -> Self {
+        Self { factory: factory.clone(), addresses: addresses.to_vec(), secret, tls, transcript: None, settings }
+    }
+
+    /// Send `-v` lines to `sink`.
+    pub fn transcript(mut self, sink: Option<Sink>) -> Self {
+        self.transcript = sink;
+        self
+    }
+
+    /// The relay settings every session gets.
+    pub fn settings(&self) -> &Relay {
+        &self.settings
+    }
+
+    /// A configured mailer for a new session (it connects on its first
+    /// submission).
+    pub async fn open(&self) -> Result<Mailer> {
+        let grant = MailerGrant::relay(&self.addresses, self.secret.clone(), self.tls.clone()).transcript(self.transcript.clone());
+        let mut mailer = Mailer::new(&self.factory, grant).await?;
+        mailer.configure(&self.settings).await?;
+        Ok(mailer)
+    }
+}
+
 /// What a mailer instance may do.
 pub struct MailerGrant {
     /// The relay's addresses; TCP connect to these (and nothing else) is allowed.

@@ -13,13 +13,13 @@ use crate::mail::audit::AuditLog;
 use crate::mailer::blobs::BlobAccess;
 use crate::config::{Config, PluginConfig};
 use crate::engine::{self, AnyhowExt, CacheOutcome};
-use crate::mailer::{Mailer, MailerGrant};
+use crate::mailer::{Mailer, MailerGrant, RelayOpener};
 use crate::plugin::output::{LineSink, PluginOutput, Stream};
 use crate::mail::dkim::Signing;
 use crate::mail::policy::Policy;
 use crate::cli::report::exit;
 use crate::plugin::sandbox::{PluginLimiter, Stop};
-use sender::{Counts, Delivery, Forwarder, InFlight};
+use sender::{Counts, Delivery, Forwarder, InFlight, Sessions};
 use crate::mailer::transcript::Sink;
 use crate::{Runtime, mailer::tls};
 use anyhow::{Context, Result, bail};
@@ -263,6 +263,15 @@ impl MailerPool {
     }
 }
 
+/// The mailers a run starts with (see [`Host::mailers_for`]).
+struct RunMailers {
+    mailer: Mailer,
+    renderer: Option<Mailer>,
+    delivery: Delivery,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    sessions: Sessions,
+}
+
 /// Options that are not in the config file.
 #[derive(Clone, Default)]
 pub struct HostOptions {
@@ -290,6 +299,9 @@ impl PluginHost {
     pub fn new(rt: &Runtime, config: Config, options: HostOptions) -> Result<Self> {
         let linker = plugin_linker(&rt.engine).anyhow().context("linking the plugin interfaces")?;
         let audit_path = config.audit.clone().unwrap_or_else(|| PathBuf::from(crate::mail::audit::DEFAULT_AUDIT));
+        if let Some(r) = &config.relay {
+            r.validate()?;
+        }
         let audit = AuditLog::open(&audit_path)?;
         // For outbox runs only (they never connect); relay runs get the
         // relay's trust from `RelayArgs::resolve`.
@@ -372,7 +384,7 @@ impl PluginHost {
             };
             return Ok((Ok(receipt), None));
         };
-        let (mut mailer, _) = self.relay_mailer(r).await?;
+        let mut mailer = self.relay_opener(r).await?.open().await?;
         let delivered = mailer.deliver(msg).await?;
         if let Err(e) = mailer.close().await {
             tracing::warn!("closing the mailer session: {e:#}");
@@ -389,19 +401,16 @@ impl PluginHost {
         }
     }
 
-    /// A mailer that may reach the relay `r` (resolved now) and nothing
-    /// else, holding its secret, configured; with the settings it was given.
-    async fn relay_mailer(&self, r: &crate::config::RelayConfig) -> Result<(Mailer, crate::bindings::transport::Relay)> {
+    /// What opens sessions to the relay `r` (resolved now) and nothing
+    /// else, holding its secret.
+    async fn relay_opener(&self, r: &crate::config::RelayConfig) -> Result<RelayOpener> {
         let (settings, secret, tls) = crate::mailer::relay::RelayArgs::from_config(r)
             .resolve(self.options.transcript.is_some())
             .await
             .map_err(|e| anyhow::anyhow!("relay: {e}"))?
             .ok_or_else(|| anyhow::anyhow!("relay: no server"))?;
-        let grant = MailerGrant::relay(&settings.addresses, secret, tls).transcript(self.options.transcript.clone());
-        let mut mailer = Mailer::new(&self.rt.mailer, grant).await?;
-        let wit = settings.to_wit();
-        mailer.configure(&wit).await?;
-        Ok((mailer, wit))
+        Ok(RelayOpener::new(&self.rt.mailer, &settings.addresses, secret, tls, settings.to_wit())
+            .transcript(self.options.transcript.clone()))
     }
 
     /// The DKIM identity the plugin's policy names (`dkim = "NAME"`), its key
@@ -415,12 +424,10 @@ impl PluginHost {
     /// The run's mailers: the one that holds the relay session (from the
     /// pool, when there is one) and, for the relay, a second one that
     /// assembles (with the files and the signing key, without the network),
-    /// so the next batch is assembled while the last is on the wire.
-    async fn mailer_for(
-        &self,
-        name: &str,
-        cfg: &PluginConfig,
-    ) -> Result<(Mailer, Option<Mailer>, Delivery, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    /// so the next batch is assembled while the last is on the wire; and
+    /// what opens more sessions when `relay.sessions` allows (not for runs
+    /// that draw from a pool, which counts their one connection).
+    async fn mailers_for(&self, name: &str, cfg: &PluginConfig) -> Result<RunMailers> {
         let blobs = match &cfg.folder {
             None => BlobAccess::Deny,
             Some(f) => BlobAccess::folder(f).with_context(|| format!("opening the granted folder {}", f.display()))?,
@@ -434,22 +441,33 @@ impl PluginHost {
         let Some(r) = &self.config.relay else {
             let mailer = Mailer::new(&self.rt.mailer, assembler).await?;
             let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
-            return Ok((mailer, None, Delivery::Outbox(dir), None));
+            return Ok(RunMailers { mailer, renderer: None, delivery: Delivery::Outbox(dir), permit: None, sessions: Sessions::one() });
         };
         let mut renderer = Mailer::new(&self.rt.mailer, assembler).await?;
         if let Some(pool) = &self.options.pool
             && let Some((mailer, permit)) = pool.take(name)
         {
-            return Ok((mailer, Some(renderer), Delivery::Relay, Some(permit)));
+            return Ok(RunMailers {
+                mailer,
+                renderer: Some(renderer),
+                delivery: Delivery::Relay,
+                permit: Some(permit),
+                sessions: Sessions::one(),
+            });
         }
         let permit = match &self.options.pool {
             Some(pool) => Some(pool.slot().await?),
             None => None,
         };
-        let (mailer, settings) = self.relay_mailer(r).await?;
+        let opener = self.relay_opener(r).await?;
+        let mailer = opener.open().await?;
         // It never connects; its settings only say whether to report (-v).
-        renderer.configure(&settings).await?;
-        Ok((mailer, Some(renderer), Delivery::Relay, permit))
+        renderer.configure(opener.settings()).await?;
+        let sessions = match permit {
+            Some(_) => Sessions::one(),
+            None => Sessions::up_to(r.sessions(), opener),
+        };
+        Ok(RunMailers { mailer, renderer: Some(renderer), delivery: Delivery::Relay, permit, sessions })
     }
 
     /// A fresh store for one run of `plugin`: its mailer (one SMTP session
@@ -464,7 +482,7 @@ impl PluginHost {
             Some(job) => sender::priors(self.audit.path(), job)?,
             None => Default::default(),
         };
-        let (mailer, renderer, delivery, connection) = self.mailer_for(&plugin.name, cfg).await?;
+        let RunMailers { mailer, renderer, delivery, permit: connection, sessions } = self.mailers_for(&plugin.name, cfg).await?;
         let sink = self.options.output.clone().unwrap_or_else(crate::text::stderr_lines);
         let output = PluginOutput::new(&plugin.name, cfg.max_output_bytes, sink);
         let mut wasi = WasiCtx::builder();
@@ -487,6 +505,7 @@ impl PluginHost {
             delivery,
             mailer: Some(mailer),
             renderer,
+            sessions,
             audit: self.audit.clone(),
             dead_letters: self.dead_letters(),
             counts: Counts::default(),
@@ -496,6 +515,7 @@ impl PluginHost {
             connection,
             priors,
             seq: 0,
+            batches: 0,
             reported: Vec::new(),
             unreported: 0,
         };
@@ -596,7 +616,12 @@ impl PluginHost {
         let messages = std::mem::take(&mut forwarder.reported);
         let unlisted = forwarder.unreported;
         let connection = forwarder.connection.take();
-        let forwarder = store.into_data().forwarder;
+        let mut forwarder = store.into_data().forwarder;
+        for mut extra in forwarder.sessions.take_idle() {
+            if let Err(e) = extra.close().await {
+                tracing::warn!("closing a relay session: {e:#}");
+            }
+        }
         match (&self.options.pool, connection, forwarder.mailer) {
             // Its session stays open for the plugin's next run.
             (Some(pool), Some(permit), Some(mailer)) if !mailer_busy => pool.put(&plugin.name, mailer, permit),

@@ -7,9 +7,9 @@
 
 use crate::mail::audit::{AuditLog, Outcome, Record};
 use crate::bindings::transport::Rendered;
-use crate::bindings::types::{Message, Receipt, Reply, SendError};
+use crate::bindings::types::{Message, Receipt, Reply, SendError, Stage};
 use crate::mail::deadletter::{DeadLetters, Pending};
-use crate::mailer::Mailer;
+use crate::mailer::{Mailer, RelayOpener};
 use crate::mail::policy::{Approved, Exhausted, Policy, Refusal};
 use crate::plugin::sandbox::Stop;
 use crate::mail::outbox;
@@ -80,6 +80,8 @@ pub struct Queued {
     rendered: Rendered,
     /// Its place in the spool, once written ahead.
     pending: Option<Pending>,
+    /// The batch it went out in (0 until it was handed to a session).
+    batch: u64,
 }
 
 /// What the run was in the middle of, for when a limit stops it there.
@@ -89,7 +91,8 @@ pub struct InFlight {
     pub assembling: Option<Approved>,
     /// Messages gathered for the next batch: assembled, not written ahead.
     pub queued: Vec<Queued>,
-    /// The batch written ahead and handed to the mailer for delivery.
+    /// The batches written ahead and handed to the relay sessions for
+    /// delivery, in the order they were handed over.
     pub delivering: Vec<Queued>,
 }
 
@@ -105,6 +108,10 @@ impl InFlight {
 struct Aborting<T>(tokio::task::JoinHandle<T>);
 
 impl<T> Aborting<T> {
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
     async fn join(mut self) -> Result<T> {
         let handle = &mut self.0;
         handle.await.map_err(|e| anyhow::anyhow!("the delivery task failed: {e}"))
@@ -115,6 +122,54 @@ impl<T> Drop for Aborting<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The relay sessions of a run beyond its first (`Forwarder::mailer`):
+/// `relay.sessions` of them in all may carry batches at once.
+pub struct Sessions {
+    /// Opens another session; `None` when the run has only its first.
+    opener: Option<RelayOpener>,
+    /// The most sessions at once, the first included.
+    max: usize,
+    /// Sessions opened beyond the first.
+    opened: usize,
+    /// Those of them not carrying a batch now.
+    idle: Vec<Mailer>,
+}
+
+impl Sessions {
+    /// Only the run's first session.
+    pub fn one() -> Self {
+        Self { opener: None, max: 1, opened: 0, idle: Vec::new() }
+    }
+
+    /// Up to `max` sessions (the first included), more opened with `opener`
+    /// when a batch is ready and every open one is busy.
+    pub fn up_to(max: usize, opener: RelayOpener) -> Self {
+        Self { opener: Some(opener), max: max.max(1), opened: 0, idle: Vec::new() }
+    }
+
+    /// The sessions beyond the first not carrying a batch, to be closed.
+    pub fn take_idle(&mut self) -> Vec<Mailer> {
+        std::mem::take(&mut self.idle)
+    }
+}
+
+/// A relay session taken to carry one batch.
+struct Carrier {
+    mailer: Mailer,
+    /// The run's first session (it goes back to the pool after the run).
+    first: bool,
+}
+
+/// What a batch's task gives back: its session, the batch (its bytes, for
+/// when it must go again) and the mailer's answer.
+type Delivered = (Carrier, Vec<Rendered>, Result<Vec<Result<Receipt, SendError>>>);
+
+/// A batch on the wire, on a task of its own.
+struct OnWire {
+    batch: u64,
+    task: Aborting<Delivered>,
 }
 
 /// What the policy made of one message.
@@ -224,6 +279,8 @@ pub struct Forwarder {
     /// for the outbox, assembles). `None` while a batch is with it, or once
     /// a stop dropped it in the middle of a call.
     pub mailer: Option<Mailer>,
+    /// The relay sessions beyond the first.
+    pub sessions: Sessions,
     /// The mailer that assembles messages for the relay: a second instance,
     /// so the next batch is assembled while the last one is on the wire. It
     /// has the files and the signing key; the sending one has the network.
@@ -246,6 +303,8 @@ pub struct Forwarder {
     pub priors: std::collections::HashMap<u64, Prior>,
     /// The message being handled: its `seq`.
     pub seq: u64,
+    /// Batches handed to a session so far (the last one's number).
+    pub batches: u64,
     /// The first [`MAX_REPORTED_MESSAGES`] messages' outcomes.
     pub reported: Vec<MessageOutcome>,
     /// Outcomes past that, only counted.
@@ -260,6 +319,18 @@ fn base(approved: Option<&Approved>, outcome: Outcome, reason: Option<String>) -
     }
     r.reason = reason;
     r
+}
+
+/// Whether a message's result says its session never opened: the
+/// connection, the greeting, EHLO, TLS or AUTH failed, before any
+/// transaction.
+fn session_refused(result: &Result<Receipt, SendError>) -> bool {
+    match result {
+        Err(SendError::Connect(_) | SendError::Tls(_) | SendError::Auth(_)) => true,
+        Err(SendError::Rejected(r)) => matches!(r.stage, Stage::Connect | Stage::Greeting | Stage::Ehlo | Stage::Tls | Stage::Auth),
+        Err(SendError::Timeout(stage)) => matches!(stage, Stage::Connect | Stage::Greeting | Stage::Ehlo | Stage::Tls | Stage::Auth),
+        _ => false,
+    }
 }
 
 fn outcome_of(e: &SendError) -> Outcome {
@@ -322,39 +393,55 @@ impl Forwarder {
     /// against the run's budget and goes through the policy, the mailer's
     /// assembly, the write-ahead spool and its `attempt` record as if sent
     /// alone; the approved ones go to the relay in pipelined batches of at
-    /// most [`MAX_BATCH_MESSAGES`] messages and [`MAX_BATCH_BYTES`] octets.
+    /// most [`MAX_BATCH_MESSAGES`] messages and [`MAX_BATCH_BYTES`] octets,
+    /// each on a task of its own while the next batch is assembled, on as
+    /// many sessions at once as `relay.sessions` allows. Batches are settled
+    /// in the order they were handed over.
     /// `Err` stops the run (a trap), after the messages already queued were
     /// delivered (budget exhausted) or settled; refusals are `send-error`s.
     pub async fn send_many(&mut self, msgs: Vec<Message>) -> Result<Vec<Result<Receipt, SendError>>> {
         let mut results: Vec<Option<Result<Receipt, SendError>>> = msgs.iter().map(|_| None).collect();
         let mut msgs = msgs.into_iter().enumerate().peekable();
         let mut exhausted = self.gather(&mut msgs, &mut results).await?;
-        while !self.in_flight.queued.is_empty() {
-            self.write_ahead()?;
-            let batch = self.hand_over();
-            let Some(mut mailer) = self.mailer.take() else {
-                anyhow::bail!("the run's mailer went missing");
-            };
-            let (mailer, sent, gathered) = if exhausted.is_none() && msgs.peek().is_some() {
-                // The batch goes out on a task of its own (on a runtime with
-                // more than one thread, in parallel), while the next batch is
-                // assembled here; a stop that drops this call aborts it.
-                let submit = Aborting(tokio::spawn(async move {
-                    let sent = mailer.submit_many(&batch).await;
-                    (mailer, sent)
-                }));
-                let (submitted, gathered) = tokio::join!(submit.join(), self.gather(&mut msgs, &mut results));
-                let (mailer, sent) = submitted?;
-                (mailer, sent, Some(gathered))
+        // Dropped with this call when a limit stops the run: the tasks are
+        // aborted and their messages stay in `in_flight.delivering`.
+        let mut wire: std::collections::VecDeque<OnWire> = std::collections::VecDeque::new();
+        loop {
+            while let Some(w) = wire.pop_front_if(|w| w.task.is_finished()) {
+                self.land(w, &mut results).await?;
+            }
+            let more = exhausted.is_none() && msgs.peek().is_some();
+            if !self.in_flight.queued.is_empty() {
+                if wire.is_empty() && !more {
+                    // The last batch, alone: no task to hand it to.
+                    let Some(mut carrier) = self.free_session().await else {
+                        anyhow::bail!("the run's mailer went missing");
+                    };
+                    self.write_ahead()?;
+                    let (batch, rendered) = self.hand_over();
+                    let sent = carrier.mailer.submit_many(&rendered).await;
+                    self.settle_batch(batch, (carrier, rendered, sent), &mut results)?;
+                } else if let Some(mut carrier) = self.free_session().await {
+                    self.write_ahead()?;
+                    let (batch, rendered) = self.hand_over();
+                    // On a runtime with more than one thread, in parallel.
+                    let task = Aborting(tokio::spawn(async move {
+                        let sent = carrier.mailer.submit_many(&rendered).await;
+                        (carrier, rendered, sent)
+                    }));
+                    wire.push_back(OnWire { batch, task });
+                } else if let Some(w) = wire.pop_front() {
+                    // Every session is busy: wait for the oldest batch.
+                    self.land(w, &mut results).await?;
+                } else {
+                    anyhow::bail!("the run's mailer went missing");
+                }
+            } else if more {
+                exhausted = self.gather(&mut msgs, &mut results).await?;
+            } else if let Some(w) = wire.pop_front() {
+                self.land(w, &mut results).await?;
             } else {
-                // Nothing to assemble meanwhile: no task to hand it to.
-                let sent = mailer.submit_many(&batch).await;
-                (mailer, sent, None)
-            };
-            self.mailer = Some(mailer);
-            self.settle_batch(sent, &mut results)?;
-            if let Some(gathered) = gathered {
-                exhausted = gathered?;
+                break;
             }
         }
         if let Some(exhausted) = exhausted {
@@ -366,6 +453,40 @@ impl Forwarder {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(SendError::Protocol("the host left this message unsettled".into()))))
             .collect())
+    }
+
+    /// A session free to carry a batch: the run's first, an idle one, or a
+    /// new one while `relay.sessions` allows more. One that cannot be
+    /// opened (the engine's instance slots are all taken, say) is not an
+    /// error: the run goes on with the sessions it has.
+    async fn free_session(&mut self) -> Option<Carrier> {
+        if let Some(mailer) = self.mailer.take() {
+            return Some(Carrier { mailer, first: true });
+        }
+        if let Some(mailer) = self.sessions.idle.pop() {
+            return Some(Carrier { mailer, first: false });
+        }
+        if self.sessions.opened + 1 >= self.sessions.max {
+            return None;
+        }
+        let opener = self.sessions.opener.as_ref()?;
+        match opener.open().await {
+            Ok(mailer) => {
+                self.sessions.opened += 1;
+                Some(Carrier { mailer, first: false })
+            }
+            Err(e) => {
+                tracing::warn!("relay: another session could not be opened, going on with {}: {e:#}", self.sessions.opened + 1);
+                self.sessions.max = self.sessions.opened + 1;
+                None
+            }
+        }
+    }
+
+    /// Wait for a batch on the wire and settle it.
+    async fn land(&mut self, w: OnWire, results: &mut [Option<Result<Receipt, SendError>>]) -> Result<()> {
+        let delivered = w.task.join().await?;
+        self.settle_batch(w.batch, delivered, results)
     }
 
     /// Take messages from `msgs` through the policy and the mailer's
@@ -416,25 +537,32 @@ impl Forwarder {
                 continue;
             }
             queued_bytes += rendered.bytes.len() as u64;
-            self.in_flight.queued.push(Queued { index, seq: self.seq, approved, rendered, pending: None });
+            self.in_flight.queued.push(Queued { index, seq: self.seq, approved, rendered, pending: None, batch: 0 });
         }
         Ok(None)
     }
 
-    /// The queued batch, written ahead, becomes the one being delivered;
-    /// its bytes go to the mailer (moved, not copied: the spool has them).
-    fn hand_over(&mut self) -> Vec<Rendered> {
-        let mut delivering = std::mem::take(&mut self.in_flight.queued);
-        let batch = delivering
+    /// The queued batch, written ahead, joins those being delivered under
+    /// the next batch number; its bytes go to the mailer (moved, not
+    /// copied: the spool has them).
+    fn hand_over(&mut self) -> (u64, Vec<Rendered>) {
+        self.batches += 1;
+        let batch = self.batches;
+        let rest = self.in_flight.queued.split_off(self.in_flight.queued.len().min(MAX_BATCH_MESSAGES));
+        let mut queued = std::mem::replace(&mut self.in_flight.queued, rest);
+        let rendered = queued
             .iter_mut()
-            .map(|q| Rendered {
-                message_id: q.rendered.message_id.clone(),
-                envelope: q.rendered.envelope.clone(),
-                bytes: std::mem::take(&mut q.rendered.bytes),
+            .map(|q| {
+                q.batch = batch;
+                Rendered {
+                    message_id: q.rendered.message_id.clone(),
+                    envelope: q.rendered.envelope.clone(),
+                    bytes: std::mem::take(&mut q.rendered.bytes),
+                }
             })
             .collect();
-        self.in_flight.delivering = delivering;
-        batch
+        self.in_flight.delivering.append(&mut queued);
+        (batch, rendered)
     }
 
     /// Count the attempt and hold `msg` to the policy.
@@ -548,28 +676,33 @@ impl Forwarder {
     }
 
     /// Write the queued messages ahead to the spool (one file), then each
-    /// one's `attempt` record.
+    /// one's `attempt` record. Messages back from a refused session were
+    /// written ahead already, and keep their place and their record.
     fn write_ahead(&mut self) -> Result<()> {
-        let batch: Vec<&Rendered> = self.in_flight.queued.iter().map(|q| &q.rendered).collect();
+        let fresh: Vec<usize> = (0..self.in_flight.queued.len()).filter(|&i| self.in_flight.queued[i].pending.is_none()).collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<&Rendered> = fresh.iter().map(|&i| &self.in_flight.queued[i].rendered).collect();
         let pending = match self.dead_letters.write_ahead_many(&batch, Some(&self.plugin)) {
             Ok(p) => p,
             Err(e) => {
-                let queued = std::mem::take(&mut self.in_flight.queued);
+                let (unwritten, written) = std::mem::take(&mut self.in_flight.queued).into_iter().partition(|q| q.pending.is_none());
+                self.in_flight.queued = written;
                 let mut error = None;
-                for q in queued {
+                for q in unwritten {
                     error = Some(self.could_not_keep("spool", &q.approved, q.rendered.message_id, &e));
                 }
                 return Err(error.unwrap_or(e));
             }
         };
-        for (q, p) in self.in_flight.queued.iter_mut().zip(pending) {
-            q.pending = Some(p);
+        for (&i, p) in fresh.iter().zip(pending) {
+            self.in_flight.queued[i].pending = Some(p);
         }
-        let attempts: Vec<Record> = self
-            .in_flight
-            .queued
+        let attempts: Vec<Record> = fresh
             .iter()
-            .map(|q| {
+            .map(|&i| {
+                let q = &self.in_flight.queued[i];
                 let mut attempt = base(Some(&q.approved), Outcome::Attempt, None);
                 attempt.id = q.pending.as_ref().map(|p| p.id.clone());
                 attempt.message_id = Some(q.rendered.message_id.clone());
@@ -586,8 +719,11 @@ impl Forwarder {
         if let Err(e) = self.audit.append_many(&attempts) {
             let e = self.stop(Stop::Host(format!("the audit log could not be written: {e:#}")));
             // Not sent, and not to be sent later by `retry` unaudited.
-            for q in std::mem::take(&mut self.in_flight.queued) {
-                if let Some(Err(undo)) = q.pending.map(Pending::done) {
+            let queued = std::mem::take(&mut self.in_flight.queued);
+            for (i, q) in queued.into_iter().enumerate() {
+                if fresh.binary_search(&i).is_err() {
+                    self.in_flight.queued.push(q);
+                } else if let Some(Err(undo)) = q.pending.map(Pending::done) {
                     tracing::error!("removing a spooled message after its audit record failed: {undo:#}");
                 }
             }
@@ -596,37 +732,69 @@ impl Forwarder {
         Ok(())
     }
 
-    /// Settle the batch the mailer answered: each message's outcome record,
-    /// and its spool entry dropped or kept.
+    /// Settle batch `batch` as its session answered: each message's
+    /// outcome record, and its spool entry dropped or kept. The session
+    /// goes back to the run unless its mailer failed. A session beyond the
+    /// first that the relay would not open (too many connections from us,
+    /// say) is dropped, the run opens no more, and its batch, which it
+    /// certainly did not send, goes again on another (the run's first
+    /// session is never dropped so, so this ends).
     fn settle_batch(
         &mut self,
-        sent: Result<Vec<Result<Receipt, SendError>>>,
+        batch: u64,
+        (carrier, rendered, sent): Delivered,
         results: &mut [Option<Result<Receipt, SendError>>],
     ) -> Result<()> {
+        let (mut mine, others): (Vec<Queued>, Vec<Queued>) =
+            std::mem::take(&mut self.in_flight.delivering).into_iter().partition(|q| q.batch == batch);
+        self.in_flight.delivering = others;
+        if !carrier.first
+            && let Ok(sent) = &sent
+            && !sent.is_empty()
+            && sent.iter().all(session_refused)
+            && rendered.len() == mine.len()
+        {
+            if let Some(Err(e)) = sent.first() {
+                tracing::warn!("relay: a further session was refused ({}); its batch goes again", e.describe());
+            }
+            self.sessions.opened = self.sessions.opened.saturating_sub(1);
+            self.sessions.max = self.sessions.opened + 1;
+            for (q, r) in mine.iter_mut().zip(rendered) {
+                q.rendered.bytes = r.bytes;
+                q.batch = 0;
+            }
+            mine.append(&mut self.in_flight.queued);
+            self.in_flight.queued = mine;
+            return Ok(());
+        }
         let sent = match sent {
-            Ok(sent) if sent.len() == self.in_flight.delivering.len() => sent,
+            Ok(sent) if sent.len() == mine.len() => sent,
             Ok(sent) => {
-                let why = format!("the mailer gave {} results for {} messages", sent.len(), self.in_flight.delivering.len());
+                let why = format!("the mailer gave {} results for {} messages", sent.len(), mine.len());
+                self.in_flight.delivering.extend(mine);
                 return Err(self.stop(Stop::Mailer(why)));
             }
             Err(e) => {
                 let why = format!("{e:#}");
-                for q in std::mem::take(&mut self.in_flight.delivering) {
+                for q in mine {
                     self.settle_unknown(q, &format!("the mailer failed during delivery: {why}"))?;
                 }
-                // The mailer trapped: it is not called again.
-                self.mailer = None;
+                // The mailer trapped: it is not called again (dropped here).
                 return Err(self.stop(Stop::Mailer(why)));
             }
         };
-        let mut delivering = std::mem::take(&mut self.in_flight.delivering).into_iter();
+        match carrier {
+            Carrier { mailer, first: true } => self.mailer = Some(mailer),
+            Carrier { mailer, first: false } => self.sessions.idle.push(mailer),
+        }
+        let mut mine = mine.into_iter();
         let mut sent = sent.into_iter();
-        while let (Some(q), Some(result)) = (delivering.next(), sent.next()) {
+        while let (Some(q), Some(result)) = (mine.next(), sent.next()) {
             let index = q.index;
             if let Err(e) = self.settle(q, &result) {
                 // The run stops; the rest were delivered or not, unrecorded:
                 // they stay in the spool as outcome unknown.
-                self.in_flight.delivering = delivering.collect();
+                self.in_flight.delivering.extend(mine);
                 return Err(e);
             }
             if let Some(slot) = results.get_mut(index) {
