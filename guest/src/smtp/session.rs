@@ -210,8 +210,9 @@ fn evaluate(plan: &[Step<'_>], replies: Vec<Reply>) -> Result<Recipients, SmtpEr
     Ok((accepted, rejected))
 }
 
-/// After the final dot, a lost connection or a missed deadline leaves the
-/// outcome unknown: the server may have taken the message.
+/// After the final dot, a lost connection, a failed TLS session, a reply
+/// that does not parse or a missed deadline leaves the outcome unknown: the
+/// server may have taken the message.
 fn after_dot(e: SmtpError) -> SmtpError {
     match e {
         SmtpError::Timeout(_) => SmtpError::OutcomeUnknown(
@@ -219,6 +220,12 @@ fn after_dot(e: SmtpError) -> SmtpError {
         ),
         SmtpError::Connect(m) => SmtpError::OutcomeUnknown(format!(
             "connection lost after the end of data ({m}); the message may have been delivered"
+        )),
+        SmtpError::Tls(m) => SmtpError::OutcomeUnknown(format!(
+            "the TLS session failed after the end of data ({m}); the message may have been delivered"
+        )),
+        SmtpError::Protocol(m) => SmtpError::OutcomeUnknown(format!(
+            "a broken reply after the end of data ({m}); the message may have been delivered"
         )),
         e => e,
     }

@@ -321,8 +321,8 @@ impl<T: Transport> Session<T> {
             while let Some(f) = flights.pop_front() {
                 self.land(f, tally);
             }
-            let flushed = self.flush_queued();
-            if tally.lost.is_some() || flushed.is_err() {
+            let flushed = self.flush_unless_ended(tally);
+            if tally.lost.is_some() || tally.closed || flushed.is_err() {
                 self.wbuf = wire;
                 tally.lose("a write failed".into());
                 tally.not_sent(i);
@@ -344,11 +344,22 @@ impl<T: Transport> Session<T> {
         while let Some(f) = flights.pop_front() {
             self.land(f, tally);
         }
-        // Every flight read its replies, so nothing is left queued; a
-        // batch whose messages were all refused before writing queued none.
-        if let Err(e) = self.flush_queued() {
+        // Every flight that read its replies flushed what was queued before
+        // it; after a 421 the rest were not read, and what they queued must
+        // not go out now (they are reported not sent).
+        if let Err(e) = self.flush_unless_ended(tally) {
             tally.lose(format!("a write failed: {e}"));
         }
+    }
+
+    /// Flush what is queued, unless the connection is lost or the server
+    /// said 421: then it is dropped, never written.
+    fn flush_unless_ended(&mut self, tally: &Tally) -> Result<(), SmtpError> {
+        if tally.lost.is_some() || tally.closed {
+            self.queued.clear();
+            return Ok(());
+        }
+        self.flush_queued()
     }
 
     fn show_chunk(&mut self, chunk: Bdat) {

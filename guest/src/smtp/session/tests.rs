@@ -42,6 +42,7 @@ impl Transport for Script {
     fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
         match self.server.pop_front() {
             Some(chunk) if chunk == b"<timeout>" => Err(SmtpError::Timeout(stage)),
+            Some(chunk) if chunk == b"<tls>" => Err(SmtpError::Tls("a bad record".into())),
             Some(chunk) => {
                 buf[..chunk.len()].copy_from_slice(&chunk);
                 Ok(chunk.len())
@@ -709,6 +710,33 @@ fn bdat_batch_after_a_421_the_written_messages_are_unsent() {
     let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
     assert_eq!(codes(&out), ["ok 250", "rset 421", "connect"]);
     assert_eq!(out.unsent, [2]);
+}
+
+#[test]
+fn bdat_batch_a_tls_failure_after_the_data_is_outcome_unknown() {
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 one\r\n", "<tls>"]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"]]).send(&mut s);
+    // Message 2's BDAT LAST went out: the server may have taken it.
+    assert_eq!(codes(&out), ["ok 250", "unknown"]);
+    assert!(out.unsent.is_empty() && !s.is_usable());
+}
+
+#[test]
+fn bdat_batch_after_a_421_what_was_queued_is_never_written() {
+    // Message 1 is answered and message 2's RSET gets a 421 in the same
+    // read; message 9, queued once message 1 landed, must not go out.
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 zero\r\n421 4.3.2 bye\r\n"]);
+    let rcpts: Vec<String> = (0..10).map(|i| format!("r{i}@x.org")).collect();
+    let lists: Vec<Vec<&str>> = rcpts.iter().map(|r| vec![r.as_str()]).collect();
+    let refs: Vec<&[&str]> = lists.iter().map(Vec::as_slice).collect();
+    let out = Batch3::new(&refs).send(&mut s);
+    assert_eq!(codes(&out)[..2], ["ok 250", "rset 421"]);
+    assert!(codes(&out)[2..].iter().all(|c| c == "connect"), "{:?}", codes(&out));
+    let mut unsent = out.unsent.clone();
+    unsent.sort_unstable();
+    assert_eq!(unsent, (2..10).collect::<Vec<_>>());
+    let w = writes(&s);
+    assert!(w.contains("<r7@x.org>") && !w.contains("<r8@x.org>") && !w.contains("<r9@x.org>"), "{w}");
 }
 
 /// `n` octets of `x` lines, in source pieces of at most 50,000 octets.
