@@ -875,3 +875,39 @@ def test_max_runs_at_once_all_get_their_instances(serve, plugins, smtpd, tmp_pat
     for a in answers:
         assert a.json()["counts"]["accepted"] == 1, a.body[:300]
     assert len(relay.messages) == 12
+
+
+def read_bytes_of(proc: subprocess.Popen) -> int:
+    """Octets the process has read through read(2) and the like so far
+    (/proc/<pid>/io `rchar`)."""
+    for line in Path(f"/proc/{proc.pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{proc.pid}/io")
+
+
+def test_a_run_without_a_key_does_not_read_the_audit_log(serve, plugins, smtpd, tmp_path):
+    # The log of a long-lived service: 40 MB of other jobs' records.
+    relay = smtpd()
+    setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
+    record = json.dumps({"time_ms": 1, "plugin": "hello", "sha256": "0" * 64, "outcome": "accepted",
+                         "from": "hello@example.com", "recipients": [RECIPIENT], "rejected": [],
+                         "job": "job-of-another-run", "seq": 1, "id": "x", "message_id": "m@example.com"})
+    big = 40 << 20
+    with open(setup.audit, "w") as f:
+        f.write((record + "\n") * (big // (len(record) + 1)))
+    server = serve(setup)
+    assert server.run("hello", RECIPIENT).status == 200  # warm: plugin and relay session
+
+    # A job id the service makes cannot have run before: the log is not
+    # searched, whatever its size.
+    before = read_bytes_of(server.proc)
+    a = server.run("hello", RECIPIENT)
+    assert a.status == 200 and a.json()["counts"]["accepted"] == 1, a
+    assert read_bytes_of(server.proc) - before < big // 4
+
+    # A client's key may have: its earlier deliveries are looked up.
+    before = read_bytes_of(server.proc)
+    a = server.run("hello", RECIPIENT, headers={"Idempotency-Key": "order-7"})
+    assert a.status == 200 and a.json()["counts"]["accepted"] == 1, a
+    assert read_bytes_of(server.proc) - before >= big // 2

@@ -173,6 +173,13 @@ impl Host {
         self.inner.run_job(&plugin.inner, input, Some(job)).await
     }
 
+    /// Run `plugin` for `job`, an id the caller made for this run alone (no
+    /// earlier delivery can have attempted it): the id goes into every audit
+    /// record, and the audit log is not searched for earlier deliveries.
+    pub async fn run_fresh_job(&self, plugin: &Plugin, input: &str, job: &str) -> Result<RunReport> {
+        self.inner.run_fresh_job(&plugin.inner, input, job).await
+    }
+
     /// Send one message to the config's relay (or its outbox). Attachments
     /// must be bytes: no file is opened on a caller's behalf.
     pub async fn send(&self, message: &Message) -> Result<SendReport> {

@@ -477,10 +477,11 @@ impl PluginHost {
         plugin: &Plugin,
         cfg: &PluginConfig,
         job: Option<&str>,
+        may_have_run: bool,
     ) -> Result<(Store<PluginState>, PluginOutput)> {
         let priors = match job {
-            Some(job) => sender::priors(self.audit.path(), job)?,
-            None => Default::default(),
+            Some(job) if may_have_run => sender::priors(self.audit.path(), job)?,
+            _ => Default::default(),
         };
         let RunMailers { mailer, renderer, delivery, permit: connection, sessions } = self.mailers_for(&plugin.name, cfg).await?;
         let sink = self.options.output.clone().unwrap_or_else(crate::text::stderr_lines);
@@ -564,7 +565,7 @@ impl PluginHost {
     /// both instances.
     pub async fn instantiate_pair(&self, plugin: &Plugin) -> Result<impl Drop + use<>> {
         let cfg = self.policy_for(&plugin.name)?;
-        let (mut store, _) = self.store_for(plugin, &cfg, None).await?;
+        let (mut store, _) = self.store_for(plugin, &cfg, None, false).await?;
         plugin.pre.instantiate_async(&mut store).await.anyhow()?;
         Ok(store)
     }
@@ -579,8 +580,19 @@ impl PluginHost {
     /// the messages an earlier delivery of the same job attempted (the
     /// audit log knows them by `seq`) are not sent again.
     pub async fn run_job(&self, plugin: &Plugin, input: &str, job: Option<&str>) -> Result<RunReport> {
+        self.run_for(plugin, input, job, true).await
+    }
+
+    /// Run `plugin` for `job`, an id made for this run: no earlier delivery
+    /// can have attempted it, so the audit log is not searched (a search
+    /// reads the whole log, which grows with every run).
+    pub async fn run_fresh_job(&self, plugin: &Plugin, input: &str, job: &str) -> Result<RunReport> {
+        self.run_for(plugin, input, Some(job), false).await
+    }
+
+    async fn run_for(&self, plugin: &Plugin, input: &str, job: Option<&str>, may_have_run: bool) -> Result<RunReport> {
         let cfg = self.policy_for(&plugin.name)?;
-        let (mut store, output) = self.store_for(plugin, &cfg, job).await?;
+        let (mut store, output) = self.store_for(plugin, &cfg, job, may_have_run).await?;
         let wall = Duration::from_millis(cfg.wall_ms);
         let outcome = tokio::time::timeout(wall, async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;

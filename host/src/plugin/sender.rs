@@ -402,13 +402,40 @@ impl Forwarder {
     pub async fn send_many(&mut self, msgs: Vec<Message>) -> Result<Vec<Result<Receipt, SendError>>> {
         let mut results: Vec<Option<Result<Receipt, SendError>>> = msgs.iter().map(|_| None).collect();
         let mut msgs = msgs.into_iter().enumerate().peekable();
-        let mut exhausted = self.gather(&mut msgs, &mut results).await?;
         // Dropped with this call when a limit stops the run: the tasks are
         // aborted and their messages stay in `in_flight.delivering`.
         let mut wire: std::collections::VecDeque<OnWire> = std::collections::VecDeque::new();
+        let sent = self.send_batches(&mut msgs, &mut results, &mut wire).await;
+        if let Err(e) = sent {
+            // The run stops (the host or a mailer failed), but the batches
+            // other sessions carry finish and are settled first, so what
+            // they delivered is recorded as delivered.
+            while let Some(w) = wire.pop_front() {
+                if let Err(also) = self.land(w, &mut results).await {
+                    tracing::error!("settling a batch while the run stops: {also:#}");
+                    break;
+                }
+            }
+            return Err(e);
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SendError::Protocol("the host left this message unsettled".into()))))
+            .collect())
+    }
+
+    /// `send_many`'s work: gather, hand over and settle batches until
+    /// `msgs` is spent and `wire` is empty.
+    async fn send_batches(
+        &mut self,
+        msgs: &mut std::iter::Peekable<impl Iterator<Item = (usize, Message)>>,
+        results: &mut [Option<Result<Receipt, SendError>>],
+        wire: &mut std::collections::VecDeque<OnWire>,
+    ) -> Result<()> {
+        let mut exhausted = self.gather(msgs, results).await?;
         loop {
             while let Some(w) = wire.pop_front_if(|w| w.task.is_finished()) {
-                self.land(w, &mut results).await?;
+                self.land(w, results).await?;
             }
             let more = exhausted.is_none() && msgs.peek().is_some();
             if !self.in_flight.queued.is_empty() {
@@ -420,7 +447,7 @@ impl Forwarder {
                     self.write_ahead()?;
                     let (batch, rendered) = self.hand_over();
                     let sent = carrier.mailer.submit_many(&rendered).await;
-                    self.settle_batch(batch, (carrier, rendered, sent), &mut results)?;
+                    self.settle_batch(batch, (carrier, rendered, sent), results)?;
                 } else if let Some(mut carrier) = self.free_session().await {
                     self.write_ahead()?;
                     let (batch, rendered) = self.hand_over();
@@ -432,14 +459,14 @@ impl Forwarder {
                     wire.push_back(OnWire { batch, task });
                 } else if let Some(w) = wire.pop_front() {
                     // Every session is busy: wait for the oldest batch.
-                    self.land(w, &mut results).await?;
+                    self.land(w, results).await?;
                 } else {
                     anyhow::bail!("the run's mailer went missing");
                 }
             } else if more {
-                exhausted = self.gather(&mut msgs, &mut results).await?;
+                exhausted = self.gather(msgs, results).await?;
             } else if let Some(w) = wire.pop_front() {
-                self.land(w, &mut results).await?;
+                self.land(w, results).await?;
             } else {
                 break;
             }
@@ -449,10 +476,7 @@ impl Forwarder {
             self.record(base(None, Outcome::Denied, Some(format!("stopped: {exhausted}"))))?;
             return Err(self.stop(Stop::Budget(exhausted)));
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(SendError::Protocol("the host left this message unsettled".into()))))
-            .collect())
+        Ok(())
     }
 
     /// A session free to carry a batch: the run's first, an idle one, or a
@@ -653,7 +677,7 @@ impl Forwarder {
     fn to_outbox(&mut self, dir: &std::path::Path, approved: Approved, rendered: Rendered) -> Result<Result<Receipt, SendError>> {
         let path = match outbox::write(dir, &rendered.bytes) {
             Ok(p) => p,
-            Err(e) => return Err(self.could_not_keep("outbox", &approved, rendered.message_id, &e)),
+            Err(e) => return Err(self.could_not_keep("outbox", &approved, self.seq, rendered.message_id, &e)),
         };
         let mut r = base(Some(&approved), Outcome::Accepted, None);
         r.size = Some(rendered.bytes.len() as u64);
@@ -691,7 +715,7 @@ impl Forwarder {
                 self.in_flight.queued = written;
                 let mut error = None;
                 for q in unwritten {
-                    error = Some(self.could_not_keep("spool", &q.approved, q.rendered.message_id, &e));
+                    error = Some(self.could_not_keep("spool", &q.approved, q.seq, q.rendered.message_id, &e));
                 }
                 return Err(error.unwrap_or(e));
             }
@@ -776,8 +800,13 @@ impl Forwarder {
             }
             Err(e) => {
                 let why = format!("{e:#}");
-                for q in mine {
-                    self.settle_unknown(q, &format!("the mailer failed during delivery: {why}"))?;
+                let mut mine = mine.into_iter();
+                while let Some(q) = mine.next() {
+                    if let Err(e) = self.settle_unknown(q, &format!("the mailer failed during delivery: {why}")) {
+                        // The rest stay in flight, for `abandon`.
+                        self.in_flight.delivering.extend(mine);
+                        return Err(e);
+                    }
                 }
                 // The mailer trapped: it is not called again (dropped here).
                 return Err(self.stop(Stop::Mailer(why)));
@@ -857,10 +886,18 @@ impl Forwarder {
 
     /// The `outbox` or the `spool` could not keep a message, so it was not
     /// sent: audit that, and stop the run (the host, not the plugin, failed).
-    fn could_not_keep(&mut self, place: &str, approved: &Approved, message_id: String, e: &anyhow::Error) -> anyhow::Error {
+    fn could_not_keep(
+        &mut self,
+        place: &str,
+        approved: &Approved,
+        seq: u64,
+        message_id: String,
+        e: &anyhow::Error,
+    ) -> anyhow::Error {
         let why = format!("{e:#}");
         let mut r = base(Some(approved), Outcome::Error, Some(format!("{place}: {why}; not sent")));
         r.message_id = Some(message_id);
+        r.seq = Some(seq);
         if let Err(e) = self.record(r) {
             return e;
         }

@@ -154,10 +154,10 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The job id: the client's `Idempotency-Key`, if it is a plain token, or
-/// a new one.
-fn job_id(headers: &HeaderMap) -> Result<String, String> {
+/// a new one (then `true`: no earlier run can have had it).
+fn job_id(headers: &HeaderMap) -> Result<(String, bool), String> {
     let Some(key) = headers.get("idempotency-key") else {
-        return Ok(format!("job-{}", crate::mail::deadletter::fresh_name()));
+        return Ok((format!("job-{}", crate::mail::deadletter::fresh_name()), true));
     };
     let key = key.to_str().map_err(|_| "Idempotency-Key: not visible ASCII".to_owned())?;
     if key.is_empty()
@@ -166,7 +166,7 @@ fn job_id(headers: &HeaderMap) -> Result<String, String> {
     {
         return Err(format!("Idempotency-Key: 1 to {MAX_JOB_ID_CHARS} of A-Z a-z 0-9 - _ . :"));
     }
-    Ok(key.to_owned())
+    Ok((key.to_owned(), false))
 }
 
 fn record_run(app: &App, name: &str, ran: &RunReport, took: Duration) {
@@ -214,7 +214,7 @@ async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, heade
     if input.len() > MAX_INPUT_BYTES {
         return refuse(&app, StatusCode::PAYLOAD_TOO_LARGE, "bad-request", &format!("input: more than {MAX_INPUT_BYTES} bytes"));
     }
-    let job = match job_id(&headers) {
+    let (job, fresh) = match job_id(&headers) {
         Ok(j) => j,
         Err(e) => return refuse(&app, StatusCode::BAD_REQUEST, "bad-request", &e),
     };
@@ -243,7 +243,9 @@ async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, heade
     let started = Instant::now();
     let (host, plugin, task_app, task_name) = (loaded.host.clone(), served.plugin.clone(), Arc::clone(&app), name.clone());
     let task = tokio::spawn(async move {
-        let ran = host.run_job(&plugin, &input, &job).await;
+        // A key the client gave may have run before: its earlier
+        // deliveries are looked up; a new id cannot have.
+        let ran = if fresh { host.run_fresh_job(&plugin, &input, &job).await } else { host.run_job(&plugin, &input, &job).await };
         task_app.metrics.in_flight(-1);
         task_app.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         drop((all, mine));
