@@ -776,6 +776,7 @@ impl Forwarder {
             && let Ok(sent) = &sent
             && !sent.is_empty()
             && sent.iter().all(session_refused)
+            && sent.len() == mine.len()
             && rendered.len() == mine.len()
         {
             if let Some(Err(e)) = sent.first() {
