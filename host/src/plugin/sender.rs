@@ -439,29 +439,27 @@ impl Forwarder {
             }
             let more = exhausted.is_none() && msgs.peek().is_some();
             if !self.in_flight.queued.is_empty() {
-                if wire.is_empty() && !more {
-                    // The last batch, alone: no task to hand it to.
-                    let Some(mut carrier) = self.free_session().await else {
+                let Some(mut carrier) = self.free_session().await else {
+                    // Every session is busy: wait for the oldest batch.
+                    let Some(w) = wire.pop_front() else {
                         anyhow::bail!("the run's mailer went missing");
                     };
-                    self.write_ahead()?;
-                    let (batch, rendered) = self.hand_over();
+                    self.land(w, results).await?;
+                    continue;
+                };
+                self.write_ahead()?;
+                let (batch, rendered) = self.hand_over();
+                if wire.is_empty() && !more {
+                    // The last batch, alone: no task to hand it to.
                     let sent = carrier.mailer.submit_many(&rendered).await;
                     self.settle_batch(batch, (carrier, rendered, sent), results)?;
-                } else if let Some(mut carrier) = self.free_session().await {
-                    self.write_ahead()?;
-                    let (batch, rendered) = self.hand_over();
+                } else {
                     // On a runtime with more than one thread, in parallel.
                     let task = Aborting(tokio::spawn(async move {
                         let sent = carrier.mailer.submit_many(&rendered).await;
                         (carrier, rendered, sent)
                     }));
                     wire.push_back(OnWire { batch, task });
-                } else if let Some(w) = wire.pop_front() {
-                    // Every session is busy: wait for the oldest batch.
-                    self.land(w, results).await?;
-                } else {
-                    anyhow::bail!("the run's mailer went missing");
                 }
             } else if more {
                 exhausted = self.gather(msgs, results).await?;

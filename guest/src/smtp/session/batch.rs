@@ -16,8 +16,8 @@
 //!   `BDAT n LAST` and its bytes; no `354`, no dot-stuffing), and up to
 //!   [`MAX_IN_FLIGHT`] messages are written before the oldest one's replies
 //!   are read. Whole messages written ahead coalesce into one write
-//!   ([`MAX_QUEUED`]), sent just before a read has to wait for the network. A larger message streams in chunks, one chunk's reply
-//!   outstanding; a 4xx/5xx to a chunk stops the message (RFC 3030 4) and
+//!   ([`MAX_QUEUED`]), sent just before a read has to wait for the network.
+//!   A larger message streams in chunks, one chunk's reply outstanding; a 4xx/5xx to a chunk stops the message (RFC 3030 4) and
 //!   the next transaction starts with RSET.
 //!
 //! Replies are read strictly in the order their commands were written, so
@@ -308,9 +308,8 @@ impl<T: Transport> Session<T> {
                 }
                 // Land the oldest once the window is full. Its replies may
                 // be read already; the messages queued meanwhile go out in
-                // one write just before the next read has to wait, which
-                // also acknowledges the replies at once (a server that
-                // holds small replies for our ACK is not kept waiting).
+                // one write just before the next read has to wait, and
+                // that write carries the ACK of the replies read so far.
                 if flights.len() >= MAX_IN_FLIGHT
                     && let Some(f) = flights.pop_front()
                 {
@@ -321,10 +320,11 @@ impl<T: Transport> Session<T> {
             while let Some(f) = flights.pop_front() {
                 self.land(f, tally);
             }
-            let flushed = self.flush_unless_ended(tally);
-            if tally.lost.is_some() || tally.closed || flushed.is_err() {
+            if let Err(e) = self.flush_unless_ended(tally) {
+                tally.lose(format!("a write failed: {e}"));
+            }
+            if tally.lost.is_some() || tally.closed {
                 self.wbuf = wire;
-                tally.lose("a write failed".into());
                 tally.not_sent(i);
                 continue;
             }

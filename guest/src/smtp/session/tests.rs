@@ -678,6 +678,34 @@ fn bdat_batch_refills_the_pipeline_in_one_write() {
 }
 
 #[test]
+fn bdat_batch_coalesced_writes_stay_near_max_queued() {
+    use super::batch::MAX_QUEUED;
+    // Six whole messages of 100,000 octets: the queue is flushed once it
+    // reaches MAX_QUEUED, so no write carries much more than that.
+    let size = 100_000;
+    let replies = "250 ok\r\n250 ok\r\n250 sent\r\n".to_owned() + &"250 reset\r\n250 ok\r\n250 ok\r\n250 sent\r\n".repeat(5);
+    let mut s = opened(&["220 mx\r\n", CHUNKING, &replies]);
+    let from = addr("a@example.com");
+    let rcpts = [addr("b@x.org")];
+    let body = vec![b'x'; size];
+    let mut sources: Vec<SliceSource<'_>> = (0..6).map(|_| SliceSource(Some(&body))).collect();
+    let mut items: Vec<Item<'_, '_>> = sources
+        .iter_mut()
+        .map(|src| Item {
+            msg: Outgoing { from: &from, recipients: &rcpts, size: size as u64, eight_bit: false, smtputf8: false },
+            source: src,
+        })
+        .collect();
+    let out = s.send_many(&mut items);
+    assert!(out.results.iter().all(Result::is_ok), "{:?}", codes(&out));
+    let writes: Vec<usize> = s.io.writes[1..].iter().map(Vec::len).collect();
+    assert!(writes.len() >= 2, "{writes:?}");
+    assert!(writes.iter().all(|&n| n < MAX_QUEUED + size + 200), "{writes:?}");
+    // Every message went out whole.
+    assert!(writes.iter().sum::<usize>() > 6 * size, "{writes:?}");
+}
+
+#[test]
 fn bdat_batch_a_failed_coalesced_write_leaves_each_message_in_it_unknown() {
     let mut script = Script::new(&["220 mx\r\n", CHUNKING]);
     script.fail_write = Some(1);
