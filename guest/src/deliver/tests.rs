@@ -580,14 +580,14 @@ fn a_batch_broken_in_the_middle_sends_the_unsent_rest_on_a_new_session() {
         HELLO[0],
         HELLO[1],
         "250 ok\r\n250 ok\r\n354 go\r\n",
-        "250 zero\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 zero\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "<reset>",
     ]);
     let second = Peer::new(&[
         HELLO[0],
         HELLO[1],
         "250 ok\r\n250 ok\r\n354 go\r\n",
-        "250 two\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 two\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 three\r\n",
     ]);
     let second_commands = second.commands.clone();

@@ -118,7 +118,9 @@ pub struct Session<T: Transport> {
     parser: ReplyParser,
     rbuf: Vec<u8>,
     caps: Capabilities,
-    /// A transaction ran since the last RSET.
+    /// A transaction may be open: one began and its end of data was not
+    /// answered (or it used BDAT, whose failures may leave it open), so the
+    /// next one starts with RSET.
     dirty: bool,
     /// The data phase failed part way (the source failed, or a write): the
     /// server is still inside DATA and will read anything we send as
@@ -595,6 +597,8 @@ impl<T: Transport> Session<T> {
             return Err(e);
         }
         let reply = self.read_reply(Stage::DataEnd).map_err(after_dot)?;
+        // Whatever it says, the transaction is over (RFC 5321 4.1.1.4).
+        self.dirty = false;
         if !reply.is_positive() {
             return Err(failure(Stage::DataEnd, reply, rejected));
         }

@@ -115,6 +115,19 @@ impl Record {
         }
     }
 
+    /// No field needs clipping: every text is at most [`MAX_TEXT_CHARS`]
+    /// octets (so characters), every list at most [`MAX_LISTED`] entries.
+    /// The common record is written without a copy.
+    fn fits_as_is(&self) -> bool {
+        let short = |t: &String| t.len() <= MAX_TEXT_CHARS;
+        [&self.plugin, &self.sha256].into_iter().all(short)
+            && [&self.from, &self.message_id, &self.reason, &self.outbox, &self.dead_letter, &self.id]
+                .into_iter()
+                .flatten()
+                .all(short)
+            && [&self.recipients, &self.rejected].into_iter().all(|l| l.len() <= MAX_LISTED && l.iter().all(short))
+    }
+
     fn clip_text(field: &mut String, max: usize, omitted: &mut u64) {
         if let Some((at, _)) = field.char_indices().nth(max) {
             *omitted += field[at..].chars().count() as u64;
@@ -136,6 +149,13 @@ impl Record {
     /// fields are cut, then list entries dropped, then the reason halved,
     /// until it fits; `omitted` counts what went.
     pub fn to_line(&self) -> Result<Vec<u8>> {
+        if self.fits_as_is() {
+            let mut line = serde_json::to_vec(self).context("encoding an audit record")?;
+            if line.len() < MAX_RECORD_BYTES {
+                line.push(b'\n');
+                return Ok(line);
+            }
+        }
         let mut r = self.clone();
         let mut omitted = r.omitted;
         for field in [&mut r.plugin, &mut r.sha256].into_iter().chain(

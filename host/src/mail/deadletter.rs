@@ -260,7 +260,7 @@ impl DeadLetters {
         let mut data = Vec::with_capacity(batch.iter().map(|r| r.bytes.len() + 512).sum());
         let mut pending = Vec::with_capacity(batch.len());
         for rendered in batch {
-            let mut meta = Meta::new(rendered, plugin, Some(std::process::id()));
+            let mut meta = Meta::new(rendered, plugin, Some(this_process()));
             meta.relay.clone_from(&self.relay);
             let id = fresh_name();
             let head = SpoolHead { id: Some(id.clone()), meta, size: rendered.bytes.len() as u64 };
@@ -400,7 +400,14 @@ fn process_alive(pid: u32) -> bool {
 pub fn fresh_name() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!("{:013}-{}-{:06}", audit::now_ms(), std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!("{:013}-{}-{:06}", audit::now_ms(), this_process(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// This process's id, asked of the kernel once (each spooled message
+/// carries it, in its name and its header).
+fn this_process() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 /// Write letter `id` into `dir`: the `.eml`, then the `.json`, each

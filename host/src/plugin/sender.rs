@@ -185,6 +185,16 @@ enum Admission {
     Exhausted(Exhausted),
 }
 
+/// A settled message: its outcome record, and what to do with its spool
+/// copy once that record is written.
+enum Settled {
+    /// Recorded; `Some` spool copy to drop (delivered or refused for good).
+    Recorded(Record, Option<Pending>),
+    /// The spool could not keep it, or it was never written ahead: the
+    /// record says so, and the run stops, for the host's fault given.
+    Stopped(Record, String),
+}
+
 /// The most messages a run's report lists one by one; the rest are only
 /// counted (`RunReport::unlisted`), so a report stays small whatever the
 /// plugin sends. Every message has its records in the audit log.
@@ -343,6 +353,23 @@ fn outcome_of(e: &SendError) -> Outcome {
 
 impl Forwarder {
     fn record(&mut self, mut r: Record) -> Result<()> {
+        self.note(&mut r);
+        self.audit.append(&r).map_err(|e| self.stop(Stop::Host(format!("the audit log could not be written: {e:#}"))))
+    }
+
+    /// Records in one write, in order (a batch's outcomes).
+    fn record_many(&mut self, mut records: Vec<Record>) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        for r in &mut records {
+            self.note(r);
+        }
+        self.audit.append_many(&records).map_err(|e| self.stop(Stop::Host(format!("the audit log could not be written: {e:#}"))))
+    }
+
+    /// Count `r`, list it in the run's report, and fill in the run's fields.
+    fn note(&mut self, r: &mut Record) {
         match r.outcome {
             Outcome::Attempt => {}
             Outcome::Accepted => self.counts.accepted += 1,
@@ -372,7 +399,6 @@ impl Forwarder {
                 self.unreported += 1;
             }
         }
-        self.audit.append(&r).map_err(|e| self.stop(Stop::Host(format!("the audit log could not be written: {e:#}"))))
     }
 
     /// Stop the run from inside `send`: remember why (typed), and return the
@@ -815,41 +841,53 @@ impl Forwarder {
             Carrier { mailer, first: true } => self.mailer = Some(mailer),
             Carrier { mailer, first: false } => self.sessions.idle.push(mailer),
         }
+        // The batch's outcome records go in one write; a delivered message
+        // leaves the spool only after its record is written.
+        let mut records = Vec::with_capacity(mine.len());
+        let mut delivered = Vec::with_capacity(mine.len());
         let mut mine = mine.into_iter();
         let mut sent = sent.into_iter();
         while let (Some(q), Some(result)) = (mine.next(), sent.next()) {
             let index = q.index;
-            if let Err(e) = self.settle(q, &result) {
-                // The run stops; the rest were delivered or not, unrecorded:
-                // they stay in the spool as outcome unknown.
-                self.in_flight.delivering.extend(mine);
-                return Err(e);
-            }
+            let (record, done) = match self.settle(q, &result) {
+                Settled::Recorded(record, done) => (record, done),
+                Settled::Stopped(record, why) => {
+                    // The run stops; the rest were delivered or not,
+                    // unrecorded: they stay in the spool as outcome unknown.
+                    records.push(record);
+                    self.in_flight.delivering.extend(mine);
+                    self.record_many(records)?;
+                    return Err(self.stop(Stop::Host(why)));
+                }
+            };
+            records.push(record);
+            delivered.extend(done);
             if let Some(slot) = results.get_mut(index) {
                 *slot = Some(result);
+            }
+        }
+        self.record_many(records)?;
+        for pending in delivered {
+            if let Err(e) = pending.done() {
+                // Settled and recorded; only the spool copy lingers, where
+                // `retry` sees it as outcome unknown (`--force` only).
+                tracing::error!("removing the spool copy of a settled message: {e:#}");
             }
         }
         Ok(())
     }
 
-    /// Record what became of a delivered (or not) message, and remove or
-    /// keep its spool copy.
-    fn settle(&mut self, q: Queued, result: &Result<Receipt, SendError>) -> Result<()> {
+    /// What became of a delivered (or not) message: its outcome record,
+    /// with its spool copy kept as a letter when a retry may help. A
+    /// delivered (or refused for good) message's copy is handed back, to be
+    /// dropped once the record is written.
+    fn settle(&mut self, q: Queued, result: &Result<Receipt, SendError>) -> Settled {
         let Queued { approved, pending, rendered, seq, .. } = q;
-        let Some(pending) = pending else {
-            anyhow::bail!("a message was delivered without being written ahead");
-        };
-        let id = pending.id.clone();
         let mut r = match result {
             Ok(receipt) => {
                 let mut r = base(Some(&approved), Outcome::Accepted, Some(format!("{} {}", receipt.reply.code, receipt.reply.text)));
                 r.size = Some(receipt.size);
                 r.rejected = receipt.rejected.iter().map(|f| f.address.clone()).collect();
-                if let Err(e) = pending.done() {
-                    // Delivered; only the spool copy lingers, where `retry`
-                    // sees it as outcome unknown (`--force` only).
-                    tracing::error!("removing the spool copy of a delivered message: {e:#}");
-                }
                 r
             }
             Err(e) => {
@@ -857,30 +895,31 @@ impl Forwarder {
                 if let SendError::Rejected(rej) = e {
                     r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
                 }
-                let kept = if e.worth_keeping() {
-                    pending.keep(e).map(|p| Some(p.display().to_string()))
-                } else {
-                    pending.done().map(|()| None)
-                };
-                match kept {
-                    Ok(path) => r.dead_letter = path,
-                    Err(keep_error) => {
-                        let why = format!("{keep_error:#}");
-                        r.reason = Some(format!("{}; the spool could not settle it: {why}", r.reason.unwrap_or_default()));
-                        r.id = Some(id);
-                        r.message_id = Some(rendered.message_id);
-                        r.seq = Some(seq);
-                        self.record(r)?;
-                        return Err(self.stop(Stop::Host(format!("the spool could not keep a message: {why}"))));
-                    }
-                }
                 r
             }
         };
-        r.id = Some(id);
         r.message_id = Some(rendered.message_id);
         r.seq = Some(seq);
-        self.record(r)
+        let Some(pending) = pending else {
+            // Never written ahead (a host bug): nothing to drop or keep.
+            r.reason = Some(format!("{}; it was not in the spool", r.reason.unwrap_or_default()));
+            return Settled::Stopped(r, "a message was delivered without being written ahead".into());
+        };
+        r.id = Some(pending.id.clone());
+        match result {
+            Err(e) if e.worth_keeping() => match pending.keep(e) {
+                Ok(path) => {
+                    r.dead_letter = Some(path.display().to_string());
+                    Settled::Recorded(r, None)
+                }
+                Err(keep_error) => {
+                    let why = format!("{keep_error:#}");
+                    r.reason = Some(format!("{}; the spool could not settle it: {why}", r.reason.unwrap_or_default()));
+                    Settled::Stopped(r, format!("the spool could not keep a message: {why}"))
+                }
+            },
+            _ => Settled::Recorded(r, Some(pending)),
+        }
     }
 
     /// The `outbox` or the `spool` could not keep a message, so it was not

@@ -5,10 +5,12 @@
 //!
 //! - **No PIPELINING**: one command per turn, message after message
 //!   ([`Session::send_one`]).
-//! - **PIPELINING** (DATA): a message's RSET, MAIL FROM, RCPT TO and DATA go
-//!   in one write. After its `354`, its text, the final dot *and the next
-//!   message's* RSET, MAIL FROM, RCPT TO and DATA go in the next write (RFC
-//!   2920 3.1: message content may open a group). The replies come back in
+//! - **PIPELINING** (DATA): a message's MAIL FROM, RCPT TO and DATA go in
+//!   one write (after RSET when an earlier transaction may be open). After
+//!   its `354`, its text, the final dot *and the next message's* MAIL FROM,
+//!   RCPT TO and DATA go in the next write (RFC 2920 3.1: message content
+//!   may open a group; the dot ends the transaction whatever its reply, RFC
+//!   5321 4.1.1.4, so no RSET is needed). The replies come back in
 //!   that order: the dot's, which settles this message, then the next
 //!   message's envelope replies. One round trip per message.
 //! - **PIPELINING and CHUNKING** (BDAT): a message of at most
@@ -245,7 +247,9 @@ impl<T: Transport> Session<T> {
                     continue;
                 }
             };
-            let next = order.get(k + 1).map(|&j| self.plan(&items[j].msg, true, DataPhase::DotStuffed));
+            // No RSET before it: the dot ends this transaction, whatever its
+            // reply, and clears the server's buffers (RFC 5321 4.1.1.4).
+            let next = order.get(k + 1).map(|&j| self.plan(&items[j].msg, false, DataPhase::DotStuffed));
             let trailer = next.as_deref().map(encode).unwrap_or_default();
             if let Err(e) = data::dot_stuffed(&mut self.io, &mut self.wbuf, &mut *items[i].source, trailer.as_bytes()) {
                 // The server is inside DATA and reads anything as text.
@@ -257,7 +261,13 @@ impl<T: Transport> Session<T> {
             if let Some(plan) = &next {
                 self.show(plan);
             }
-            let result = match self.read_reply(Stage::DataEnd) {
+            let reply = self.read_reply(Stage::DataEnd);
+            if reply.is_ok() && next.is_none() {
+                // The dot's reply, whatever it says, ended the transaction,
+                // and none follows: the next one needs no RSET.
+                self.dirty = false;
+            }
+            let result = match reply {
                 Ok(reply) if reply.is_positive() => Ok(TransactionResult { accepted, rejected, reply }),
                 Ok(reply) => Err(failure(Stage::DataEnd, reply, rejected)),
                 Err(e) => Err(after_dot(e)),

@@ -127,20 +127,40 @@ fn pipelined_transaction_with_partial_acceptance() {
 }
 
 #[test]
-fn second_message_pipelines_rset() {
+fn a_second_message_after_a_dot_needs_no_rset() {
+    // Even a refused end of data ends the transaction (RFC 5321 4.1.1.4).
     let mut s = opened(&[
         "220 mx\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
         "250 ok\r\n250 ok\r\n354 go\r\n",
+        "554 5.7.1 no thanks\r\n",
+        "250 ok\r\n250 ok\r\n354 go\r\n",
         "250 ok\r\n",
+        "221 bye\r\n",
+    ]);
+    send_to(&mut s, &["b@example.com"], b"one").unwrap_err();
+    send_to(&mut s, &["b@example.com"], b"two").unwrap();
+    assert!(s.io.writes[3].starts_with(b"MAIL FROM:<a@example.com>\r\n"));
+    assert_eq!(s.io.writes[4], b"two\r\n.\r\n");
+    s.quit();
+}
+
+#[test]
+fn a_message_after_a_failed_envelope_pipelines_rset() {
+    // No recipient was accepted, so no data ended the transaction: the
+    // server may still hold its MAIL FROM.
+    let mut s = opened(&[
+        "220 mx\r\n",
+        "250-mx\r\n250 PIPELINING\r\n",
+        "250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n",
         "250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 ok\r\n",
         "221 bye\r\n",
     ]);
-    send_to(&mut s, &["b@example.com"], b"one").unwrap();
+    send_to(&mut s, &["b@example.com"], b"one").unwrap_err();
     send_to(&mut s, &["b@example.com"], b"two").unwrap();
-    assert!(s.io.writes[3].starts_with(b"RSET\r\nMAIL FROM:<a@example.com>\r\n"));
-    assert_eq!(s.io.writes[4], b"two\r\n.\r\n");
+    assert!(s.io.writes[2].starts_with(b"RSET\r\nMAIL FROM:<a@example.com>\r\n"));
+    assert_eq!(s.io.writes[3], b"two\r\n.\r\n");
     s.quit();
 }
 
@@ -438,12 +458,11 @@ fn pipelined_rset_refusal_reads_every_reply() {
     let mut s = opened(&[
         "220 mx\r\n",
         "250-mx\r\n250 PIPELINING\r\n",
-        "250 ok\r\n250 ok\r\n354 go\r\n",
-        "250 ok\r\n",
+        "250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n",
         "452 4.3.1 busy\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 ok\r\n",
     ]);
-    send_to(&mut s, &["b@example.com"], b"one").unwrap();
+    send_to(&mut s, &["b@example.com"], b"one").unwrap_err();
     let e = send_to(&mut s, &["b@example.com"], b"two").unwrap_err();
     assert!(matches!(e, SmtpError::Rejected { stage: Stage::Rset, .. }), "{e:?}");
     assert!(e.is_transient());
@@ -532,8 +551,8 @@ fn data_batch_is_one_round_trip_per_message() {
         "220 mx\r\n",
         PIPELINING,
         "250 ok\r\n250 ok\r\n354 go\r\n",
-        "250 one\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
-        "250 two\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 one\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 two\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 three\r\n",
     ]);
     let b = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]);
@@ -544,16 +563,17 @@ fn data_batch_is_one_round_trip_per_message() {
         writes(&s),
         "EHLO client.example\r\n\
          |MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n\
-         |m0\r\n.\r\nRSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nDATA\r\n\
-         |m1\r\n.\r\nRSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nDATA\r\n\
+         |m0\r\n.\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nDATA\r\n\
+         |m1\r\n.\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nDATA\r\n\
          |m2\r\n.\r\n"
     );
     assert!(out.unsent.is_empty());
     assert!(s.is_usable());
     // The transcript shows the wire in its order: the end of data, then the
-    // next message's commands.
+    // next message's commands, with no RSET (the dot ended the transaction).
     let log = s.io.log.join("\n");
-    let dot = log.find("Client: .\nClient: RSET").expect("dot then RSET in the transcript");
+    let dot = log.find("Client: .\nClient: MAIL FROM").expect("dot then MAIL FROM in the transcript");
+    assert!(!log.contains("RSET"), "{log}");
     assert!(log[..dot].contains("<4 octets of message data>"));
 }
 
@@ -566,7 +586,7 @@ fn data_batch_a_452_on_one_recipient_stays_with_its_message() {
         "220 mx\r\n",
         PIPELINING,
         "250 ok\r\n250 ok\r\n452 4.5.3 too many\r\n354 go\r\n",
-        "250 one\r\n250 reset\r\n250 ok\r\n452 4.2.2 full\r\n554 5.5.1 no valid recipients\r\n",
+        "250 one\r\n250 ok\r\n452 4.2.2 full\r\n554 5.5.1 no valid recipients\r\n",
         "250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 three\r\n",
     ]);
@@ -588,8 +608,8 @@ fn data_batch_a_554_after_one_dot_fails_that_message_only() {
         "220 mx\r\n",
         PIPELINING,
         "250 ok\r\n250 ok\r\n354 go\r\n",
-        "554 5.7.1 spam\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
-        "250 two\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "554 5.7.1 spam\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 two\r\n250 ok\r\n250 ok\r\n354 go\r\n",
         "250 three\r\n",
     ]);
     let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
@@ -606,7 +626,7 @@ fn data_batch_a_disconnect_after_a_dot_is_exact() {
         "220 mx\r\n",
         PIPELINING,
         "250 ok\r\n250 ok\r\n354 go\r\n",
-        "250 zero\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n",
+        "250 zero\r\n250 ok\r\n250 ok\r\n354 go\r\n",
     ]);
     let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"], &["e@x.org"]]).send(&mut s);
     assert_eq!(codes(&out), ["ok 250", "unknown", "connect", "connect"]);
@@ -631,7 +651,7 @@ fn data_batch_a_421_closes_and_the_rest_is_unsent() {
         "250 zero\r\n421 4.3.2 shutting down\r\n",
     ]);
     let out = Batch3::new(&[&["b@x.org"], &["c@x.org"], &["d@x.org"]]).send(&mut s);
-    assert_eq!(codes(&out), ["ok 250", "rset 421", "connect"]);
+    assert_eq!(codes(&out), ["ok 250", "mail-from 421", "connect"]);
     assert_eq!(out.unsent, [2]);
 }
 
