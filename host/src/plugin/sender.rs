@@ -185,6 +185,17 @@ enum Admission {
     Exhausted(Exhausted),
 }
 
+/// Drop the spool copies of settled messages whose records are written.
+fn drop_settled(settled: Vec<Pending>) {
+    for pending in settled {
+        if let Err(e) = pending.done() {
+            // Only the spool copy lingers, where `retry` sees it as outcome
+            // unknown (resent with `--force` only).
+            tracing::error!("removing the spool copy of a settled message: {e:#}");
+        }
+    }
+}
+
 /// A settled message: its outcome record, and what to do with its spool
 /// copy once that record is written.
 enum Settled {
@@ -849,7 +860,7 @@ impl Forwarder {
         let mut sent = sent.into_iter();
         while let (Some(q), Some(result)) = (mine.next(), sent.next()) {
             let index = q.index;
-            let (record, done) = match self.settle(q, &result) {
+            let (record, done) = match Self::settle(q, &result) {
                 Settled::Recorded(record, done) => (record, done),
                 Settled::Stopped(record, why) => {
                     // The run stops; the rest were delivered or not,
@@ -857,6 +868,7 @@ impl Forwarder {
                     records.push(record);
                     self.in_flight.delivering.extend(mine);
                     self.record_many(records)?;
+                    drop_settled(delivered);
                     return Err(self.stop(Stop::Host(why)));
                 }
             };
@@ -867,13 +879,7 @@ impl Forwarder {
             }
         }
         self.record_many(records)?;
-        for pending in delivered {
-            if let Err(e) = pending.done() {
-                // Settled and recorded; only the spool copy lingers, where
-                // `retry` sees it as outcome unknown (`--force` only).
-                tracing::error!("removing the spool copy of a settled message: {e:#}");
-            }
-        }
+        drop_settled(delivered);
         Ok(())
     }
 
@@ -881,7 +887,7 @@ impl Forwarder {
     /// with its spool copy kept as a letter when a retry may help. A
     /// delivered (or refused for good) message's copy is handed back, to be
     /// dropped once the record is written.
-    fn settle(&mut self, q: Queued, result: &Result<Receipt, SendError>) -> Settled {
+    fn settle(q: Queued, result: &Result<Receipt, SendError>) -> Settled {
         let Queued { approved, pending, rendered, seq, .. } = q;
         let mut r = match result {
             Ok(receipt) => {
