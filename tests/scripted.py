@@ -46,7 +46,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 LOOPBACK = "127.0.0.1"
 
@@ -130,8 +130,15 @@ class Stall:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Run:
+    """Call `action` at this point of the script (to change the client's
+    world between two replies, say)."""
+    action: Callable[[], None]
+
+
 Step = Union[Send, Expect, Sleep, StartTLS, Hold, Close, SendSlowly, Flood, ReadData, RawSend,
-             TLSClose, Serve, Stall]
+             TLSClose, Serve, Stall, Run]
 
 # The end of the mail data (RFC 5321 4.1.1.4).
 DATA_END = b"\r\n.\r\n"
@@ -300,6 +307,8 @@ class ScriptedServer:
             self._start_tls(step)
         elif isinstance(step, Hold):
             self._hold(step.seconds)
+        elif isinstance(step, Run):
+            step.action()
         else:  # pragma: no cover
             raise TypeError(f"unknown step {step!r}")
 

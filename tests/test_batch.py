@@ -30,6 +30,7 @@ import itertools
 import json
 import re
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,10 @@ from typing import Optional
 import pytest
 
 from cli import BULK_TIMEOUT_S, assert_exit, describe, index_of, transcript
-from scripted import (STEP_TIMEOUT_S, Close, Expect, ReadData, ScriptError, ScriptedServer,
-                      Send, Serve)
+from scripted import (STEP_TIMEOUT_S, Close, Expect, ReadData, Run, ScriptError,
+                      ScriptedServer, Send, Serve)
 from test_deadletter import letters, pending
-from test_plugins import (EXIT_OK, EXIT_PLUGIN_ERROR, check_write_ahead, counts, outcomes,
+from test_plugins import (EXIT_OK, EXIT_PLUGIN_ERROR, EXIT_STOPPED, check_write_ahead, counts, outcomes,
                           policy, read_audit, relay_table, run_plugin, run_report, write_config)
 from test_postfix import assert_clean_session, content_command
 
@@ -406,6 +407,59 @@ def test_pipelined_batch_transcript_shows_the_next_envelope_before_the_dot_reply
     assert second_mail < first_reply, describe(proc)
     assert server.client_sent_line("QUIT")
     assert letters(folder) == [] and pending(folder) == []
+
+
+def chattr(flag: str, path: Path) -> bool:
+    """`chattr +i` / `-i`: an immutable folder takes no new file, even from
+    root. False where that is not permitted (no CAP_LINUX_IMMUTABLE)."""
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_a_letter_the_folder_will_not_take_after_delivery_stops_the_run(
+        run, plugins, batch_server, tmp_path):
+    """Message 1 is delivered; message 2 gets a 451 and must become a
+    letter, but the dead-letter folder takes no new file by then: the run
+    stops (the host failed), with message 1 recorded as accepted and message
+    2 with its reply and why it is not kept, and message 2's bytes stay in
+    the spool for `retry`."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if not chattr("+i", probe):
+        pytest.skip("chattr +i is not permitted here")
+    chattr("-i", probe)
+    folder = tmp_path / "dead"
+    server = batch_server([
+        Send(GREETING), Expect("EHLO"), Send(EHLO_PIPELINING),
+        *ENVELOPE, Send(OK_MAIL + OK_RCPT + GO_AHEAD),
+        ReadData(), *AFTER_DOT,
+        # Both messages are written ahead (pending/ is inside the folder).
+        Run(lambda: chattr("+i", folder)),
+        Send(queued(1) + OK_MAIL + OK_RCPT + GO_AHEAD),
+        ReadData(), Send(b"451 4.3.0 try again later\r\n"),
+        Serve(HOLD_S),
+    ])
+    config, audit, dead = bulk_config(tmp_path, server)
+    assert dead == folder
+    try:
+        proc = run_bulk(run, plugins, config, 2)
+    finally:
+        chattr("-i", folder)
+
+    assert server.wait(), server.error
+    assert server.error is None, f"{server.error}\n{describe(proc)}"
+    assert_exit(proc, EXIT_STOPPED)
+    report = run_report(proc)
+    assert report["stopped"].startswith("host: the spool could not keep a message"), report
+    attempts, (one, two) = split_audit(audit, 2)
+    assert one["outcome"] == "accepted" and one["reason"].endswith("M1"), one
+    assert two["outcome"] == "rejected", two
+    assert "451 4.3.0" in two["reason"] and "the spool could not settle it" in two["reason"], two
+    assert two.get("dead_letter") is None, two
+    assert letters(folder) == []
+    # The batch's spool file stays, message 2 unsettled in it.
+    [spool] = pending(folder)
+    assert two["message_id"].encode() in spool.read_bytes()
+    assert [subject_of(d) for d in server.data] == ["bulk 1/2", "bulk 2/2"], server.received()
 
 
 # ===========================================================================
