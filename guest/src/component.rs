@@ -397,7 +397,10 @@ impl TransportGuest for Mailer {
     fn submit_many(msgs: Vec<WitRendered>) -> Vec<Result<wit::Receipt, wit::SendError>> {
         send_many(
             msgs.into_iter()
-                .map(|m| Prepared::raw(&m.envelope.from, &m.envelope.recipients, m.bytes, HostBlobs).map_err(Into::into))
+                .map(|m| {
+                    Prepared::raw_with_id(&m.envelope.from, &m.envelope.recipients, m.bytes, m.message_id, HostBlobs)
+                        .map_err(Into::into)
+                })
                 .collect(),
         )
     }

@@ -404,6 +404,13 @@ impl<B: Blobs> Prepared<B> {
     /// dead-letter folder): checked as the builder checks its own output,
     /// sent unchanged.
     pub fn raw(from: &str, recipients: &[String], bytes: Vec<u8>, blobs: B) -> Result<Self, SmtpError> {
+        Self::raw_with_id(from, recipients, bytes, String::new(), blobs)
+    }
+
+    /// [`Prepared::raw`] with its Message-ID already known (the host's
+    /// `rendered` record, from `render`): the header section is not read
+    /// for it. An empty one is read from the bytes.
+    pub fn raw_with_id(from: &str, recipients: &[String], bytes: Vec<u8>, message_id: String, blobs: B) -> Result<Self, SmtpError> {
         let invalid = SmtpError::InvalidMessage;
         let from = Address::parse(from).map_err(|e| invalid(format!("envelope.from: {e}")))?;
         let recipients = recipients
@@ -417,7 +424,7 @@ impl<B: Blobs> Prepared<B> {
         mime::lint::check_lines(&bytes, true).map_err(|e| invalid(format!("bytes: {e}")))?;
         let smtputf8 = from.needs_smtputf8() || recipients.iter().any(Address::needs_smtputf8);
         let rendered = Rendered {
-            message_id: message_id_of(&bytes).unwrap_or_default(),
+            message_id: if message_id.is_empty() { message_id_of(&bytes).unwrap_or_default() } else { message_id },
             envelope: Envelope { from, recipients },
             segments: vec![Segment::Bytes(bytes)],
             smtputf8,

@@ -226,6 +226,9 @@ fn raw_submissions() {
     let bytes = b"Message-ID: <x.1@example.com>\r\nSubject: hi\r\n\r\nbody\r\n".to_vec();
     let p = Prepared::raw("a@example.com", &["b@example.org".into()], bytes.clone(), Files::default()).unwrap();
     assert_eq!(p.rendered.message_id, "x.1@example.com");
+    // A known Message-ID (the host's, from `render`) is taken as given.
+    let known = Prepared::raw_with_id("a@example.com", &["b@example.org".into()], bytes.clone(), "k@x".into(), Files::default());
+    assert_eq!(known.unwrap().rendered.message_id, "k@x");
     assert_eq!(p.outgoing().size, bytes.len() as u64);
     assert!(!p.outgoing().eight_bit && !p.outgoing().smtputf8);
     assert_eq!(p.to_bytes().unwrap(), bytes);

@@ -146,7 +146,7 @@ impl ReplyParser {
             }
             let raw = &pending[..nl];
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            let line = text_of(raw);
+            let mut line = text_of(raw);
             self.pos += nl + 1;
             self.bytes += nl + 1;
             if self.bytes > MAX_REPLY_BYTES {
@@ -170,17 +170,23 @@ impl ReplyParser {
             if self.lines.len() >= MAX_REPLY_LINES {
                 return Err(ReplyError::TooManyLines);
             }
-            self.lines.push(line.get(4..).unwrap_or("").to_owned());
+            // The text after the code and separator (ASCII, checked above),
+            // kept in place.
+            line.drain(..line.len().min(4));
+            self.lines.push(line);
             if last {
                 let mut lines = std::mem::take(&mut self.lines);
                 self.code = None;
                 self.bytes = 0;
-                let enhanced = match lines.first().and_then(|l| parse_enhanced(code, l)) {
-                    Some((e, rest)) => {
-                        let rest = rest.to_owned();
-                        lines[0] = rest;
-                        Some(e)
-                    }
+                let enhanced = match lines.first_mut() {
+                    Some(first) => match parse_enhanced(code, first) {
+                        Some((e, rest)) => {
+                            let cut = first.len() - rest.len();
+                            first.drain(..cut);
+                            Some(e)
+                        }
+                        None => None,
+                    },
                     None => None,
                 };
                 return Ok(Some(Reply { code, enhanced, lines }));
