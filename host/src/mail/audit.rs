@@ -187,6 +187,25 @@ impl Record {
     }
 }
 
+/// A process killed in the middle of a write of many records can leave
+/// the log's last line cut (the kernel stops a write between pages). End it,
+/// so the next record starts a line of its own instead of being glued to
+/// the cut one: `read` then reports the one cut line, and every record
+/// after it is whole.
+fn end_a_cut_line(file: &mut std::fs::File) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
 /// An append-only JSON-lines file, shared by every run in the process.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -200,11 +219,19 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening audit log {}", path.display()))?;
+        let mut append = std::fs::OpenOptions::new();
+        append.create(true).append(true);
+        let file = match append.clone().read(true).open(path) {
+            Ok(mut file) => {
+                end_a_cut_line(&mut file).with_context(|| format!("checking the end of audit log {}", path.display()))?;
+                file
+            }
+            // A log this user may append to but not read: nothing to check.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                append.open(path).with_context(|| format!("opening audit log {}", path.display()))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening audit log {}", path.display())),
+        };
         Ok(Self { path: path.to_owned(), file: Arc::new(Mutex::new(file)) })
     }
 
@@ -272,6 +299,28 @@ mod tests {
         let back: Record = serde_json::from_slice(&line).unwrap();
         assert!(back.omitted > 20_000, "{}", back.omitted);
         assert!(back.reason.unwrap().starts_with("allowed_headers: "));
+    }
+
+    #[test]
+    fn a_cut_last_line_is_ended_before_the_next_record() {
+        let dir = std::env::temp_dir().join(format!("wasmail-audit-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        std::fs::write(&path, b"{\"time_ms\":1,\"outc").unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        log.append(&Record::new(Outcome::Accepted)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0], "{\"time_ms\":1,\"outc");
+        let whole: Record = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(whole.outcome, Outcome::Accepted);
+        // A whole log is left as it is.
+        drop(log);
+        let before = std::fs::read(&path).unwrap();
+        let _again = AuditLog::open(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -185,14 +185,14 @@ enum Admission {
     Exhausted(Exhausted),
 }
 
-/// Drop the spool copies of settled messages whose records are written.
-fn drop_settled(settled: Vec<Pending>) {
-    for pending in settled {
-        if let Err(e) = pending.done() {
-            // Only the spool copy lingers, where `retry` sees it as outcome
-            // unknown (resent with `--force` only).
-            tracing::error!("removing the spool copy of a settled message: {e:#}");
-        }
+/// Drop the spool copy of a settled message whose record is written.
+fn drop_settled(settled: Option<Pending>) {
+    if let Some(pending) = settled
+        && let Err(e) = pending.done()
+    {
+        // Only the spool copy lingers, where `retry` sees it as outcome
+        // unknown (resent with `--force` only).
+        tracing::error!("removing the spool copy of a settled message: {e:#}");
     }
 }
 
@@ -366,17 +366,6 @@ impl Forwarder {
     fn record(&mut self, mut r: Record) -> Result<()> {
         self.note(&mut r);
         self.audit.append(&r).map_err(|e| self.stop(Stop::Host(format!("the audit log could not be written: {e:#}"))))
-    }
-
-    /// Records in one write, in order (a batch's outcomes).
-    fn record_many(&mut self, mut records: Vec<Record>) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        for r in &mut records {
-            self.note(r);
-        }
-        self.audit.append_many(&records).map_err(|e| self.stop(Stop::Host(format!("the audit log could not be written: {e:#}"))))
     }
 
     /// Count `r`, list it in the run's report, and fill in the run's fields.
@@ -852,34 +841,37 @@ impl Forwarder {
             Carrier { mailer, first: true } => self.mailer = Some(mailer),
             Carrier { mailer, first: false } => self.sessions.idle.push(mailer),
         }
-        // The batch's outcome records go in one write; a delivered message
-        // leaves the spool only after its record is written.
-        let mut records = Vec::with_capacity(mine.len());
-        let mut delivered = Vec::with_capacity(mine.len());
+        // Each outcome record is one write of one line (a kill cannot cut
+        // a write of many pages only at a line's end), and a delivered
+        // message leaves the spool only after its record is written.
         let mut mine = mine.into_iter();
         let mut sent = sent.into_iter();
         while let (Some(q), Some(result)) = (mine.next(), sent.next()) {
             let index = q.index;
-            let (record, done) = match Self::settle(q, &result) {
-                Settled::Recorded(record, done) => (record, done),
-                Settled::Stopped(record, why) => {
-                    // The run stops; the rest were delivered or not,
-                    // unrecorded: they stay in the spool as outcome unknown.
-                    records.push(record);
-                    self.in_flight.delivering.extend(mine);
-                    self.record_many(records)?;
-                    drop_settled(delivered);
-                    return Err(self.stop(Stop::Host(why)));
+            let (recorded, stop) = match Self::settle(q, &result) {
+                Settled::Recorded(record, done) => {
+                    let recorded = self.record(record);
+                    if recorded.is_ok() {
+                        drop_settled(done);
+                    }
+                    (recorded, None)
                 }
+                Settled::Stopped(record, why) => (self.record(record), Some(why)),
             };
-            records.push(record);
-            delivered.extend(done);
+            if let Err(e) = recorded {
+                // The run stops; the rest were delivered or not, unrecorded:
+                // they stay in the spool as outcome unknown.
+                self.in_flight.delivering.extend(mine);
+                return Err(e);
+            }
+            if let Some(why) = stop {
+                self.in_flight.delivering.extend(mine);
+                return Err(self.stop(Stop::Host(why)));
+            }
             if let Some(slot) = results.get_mut(index) {
                 *slot = Some(result);
             }
         }
-        self.record_many(records)?;
-        drop_settled(delivered);
         Ok(())
     }
 
