@@ -254,13 +254,16 @@ pub fn priors(path: &std::path::Path, job: &str) -> Result<std::collections::Has
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    for line in std::io::BufReader::new(file).lines() {
+    // Lines as bytes: a line cut by a killed process may end inside a
+    // character, and is skipped like any line that is not a record.
+    for line in std::io::BufReader::new(file).split(b'\n') {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let Ok(line) = std::str::from_utf8(&line) else { continue };
         // A cheap filter before parsing: most lines are other jobs'.
         if !line.contains(job) {
             continue;
         }
-        let Ok(r) = serde_json::from_str::<Record>(&line) else { continue };
+        let Ok(r) = serde_json::from_str::<Record>(line) else { continue };
         let (Some(j), Some(seq)) = (&r.job, r.seq) else { continue };
         if j != job {
             continue;
@@ -1025,4 +1028,31 @@ pub fn add_to_linker<T: Send + 'static>(
             Ok((results,))
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priors_skip_a_line_cut_inside_a_character() {
+        let dir = std::env::temp_dir().join(format!("wasmail-priors-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let mut attempt = Record::new(Outcome::Attempt);
+        attempt.job = Some("job-1".into());
+        attempt.seq = Some(1);
+        attempt.id = Some("a1".into());
+        let mut accepted = attempt.clone();
+        accepted.outcome = Outcome::Accepted;
+        let mut log = attempt.to_line().unwrap();
+        // A record of the same job cut after the first octet of "é".
+        log.extend_from_slice("{\"job\":\"job-1\",\"from\":\"\u{e9}".as_bytes().split_last().unwrap().1);
+        log.push(b'\n');
+        log.extend_from_slice(&accepted.to_line().unwrap());
+        std::fs::write(&path, &log).unwrap();
+        let found = priors(&path, "job-1").unwrap();
+        assert_eq!(found.get(&1).map(|p| p.outcome), Some(Outcome::Accepted));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
