@@ -40,7 +40,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 BULK_COUNT = int(os.environ.get("BENCH_BULK", "20000"))
 #: `relay.sessions` of the send-many runs (`wasmail_run`); the
 #: `_one_session` and `_one_by_one` rows use one session.
-BENCH_SESSIONS = 4
+BENCH_SESSIONS = 8
 #: Sessions of the `smtp-source` run that shows what the relay itself can
 #: take on this machine (its ceiling for any client).
 CEILING_SESSIONS = 8

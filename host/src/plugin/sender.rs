@@ -67,6 +67,21 @@ pub const MAX_BATCH_BYTES: u64 = 16 << 20;
 /// stay a few µs a message.
 pub const MAX_BATCH_MESSAGES: usize = 64;
 
+/// The fewest messages a batch is cut to when a call's list is spread
+/// over the run's sessions ([`batch_size`]): below it, another session's
+/// connect and greeting would cost more than the round trips it saves.
+pub const MIN_BATCH_MESSAGES: usize = 16;
+
+/// How many messages each batch of a `send-many` call of `len` messages
+/// takes when `sessions` sessions may carry them: the list spread evenly
+/// over the sessions, so that they all work at once and finish together
+/// (a call returns only when its last batch is settled, and a session
+/// carries its batch one round trip a message under DATA), within
+/// [`MIN_BATCH_MESSAGES`]..=[`MAX_BATCH_MESSAGES`].
+pub fn batch_size(len: usize, sessions: usize) -> usize {
+    len.div_ceil(sessions.max(1)).clamp(MIN_BATCH_MESSAGES, MAX_BATCH_MESSAGES)
+}
+
 /// An approved, assembled message waiting for its batch: then written
 /// ahead to the spool, with its `attempt` record, until its outcome is
 /// settled.
@@ -434,7 +449,8 @@ impl Forwarder {
         // Dropped with this call when a limit stops the run: the tasks are
         // aborted and their messages stay in `in_flight.delivering`.
         let mut wire: std::collections::VecDeque<OnWire> = std::collections::VecDeque::new();
-        let sent = self.send_batches(&mut msgs, &mut results, &mut wire).await;
+        let per_batch = batch_size(results.len(), self.sessions.max);
+        let sent = self.send_batches(&mut msgs, &mut results, &mut wire, per_batch).await;
         if let Err(e) = sent {
             // The run stops (the host or a mailer failed), but the batches
             // other sessions carry finish and are settled first, so what
@@ -453,15 +469,16 @@ impl Forwarder {
             .collect())
     }
 
-    /// `send_many`'s work: gather, hand over and settle batches until
-    /// `msgs` is spent and `wire` is empty.
+    /// `send_many`'s work: gather, hand over and settle batches of up to
+    /// `per_batch` messages until `msgs` is spent and `wire` is empty.
     async fn send_batches(
         &mut self,
         msgs: &mut std::iter::Peekable<impl Iterator<Item = (usize, Message)>>,
         results: &mut [Option<Result<Receipt, SendError>>],
         wire: &mut std::collections::VecDeque<OnWire>,
+        per_batch: usize,
     ) -> Result<()> {
-        let mut exhausted = self.gather(msgs, results).await?;
+        let mut exhausted = self.gather(msgs, results, per_batch).await?;
         loop {
             while let Some(w) = wire.pop_front_if(|w| w.task.is_finished()) {
                 self.land(w, results).await?;
@@ -477,7 +494,7 @@ impl Forwarder {
                     continue;
                 };
                 self.write_ahead()?;
-                let (batch, rendered) = self.hand_over();
+                let (batch, rendered) = self.hand_over(per_batch);
                 if wire.is_empty() && !more {
                     // The last batch, alone: no task to hand it to.
                     let sent = carrier.mailer.submit_many(&rendered).await;
@@ -491,7 +508,7 @@ impl Forwarder {
                     wire.push_back(OnWire { batch, task });
                 }
             } else if more {
-                exhausted = self.gather(msgs, results).await?;
+                exhausted = self.gather(msgs, results, per_batch).await?;
             } else if let Some(w) = wire.pop_front() {
                 self.land(w, results).await?;
             } else {
@@ -542,7 +559,7 @@ impl Forwarder {
 
     /// Take messages from `msgs` through the policy and the mailer's
     /// assembly into the next batch (`in_flight.queued`), until it holds
-    /// [`MAX_BATCH_MESSAGES`] or [`MAX_BATCH_BYTES`], or `msgs` ends; refused
+    /// `per_batch` messages or [`MAX_BATCH_BYTES`], or `msgs` ends; refused
     /// messages get their results at once, and outbox mail is written at
     /// once. `Some` when the attempt budget ran out (the rest are not
     /// taken).
@@ -550,9 +567,10 @@ impl Forwarder {
         &mut self,
         msgs: &mut std::iter::Peekable<impl Iterator<Item = (usize, Message)>>,
         results: &mut [Option<Result<Receipt, SendError>>],
+        per_batch: usize,
     ) -> Result<Option<Exhausted>> {
         let mut queued_bytes: u64 = self.in_flight.queued.iter().map(|q| q.rendered.bytes.len() as u64).sum();
-        while queued_bytes < MAX_BATCH_BYTES && self.in_flight.queued.len() < MAX_BATCH_MESSAGES {
+        while queued_bytes < MAX_BATCH_BYTES && self.in_flight.queued.len() < per_batch {
             let Some((index, mut msg)) = msgs.next() else { break };
             let approved = match self.admit(&mut msg)? {
                 Admission::Approved(approved) => approved,
@@ -593,13 +611,13 @@ impl Forwarder {
         Ok(None)
     }
 
-    /// The queued batch, written ahead, joins those being delivered under
-    /// the next batch number; its bytes go to the mailer (moved, not
-    /// copied: the spool has them).
-    fn hand_over(&mut self) -> (u64, Vec<Rendered>) {
+    /// The queued batch (its first `per_batch` messages), written ahead,
+    /// joins those being delivered under the next batch number; its bytes
+    /// go to the mailer (moved, not copied: the spool has them).
+    fn hand_over(&mut self, per_batch: usize) -> (u64, Vec<Rendered>) {
         self.batches += 1;
         let batch = self.batches;
-        let rest = self.in_flight.queued.split_off(self.in_flight.queued.len().min(MAX_BATCH_MESSAGES));
+        let rest = self.in_flight.queued.split_off(self.in_flight.queued.len().min(per_batch));
         let mut queued = std::mem::replace(&mut self.in_flight.queued, rest);
         let rendered = queued
             .iter_mut()
@@ -1033,6 +1051,20 @@ pub fn add_to_linker<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_is_spread_evenly_over_the_sessions_within_the_batch_bounds() {
+        // 256 messages on 8 sessions: 8 batches of 32, all on the wire at once.
+        assert_eq!(batch_size(256, 8), 32);
+        assert_eq!(batch_size(1024, 8), MAX_BATCH_MESSAGES);
+        assert_eq!(batch_size(100, 4), 25);
+        // A short list is not cut below what another session is worth.
+        assert_eq!(batch_size(20, 8), MIN_BATCH_MESSAGES);
+        assert_eq!(batch_size(1, 1), MIN_BATCH_MESSAGES);
+        // One session: full batches.
+        assert_eq!(batch_size(600, 1), MAX_BATCH_MESSAGES);
+        assert_eq!(batch_size(600, 0), MAX_BATCH_MESSAGES);
+    }
 
     #[test]
     fn priors_skip_a_line_cut_inside_a_character() {

@@ -28,13 +28,36 @@ use bindings::wasmail;
 pub use wasmail::mail::sender::{send, send_many};
 pub use wasmail::mail::types::{Attachment, Content, Mailbox, Message, Priority, Receipt, Reply, SendError, Stage};
 
-/// How many messages [`send_all`] hands to `send-many` per call: enough for
-/// the host to pipeline across messages, few enough that the list stays
-/// small in the plugin's memory.
-pub const SEND_MANY_BATCH: usize = 256;
+/// The most messages [`send_all`] hands to `send-many` per call: enough
+/// for the host to spread each call over all of its relay sessions, and
+/// for the call's last round trips (a call returns when its last message
+/// is settled) to be a small part of it.
+pub const SEND_MANY_BATCH: usize = 1024;
 
-/// Send every message `msgs` yields with `send-many`, [`SEND_MANY_BATCH`] at
-/// a time, so a long run is pipelined without being built whole in memory.
+/// The most octets of message text and in-memory attachments
+/// ([`approximate_size`]) [`send_all`] gathers for one `send-many` call (the
+/// message that passes it is the call's last), so a list of large
+/// messages stays small in the plugin's memory.
+pub const SEND_MANY_BYTES: usize = 8 << 20;
+
+/// A message's octets as the plugin holds them: its subject, text, HTML and
+/// in-memory attachments (a `file` attachment is read by the host).
+pub fn approximate_size(msg: &Message) -> usize {
+    let text = msg.text.as_ref().map_or(0, String::len) + msg.html.as_ref().map_or(0, String::len);
+    let attached: usize = msg
+        .attachments
+        .iter()
+        .map(|a| match &a.content {
+            Content::Bytes(b) => b.len(),
+            Content::File(path) => path.len(),
+        })
+        .sum();
+    msg.subject.len() + text + attached
+}
+
+/// Send every message `msgs` yields with `send-many`, up to
+/// [`SEND_MANY_BATCH`] messages or [`SEND_MANY_BYTES`] at a time, so a long
+/// run is pipelined without being built whole in memory.
 /// `each` gets every message's position (from 0) and result, in order, as
 /// its batch settles; it returns `false` to stop before the next batch.
 /// Returns how many messages were handed to the host.
@@ -45,7 +68,13 @@ pub fn send_all(
     let mut msgs = msgs.into_iter();
     let mut sent = 0;
     loop {
-        let batch: Vec<Message> = msgs.by_ref().take(SEND_MANY_BATCH).collect();
+        let mut batch: Vec<Message> = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < SEND_MANY_BATCH && bytes < SEND_MANY_BYTES {
+            let Some(msg) = msgs.next() else { break };
+            bytes += approximate_size(&msg);
+            batch.push(msg);
+        }
         if batch.is_empty() {
             return sent;
         }
