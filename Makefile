@@ -115,7 +115,7 @@ test-setup:
 # wasmail` resolves features without the test crates (indexmap, futures,
 # regex-syntax, ...) and would compile wasmtime a second time. `--no-run`
 # builds target/debug/wasmail along with the test binaries.
-TEST_PKGS   := -p wasmail-mailer -p wasmail -p wasmail-plugin-report -p wasmail-plugin-bulk -p wasmail-example-embed
+TEST_PKGS   := -p wasmail-mailer -p wasmail -p wasmail-plugin-sdk -p wasmail-plugin-report -p wasmail-plugin-bulk -p wasmail-example-embed
 
 build: setup-build
 	$(CARGO) build --target $(WASM_TARGET) --release -p wasmail-mailer $(PLUGIN_PKGS)

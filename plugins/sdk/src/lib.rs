@@ -185,4 +185,16 @@ mod tests {
         assert_eq!(describe(&rejected), "rejected (transient, stage mail-from): 451 4.3.0 try later");
         assert_eq!(describe(&SendError::Timeout(Stage::DataEnd)), "timeout in stage data-end");
     }
+
+    #[test]
+    fn a_message_counts_its_text_and_in_memory_attachments() {
+        let mut msg = Message::text(&["a@example.com"], "Hi", "héllo");
+        assert_eq!(approximate_size(&msg), 2 + "héllo".len());
+        msg.html = Some("<p>x</p>".into());
+        msg.attachments = vec![
+            Attachment { filename: "a.bin".into(), content_type: None, content: Content::Bytes(vec![0; 1000]), content_id: None },
+            Attachment { filename: "b.pdf".into(), content_type: None, content: Content::File("b.pdf".into()), content_id: None },
+        ];
+        assert_eq!(approximate_size(&msg), 2 + "héllo".len() + 8 + 1000 + 5);
+    }
 }
