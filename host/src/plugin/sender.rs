@@ -814,9 +814,9 @@ impl Forwarder {
         (carrier, rendered, sent): Delivered,
         results: &mut [Option<Result<Receipt, SendError>>],
     ) -> Result<()> {
-        let (mut mine, others): (Vec<Queued>, Vec<Queued>) =
-            std::mem::take(&mut self.in_flight.delivering).into_iter().partition(|q| q.batch == batch);
-        self.in_flight.delivering = others;
+        // Taken out in place: the other sessions' batches are not moved
+        // into new lists at every settle.
+        let mut mine: Vec<Queued> = self.in_flight.delivering.extract_if(.., |q| q.batch == batch).collect();
         if !carrier.first
             && let Ok(sent) = &sent
             && !sent.is_empty()
