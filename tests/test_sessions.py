@@ -14,6 +14,7 @@ Against a real, strict Postfix smtpd (servers.PostfixSmtpd):
 - `wall_ms` hit while three batches are on the wire (Postfix sleeps before
   every end-of-data reply): each of their messages is kept as outcome
   unknown, and every message Postfix took has an `attempt` record.
+- A call of 48 messages goes as three batches of 16, one on each session.
 - `relay.sessions` out of range: a config error that names the key.
 """
 
@@ -38,6 +39,9 @@ SESSIONS = 3
 SESSION_LOG_TIMEOUT_S = 10
 # Enough messages for several batches on each session.
 VOLUME = 600
+# The fewest messages the host cuts a call's batches to when it spreads
+# them over the sessions (plugin/sender.rs MIN_BATCH_MESSAGES).
+MIN_BATCH_MESSAGES = 16
 # Postfix's cleanup logs each message's Message-ID.
 MESSAGE_ID_RE = re.compile(r"cleanup\[\d+\]: \w+: message-id=<([^>]*)>")
 
@@ -153,6 +157,31 @@ def test_a_limit_with_three_batches_on_the_wire_keeps_each_as_outcome_unknown(
     server.delivered(1, sessions=SESSIONS, timeout=10)
     assert set(taken_message_ids(server)) <= attempted
     assert pending(folder) == []
+
+
+def test_a_short_call_is_spread_over_every_session(run, plugins, postfix_smtpd, tmp_path):
+    # One call of 48 messages on 3 sessions goes as three batches of
+    # MIN_BATCH_MESSAGES, one a session, not as one batch on one session
+    # while the others stand idle. Every end of data waits 1 s, so all
+    # three batches are still on the wire when wall_ms stops the run.
+    server = postfix_smtpd(chunking=True, options={"smtpd_end_of_data_restrictions": "sleep 1"})
+    count = SESSIONS * MIN_BATCH_MESSAGES
+    config, audit, folder = sessions_config(tmp_path, server, max_messages=count, wall_ms=3000)
+
+    proc = run_bulk(run, plugins, config, count, size=1024, timeout=BULK_TIMEOUT_S)
+
+    assert_exit(proc, EXIT_STOPPED)
+    server.delivered(1, sessions=SESSIONS, timeout=SESSION_LOG_TIMEOUT_S)
+    carried = [s for s in server.sessions() if s.get("mail")]
+    assert len(carried) == SESSIONS, server.sessions()
+    # Each message was written ahead, and each one the run did not see
+    # answered is kept.
+    records = read_audit(audit)
+    assert len([r for r in records if r["outcome"] == "attempt"]) == count, describe(proc)
+    settled = settled_by_id(records)
+    unknown = [r for r in settled.values() if r["reason"].startswith("outcome-unknown")]
+    assert len(settled) == count and unknown, describe(proc)
+    assert {r["message_id"] for r in unknown} <= {m["message_id"] for m in letters(folder)}
 
 
 @pytest.mark.parametrize("sessions", [0, 9])
