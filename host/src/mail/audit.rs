@@ -190,8 +190,8 @@ impl Record {
 /// A process killed in the middle of a write of many records can leave
 /// the log's last line cut (the kernel stops a write between pages). End it,
 /// so the next record starts a line of its own instead of being glued to
-/// the cut one: `read` then reports the one cut line, and every record
-/// after it is whole.
+/// the cut one: readers then skip the one cut line (`read` with a
+/// warning), and every record after it is whole.
 fn end_a_cut_line(file: &mut std::fs::File) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let len = file.metadata()?.len();
@@ -266,14 +266,23 @@ impl AuditLog {
         f.sync_data().with_context(|| format!("syncing {}", self.path.display()))
     }
 
-    /// Read every record back.
+    /// Read every whole record back. A line that is not one (cut by a
+    /// process killed in the middle of a write, possibly inside a
+    /// character) is skipped with a warning that names it; the records
+    /// after it are read.
     pub fn read(path: &Path) -> Result<Vec<Record>> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .enumerate()
-            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1)))
-            .collect()
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut records = Vec::new();
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice(line) {
+                Ok(r) => records.push(r),
+                Err(e) => tracing::warn!("{} line {}: not a whole record, skipped: {e}", path.display(), i + 1),
+            }
+        }
+        Ok(records)
     }
 }
 
@@ -299,6 +308,21 @@ mod tests {
         let back: Record = serde_json::from_slice(&line).unwrap();
         assert!(back.omitted > 20_000, "{}", back.omitted);
         assert!(back.reason.unwrap().starts_with("allowed_headers: "));
+    }
+
+    #[test]
+    fn read_skips_a_line_cut_inside_a_character_and_goes_on() {
+        let dir = std::env::temp_dir().join(format!("wasmail-audit-read-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let mut log = Record::new(Outcome::Attempt).to_line().unwrap();
+        // A record cut after the first octet of "é", then ended by `open`.
+        log.extend_from_slice("{\"time_ms\":1,\"from\":\"\u{e9}".as_bytes().split_last().unwrap().1);
+        std::fs::write(&path, &log).unwrap();
+        AuditLog::open(&path).unwrap().append(&Record::new(Outcome::Accepted)).unwrap();
+        let outcomes: Vec<Outcome> = AuditLog::read(&path).unwrap().into_iter().map(|r| r.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Attempt, Outcome::Accepted]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -784,7 +784,7 @@ impl Forwarder {
             })
             .collect();
         // One write for the batch's attempt records: all of them or, if it
-        // fails part way, a cut last line that `read` reports.
+        // fails part way, a cut last line that readers skip.
         if let Err(e) = self.audit.append_many(&attempts) {
             let e = self.stop(Stop::Host(format!("the audit log could not be written: {e:#}")));
             // Not sent, and not to be sent later by `retry` unaudited.
