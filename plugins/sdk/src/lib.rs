@@ -31,8 +31,11 @@ pub use wasmail::mail::types::{Attachment, Content, Mailbox, Message, Priority, 
 /// The most messages [`send_all`] hands to `send-many` per call: enough
 /// for the host to spread each call over all of its relay sessions, and
 /// for the call's last round trips (a call returns when its last message
-/// is settled) to be a small part of it.
-pub const SEND_MANY_BATCH: usize = 1024;
+/// is settled, and the sessions that finished first wait for it) to be a
+/// small part of it. Against a full Postfix on 8 sessions, 4,096 a call
+/// left the cores idle about a third less often than 1,024 did.
+/// For messages of 2 KB or more, [`SEND_MANY_BYTES`] ends a call first.
+pub const SEND_MANY_BATCH: usize = 4096;
 
 /// The most octets of message text and in-memory attachments
 /// ([`approximate_size`]) [`send_all`] gathers for one `send-many` call (the
