@@ -329,20 +329,6 @@ impl Transport for Net {
         }
     }
 
-    fn try_recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<Option<usize>, SmtpError> {
-        let tls = self.tls.is_some();
-        let (input, _) = self.streams(stage)?;
-        match input.read(buf.len() as u64) {
-            Ok(data) if data.is_empty() => Ok(None),
-            Ok(data) => {
-                buf[..data.len()].copy_from_slice(&data);
-                Ok(Some(data.len()))
-            }
-            Err(StreamError::Closed) => Ok(Some(0)),
-            Err(e) => Err(io_err(stage, tls, e)),
-        }
-    }
-
     fn start_tls(&mut self) -> Result<String, SmtpError> {
         self.handshake()?;
         Ok(format!("handshake with {} complete, certificate verified by the host", self.server_name))

@@ -22,7 +22,7 @@ use crate::mime::address::Address;
 use std::fmt::Write as _;
 
 mod batch;
-pub use batch::{Batch, Item, MAX_IN_FLIGHT, MAX_NUDGES};
+pub use batch::{Batch, Item, MAX_IN_FLIGHT};
 
 /// Read buffer size.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -48,12 +48,6 @@ pub trait Transport {
     /// Read at least one byte into `buf`; `Ok(0)` at end of stream. Fails with
     /// `Timeout(stage)` when the deadline set by `start_reply` passes.
     fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError>;
-    /// Read what has already arrived, without waiting: `Ok(None)` when
-    /// nothing has. A transport that cannot tell reads as [`Transport::recv`]
-    /// does (and a batch then never sends [`batch::MAX_NUDGES`] RSETs).
-    fn try_recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<Option<usize>, SmtpError> {
-        self.recv(buf, stage).map(Some)
-    }
     /// Run the TLS handshake over the connection; returns a description of
     /// the negotiated protocol.
     fn start_tls(&mut self) -> Result<String, SmtpError>;
@@ -140,17 +134,6 @@ pub struct Session<T: Transport> {
     queued: Vec<u8>,
     /// The stage the first queued octets count for.
     queued_stage: Stage,
-    /// Reading a BDAT batch's replies: a read that would wait with nothing
-    /// to write sends an RSET first ([`Session::receive`]).
-    nudging: bool,
-    /// RSETs sent in the current batch, up to [`batch::MAX_NUDGES`].
-    nudges: usize,
-    /// RSETs sent since the newest message of the batch was written: their
-    /// replies come after that message's.
-    nudged: usize,
-    /// Replies to RSETs that come before any other reply now, which
-    /// [`Session::read_reply`] passes over.
-    owed: usize,
 }
 
 fn synthetic(text: String) -> Reply {
@@ -286,10 +269,6 @@ impl<T: Transport> Session<T> {
             wbuf: Vec::with_capacity(DATA_CHUNK + 1024),
             queued: Vec::new(),
             queued_stage: Stage::MailFrom,
-            nudging: false,
-            nudges: 0,
-            nudged: 0,
-            owed: 0,
         };
         match s.start(cfg, secret) {
             Ok(()) => Ok(s),
@@ -397,54 +376,15 @@ impl<T: Transport> Session<T> {
                         self.io.transcript(Direction::Server, &line);
                     }
                 }
-                if self.owed > 0 {
-                    // An earlier batch's nudge. A 421 there ends the
-                    // session: it stands for the reply awaited, which will
-                    // not come.
-                    self.owed -= 1;
-                    if reply.code != 421 {
-                        continue;
-                    }
-                    self.owed = 0;
-                }
                 return Ok(reply);
             }
-            let flushed = !self.queued.is_empty();
             self.flush_queued()?;
-            let n = self.receive(stage, flushed)?;
+            let n = self.io.recv(&mut self.rbuf, stage)?;
             if n == 0 {
                 return Err(SmtpError::Connect(format!("the server closed the connection while we waited at {stage}")));
             }
             self.parser.feed(&self.rbuf[..n]);
         }
-    }
-
-    /// Read at least one byte. While a BDAT batch's replies are read
-    /// (`nudging`), a read that would wait, with nothing just `flushed`,
-    /// first sends an RSET: its octets carry the ACK of the replies read so
-    /// far, so a server whose next reply waits for that ACK (Nagle, RFC
-    /// 896: Postfix writes a batch's replies in several small writes)
-    /// sends it at once instead of after our delayed ACK, up to 40 ms
-    /// later. RSET may stand anywhere in a pipelined group (RFC 2920 3.1);
-    /// every message written before it ended (`BDAT LAST`), and the next
-    /// one starts with its own RSET.
-    fn receive(&mut self, stage: Stage, flushed: bool) -> Result<usize, SmtpError> {
-        if self.nudging && !flushed && self.nudges < batch::MAX_NUDGES {
-            if let Some(n) = self.io.try_recv(&mut self.rbuf, stage)? {
-                return Ok(n);
-            }
-            self.nudges += 1;
-            if self.write(&[Rset]).is_err() {
-                // Whether it left is unknown, so the count of replies to
-                // pass over is too: the session must not be reused. The
-                // read below reports the broken connection.
-                self.broken = true;
-                self.nudges = batch::MAX_NUDGES;
-            } else {
-                self.nudged += 1;
-            }
-        }
-        self.io.recv(&mut self.rbuf, stage)
     }
 
     /// Without pipelining, a reply must be alone: bytes after it are replies

@@ -20,11 +20,7 @@
 //!   are read. Whole messages written ahead coalesce into one write
 //!   ([`MAX_QUEUED`]), sent just before a read has to wait for the network.
 //!   A larger message streams in chunks, one chunk's reply outstanding; a 4xx/5xx to a chunk stops the message (RFC 3030 4) and
-//!   the next transaction starts with RSET. A read that would wait with
-//!   nothing to write sends an RSET first ([`MAX_NUDGES`]): it carries the
-//!   ACK that the server's next reply may be waiting for, and its reply,
-//!   which comes after those of the messages written before it, is passed
-//!   over.
+//!   the next transaction starts with RSET.
 //!
 //! Replies are read strictly in the order their commands were written, so
 //! the n-th reply belongs to the n-th command; a message's result comes
@@ -52,13 +48,6 @@ use std::collections::VecDeque;
 /// replies left unread (a few hundred octets, far below any socket buffer,
 /// so the server is never stuck writing replies nobody reads).
 pub const MAX_IN_FLIGHT: usize = 8;
-
-/// The most RSETs one BDAT batch sends to carry an ACK when a read would
-/// wait with nothing to write ([`Session::receive`]); a read after that
-/// waits for the server as it is. They are junk commands to Postfix
-/// (`smtpd_junk_command_limit`, 100), which forgets them with every message
-/// it accepts.
-pub const MAX_NUDGES: usize = 16;
 
 /// Whole BDAT messages written ahead are coalesced into one write of about
 /// this many octets at most (it is flushed once it reaches this size, and
@@ -152,9 +141,6 @@ struct Flight<'m> {
     index: usize,
     plan: Vec<Step<'m>>,
     last: Bdat,
-    /// RSETs written after this message and before the next one: their
-    /// replies come right after this message's.
-    nudges_after: usize,
 }
 
 impl<T: Transport> Session<T> {
@@ -295,7 +281,6 @@ impl<T: Transport> Session<T> {
     /// [`MAX_IN_FLIGHT`]; large ones streamed alone.
     fn bdat_pipelined(&mut self, items: &mut [Item<'_, '_>], order: &[usize], tally: &mut Tally) {
         let mut flights: VecDeque<Flight<'_>> = VecDeque::with_capacity(MAX_IN_FLIGHT);
-        self.nudges = 0;
         for &i in order {
             if tally.lost.is_some() {
                 tally.not_sent(i);
@@ -325,13 +310,7 @@ impl<T: Transport> Session<T> {
                 self.wbuf = wire;
                 self.show(&plan);
                 self.show_chunk(first);
-                // RSETs written since the newest flight answer after it.
-                let nudged = std::mem::take(&mut self.nudged);
-                match flights.back_mut() {
-                    Some(newest) => newest.nudges_after += nudged,
-                    None => self.owed += nudged,
-                }
-                flights.push_back(Flight { index: i, plan, last: first, nudges_after: 0 });
+                flights.push_back(Flight { index: i, plan, last: first });
                 if self.queued.len() >= MAX_QUEUED
                     && let Err(e) = self.flush_queued()
                 {
@@ -344,12 +323,12 @@ impl<T: Transport> Session<T> {
                 if flights.len() >= MAX_IN_FLIGHT
                     && let Some(f) = flights.pop_front()
                 {
-                    self.land_nudging(f, flights.is_empty(), tally);
+                    self.land(f, tally);
                 }
                 continue;
             }
             while let Some(f) = flights.pop_front() {
-                self.land_nudging(f, flights.is_empty(), tally);
+                self.land(f, tally);
             }
             if let Err(e) = self.flush_unless_ended(tally) {
                 tally.lose(format!("a write failed: {e}"));
@@ -373,7 +352,7 @@ impl<T: Transport> Session<T> {
             tally.settle(i, result);
         }
         while let Some(f) = flights.pop_front() {
-            self.land_nudging(f, flights.is_empty(), tally);
+            self.land(f, tally);
         }
         // Every flight that read its replies flushed what was queued before
         // it; after a 421 the rest were not read, and what they queued must
@@ -402,21 +381,6 @@ impl<T: Transport> Session<T> {
 
     /// Read a written BDAT message's replies and settle it. Its last chunk
     /// went out, so a reply that does not come leaves its outcome unknown.
-    /// Land `f` (the `newest` flight when none was written after it),
-    /// nudging: a read that would wait with nothing to write sends an RSET
-    /// first ([`Session::receive`]). The replies to the RSETs written after
-    /// `f` come next, and are passed over ([`Session::read_reply`]).
-    fn land_nudging(&mut self, f: Flight<'_>, newest: bool, tally: &mut Tally) {
-        let nudges_after = f.nudges_after;
-        self.nudging = true;
-        self.land(f, tally);
-        self.nudging = false;
-        self.owed += nudges_after;
-        if newest {
-            self.owed += std::mem::take(&mut self.nudged);
-        }
-    }
-
     fn land(&mut self, f: Flight<'_>, tally: &mut Tally) {
         if tally.closed {
             tally.not_sent(f.index);
