@@ -304,6 +304,11 @@ impl Transport for Net {
     }
 
     fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
+        // Without a shorter wait, only the reply's deadline ends it.
+        Ok(self.recv_within(buf, stage, u64::MAX)?.unwrap_or(0))
+    }
+
+    fn recv_within(&mut self, buf: &mut [u8], stage: Stage, ms: u64) -> Result<Option<usize>, SmtpError> {
         let tls = self.tls.is_some();
         let Self { streams, input_ready, deadline, reply_ms, .. } = self;
         let (input, _) = streams.as_ref().ok_or_else(|| SmtpError::Connect(format!("no connection at {stage}")))?;
@@ -311,19 +316,23 @@ impl Transport for Net {
             match input.read(buf.len() as u64) {
                 Ok(data) if !data.is_empty() => {
                     buf[..data.len()].copy_from_slice(&data);
-                    return Ok(data.len());
+                    return Ok(Some(data.len()));
                 }
                 Ok(_) => {
                     if *deadline == 0 {
                         *deadline = deadline_after(*reply_ms);
                     }
+                    let until = deadline_after(ms).min(*deadline);
                     let p = input_ready.get_or_insert_with(|| input.subscribe());
-                    let timer = monotonic_clock::subscribe_instant(*deadline);
+                    let timer = monotonic_clock::subscribe_instant(until);
                     if !poll::poll(&[&*p, &timer]).contains(&0) {
+                        if until < *deadline {
+                            return Ok(None);
+                        }
                         return Err(SmtpError::Timeout(stage));
                     }
                 }
-                Err(StreamError::Closed) => return Ok(0),
+                Err(StreamError::Closed) => return Ok(Some(0)),
                 Err(e) => return Err(io_err(stage, tls, e)),
             }
         }

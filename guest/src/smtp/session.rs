@@ -22,7 +22,7 @@ use crate::mime::address::Address;
 use std::fmt::Write as _;
 
 mod batch;
-pub use batch::{Batch, Item, MAX_IN_FLIGHT};
+pub use batch::{Batch, Item, MAX_IN_FLIGHT, NUDGE_AFTER_MS};
 
 /// Read buffer size.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -48,6 +48,13 @@ pub trait Transport {
     /// Read at least one byte into `buf`; `Ok(0)` at end of stream. Fails with
     /// `Timeout(stage)` when the deadline set by `start_reply` passes.
     fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError>;
+    /// As [`Transport::recv`], but `Ok(None)` when nothing arrives within
+    /// `_ms` milliseconds. A transport that cannot tell reads as `recv`
+    /// does, and a BDAT batch then never sends a message's RSET early
+    /// (see [`Session::receive`]).
+    fn recv_within(&mut self, buf: &mut [u8], stage: Stage, _ms: u64) -> Result<Option<usize>, SmtpError> {
+        self.recv(buf, stage).map(Some)
+    }
     /// Run the TLS handshake over the connection; returns a description of
     /// the negotiated protocol.
     fn start_tls(&mut self) -> Result<String, SmtpError>;
@@ -134,6 +141,15 @@ pub struct Session<T: Transport> {
     queued: Vec<u8>,
     /// The stage the first queued octets count for.
     queued_stage: Stage,
+    /// Reading a BDAT batch's replies: a read that waits, with nothing to
+    /// write, sends the next message's RSET early ([`Session::receive`]).
+    nudging: bool,
+    /// RSETs sent early since the newest message of the batch was written
+    /// (one at most): their replies come after that message's.
+    nudged: usize,
+    /// Replies to RSETs that come before any other reply now, which
+    /// [`Session::read_reply`] passes over.
+    owed: usize,
 }
 
 fn synthetic(text: String) -> Reply {
@@ -269,6 +285,9 @@ impl<T: Transport> Session<T> {
             wbuf: Vec::with_capacity(DATA_CHUNK + 1024),
             queued: Vec::new(),
             queued_stage: Stage::MailFrom,
+            nudging: false,
+            nudged: 0,
+            owed: 0,
         };
         match s.start(cfg, secret) {
             Ok(()) => Ok(s),
@@ -376,15 +395,59 @@ impl<T: Transport> Session<T> {
                         self.io.transcript(Direction::Server, &line);
                     }
                 }
+                if self.owed > 0 {
+                    // An RSET sent early. A 421 there ends the session: it
+                    // stands for the reply awaited, which will not come.
+                    self.owed -= 1;
+                    if reply.code == 421 {
+                        self.owed = 0;
+                        return Ok(reply);
+                    }
+                    if !reply.is_positive() {
+                        // A transaction may be open still: the next
+                        // message not yet written starts with RSET again.
+                        self.dirty = true;
+                        self.note(&format!("the early RSET was answered {}", reply.code));
+                    }
+                    continue;
+                }
                 return Ok(reply);
             }
+            let flushed = !self.queued.is_empty();
             self.flush_queued()?;
-            let n = self.io.recv(&mut self.rbuf, stage)?;
+            let n = self.receive(stage, flushed)?;
             if n == 0 {
                 return Err(SmtpError::Connect(format!("the server closed the connection while we waited at {stage}")));
             }
             self.parser.feed(&self.rbuf[..n]);
         }
+    }
+
+    /// Read at least one byte. While a BDAT batch's replies are read
+    /// (`nudging`), a read that has waited [`NUDGE_AFTER_MS`] with nothing
+    /// just `flushed` sends the RSET that the next message would start
+    /// with, then goes on waiting. Its octets carry the ACK of the replies
+    /// read so far: a server whose next reply waits for that ACK (Nagle,
+    /// RFC 896: Postfix writes a batch's replies in several small writes)
+    /// sends it then instead of after our delayed ACK, up to 40 ms later.
+    /// RSET may stand anywhere in a pipelined group (RFC 2920 3.1), and
+    /// every message written before it ended (`BDAT LAST`). It is sent only
+    /// while one is owed (`dirty`), so there is still one RSET between two
+    /// messages, as before: Exim lets one through after each message
+    /// (`smtp_accept_max_nonmail` counts the others, 10 a connection) and
+    /// Postfix clears its junk-command count with each message it accepts.
+    fn receive(&mut self, stage: Stage, flushed: bool) -> Result<usize, SmtpError> {
+        if self.nudging && !flushed && self.dirty {
+            if let Some(n) = self.io.recv_within(&mut self.rbuf, stage, NUDGE_AFTER_MS)? {
+                return Ok(n);
+            }
+            // Failing, the write fails the read: how much of it left is
+            // unknown, and so is which reply comes next.
+            self.write(&[Rset])?;
+            self.dirty = false;
+            self.nudged += 1;
+        }
+        self.io.recv(&mut self.rbuf, stage)
     }
 
     /// Without pipelining, a reply must be alone: bytes after it are replies

@@ -20,7 +20,11 @@
 //!   are read. Whole messages written ahead coalesce into one write
 //!   ([`MAX_QUEUED`]), sent just before a read has to wait for the network.
 //!   A larger message streams in chunks, one chunk's reply outstanding; a 4xx/5xx to a chunk stops the message (RFC 3030 4) and
-//!   the next transaction starts with RSET.
+//!   the next transaction starts with RSET. A read that has waited a
+//!   while with nothing to write sends the next message's RSET early
+//!   ([`Session::receive`]): it carries the ACK that the server's next
+//!   reply may be waiting for, and its reply, which comes after those of
+//!   the messages written before it, is passed over.
 //!
 //! Replies are read strictly in the order their commands were written, so
 //! the n-th reply belongs to the n-th command; a message's result comes
@@ -48,6 +52,14 @@ use std::collections::VecDeque;
 /// replies left unread (a few hundred octets, far below any socket buffer,
 /// so the server is never stuck writing replies nobody reads).
 pub const MAX_IN_FLIGHT: usize = 8;
+
+/// How long a read of a BDAT batch's replies waits, with nothing to write,
+/// before it sends the next message's RSET early to carry our ACK
+/// ([`Session::receive`]): longer than the server takes to answer a
+/// message it is busy with (about 1 ms for Postfix on loopback), and much
+/// shorter than the delayed-ACK timer (40 ms) that a server's reply held
+/// back by Nagle waits for.
+pub const NUDGE_AFTER_MS: u64 = 5;
 
 /// Whole BDAT messages written ahead are coalesced into one write of about
 /// this many octets at most (it is flushed once it reaches this size, and
@@ -141,6 +153,9 @@ struct Flight<'m> {
     index: usize,
     plan: Vec<Step<'m>>,
     last: Bdat,
+    /// RSETs written after this message and before the next one (one at
+    /// most): their replies come right after this message's.
+    nudges_after: usize,
 }
 
 impl<T: Transport> Session<T> {
@@ -310,7 +325,13 @@ impl<T: Transport> Session<T> {
                 self.wbuf = wire;
                 self.show(&plan);
                 self.show_chunk(first);
-                flights.push_back(Flight { index: i, plan, last: first });
+                // An RSET sent early since the newest flight answers after it.
+                let nudged = std::mem::take(&mut self.nudged);
+                match flights.back_mut() {
+                    Some(newest) => newest.nudges_after += nudged,
+                    None => self.owed += nudged,
+                }
+                flights.push_back(Flight { index: i, plan, last: first, nudges_after: 0 });
                 if self.queued.len() >= MAX_QUEUED
                     && let Err(e) = self.flush_queued()
                 {
@@ -323,12 +344,14 @@ impl<T: Transport> Session<T> {
                 if flights.len() >= MAX_IN_FLIGHT
                     && let Some(f) = flights.pop_front()
                 {
-                    self.land(f, tally);
+                    self.land_flight(f, flights.is_empty(), true, tally);
                 }
                 continue;
             }
+            // Drained without sending an RSET early: this message's own,
+            // if it needs one, is in `wire` already.
             while let Some(f) = flights.pop_front() {
-                self.land(f, tally);
+                self.land_flight(f, flights.is_empty(), false, tally);
             }
             if let Err(e) = self.flush_unless_ended(tally) {
                 tally.lose(format!("a write failed: {e}"));
@@ -352,7 +375,7 @@ impl<T: Transport> Session<T> {
             tally.settle(i, result);
         }
         while let Some(f) = flights.pop_front() {
-            self.land(f, tally);
+            self.land_flight(f, flights.is_empty(), true, tally);
         }
         // Every flight that read its replies flushed what was queued before
         // it; after a 421 the rest were not read, and what they queued must
@@ -381,6 +404,22 @@ impl<T: Transport> Session<T> {
 
     /// Read a written BDAT message's replies and settle it. Its last chunk
     /// went out, so a reply that does not come leaves its outcome unknown.
+    /// Land `f` (the `newest` flight when none was written after it). With
+    /// `nudge`, while the connection stands, a read that waits with nothing
+    /// to write sends the next message's RSET early ([`Session::receive`]).
+    /// The replies to the RSETs written after `f` come next, and are passed
+    /// over ([`Session::read_reply`]).
+    fn land_flight(&mut self, f: Flight<'_>, newest: bool, nudge: bool, tally: &mut Tally) {
+        let nudges_after = f.nudges_after;
+        self.nudging = nudge && tally.lost.is_none() && !tally.closed;
+        self.land(f, tally);
+        self.nudging = false;
+        self.owed += nudges_after;
+        if newest {
+            self.owed += std::mem::take(&mut self.nudged);
+        }
+    }
+
     fn land(&mut self, f: Flight<'_>, tally: &mut Tally) {
         if tally.closed {
             tally.not_sent(f.index);

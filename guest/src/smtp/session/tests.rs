@@ -7,6 +7,8 @@ use crate::smtp::data::Chunk;
 use std::collections::VecDeque;
 
 /// A transport that plays server chunks in order and records every write.
+/// A `<wait>` chunk is a while with nothing to read: `recv_within` says so,
+/// and `recv` waits it out.
 struct Script {
     server: VecDeque<Vec<u8>>,
     writes: Vec<Vec<u8>>,
@@ -43,12 +45,20 @@ impl Transport for Script {
         match self.server.pop_front() {
             Some(chunk) if chunk == b"<timeout>" => Err(SmtpError::Timeout(stage)),
             Some(chunk) if chunk == b"<tls>" => Err(SmtpError::Tls("a bad record".into())),
+            Some(chunk) if chunk == b"<wait>" => self.recv(buf, stage),
             Some(chunk) => {
                 buf[..chunk.len()].copy_from_slice(&chunk);
                 Ok(chunk.len())
             }
             None => Ok(0),
         }
+    }
+    fn recv_within(&mut self, buf: &mut [u8], stage: Stage, _ms: u64) -> Result<Option<usize>, SmtpError> {
+        if self.server.front().is_some_and(|c| c == b"<wait>") {
+            self.server.pop_front();
+            return Ok(None);
+        }
+        self.recv(buf, stage).map(Some)
     }
     fn start_tls(&mut self) -> Result<String, SmtpError> {
         if !self.tls_allowed {
@@ -677,6 +687,111 @@ fn bdat_batch_writes_ahead_and_reads_in_order() {
          RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm2\r\n\
          RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm3\r\n"
     );
+}
+
+#[test]
+fn bdat_batch_a_read_that_would_wait_at_its_end_sends_an_rset_first() {
+    // The last message's replies are late: while it waits for them the
+    // client sends the RSET the next message would start with (its octets
+    // carry the ACK the server's next write may wait for), and it passes
+    // over that RSET's reply, which comes first, before the next batch's
+    // own. The next message has no RSET of its own.
+    let mut s = opened(&[
+        "220 mx\r\n",
+        CHUNKING,
+        "250 ok\r\n250 ok\r\n250 zero\r\n",
+        "<wait>",
+        "250 reset\r\n250 ok\r\n250 ok\r\n250 one\r\n",
+        "250 2.0.0 nudge\r\n250 ok\r\n250 ok\r\n250 two\r\n",
+    ]);
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250", "ok 250"]);
+    assert_eq!(out.results[1].as_ref().unwrap().reply.lines, ["one"]);
+    let next = Batch3::new(&[&["d@x.org"]]).send(&mut s);
+    assert_eq!(codes(&next), ["ok 250"]);
+    assert_eq!(next.results[0].as_ref().unwrap().reply.lines, ["two"]);
+    assert_eq!(
+        writes(&s),
+        "EHLO client.example\r\n\
+         |MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nBDAT 4 LAST\r\nm0\r\n\
+         RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm1\r\n\
+         |RSET\r\n\
+         |MAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm0\r\n"
+    );
+    assert!(s.is_usable());
+}
+
+#[test]
+fn bdat_batch_sends_one_rset_between_two_messages_and_quit_passes_over_its_reply() {
+    // Every reply of six messages is late. The first read follows the
+    // write; the second waits and sends the next message's RSET; the 21
+    // after it wait without one, as one RSET is all that two messages
+    // need. QUIT's reply comes after the RSET's.
+    let mut script = vec!["220 mx\r\n", CHUNKING];
+    for reply in ["250 ok\r\n", "250 ok\r\n", "250 zero\r\n"] {
+        script.extend(["<wait>", reply]);
+    }
+    for _ in 0..5 {
+        for reply in ["250 reset\r\n", "250 ok\r\n", "250 ok\r\n", "250 sent\r\n"] {
+            script.extend(["<wait>", reply]);
+        }
+    }
+    script.push("250 2.0.0 early\r\n");
+    script.push("221 bye\r\n");
+    let mut s = opened(&script);
+    let rcpts: Vec<&[&str]> = vec![&["b@x.org"]; 6];
+    let out = Batch3::new(&rcpts).send(&mut s);
+    assert!(codes(&out).iter().all(|c| c == "ok 250"), "{:?}", codes(&out));
+    let w = writes(&s);
+    assert_eq!(w.matches("RSET\r\n").count(), 6, "{w}");
+    assert!(w.ends_with("|RSET\r\n"), "{w}");
+    assert_eq!(s.command(Quit).unwrap().code, 221);
+}
+
+#[test]
+fn bdat_batch_a_nudge_in_the_middle_is_answered_after_the_newest_message() {
+    // Ten messages, eight written at once. Message 1's replies are late
+    // when message 8 is the newest written: message 9's RSET, sent then,
+    // is answered after message 8, and each message keeps its own reply.
+    let replies = |i: usize| format!("250 reset\r\n250 ok\r\n250 ok\r\n250 m{i}\r\n");
+    let rest: String = (2..=8).map(replies).collect::<String>() + "250 2.0.0 nudge\r\n250 ok\r\n250 ok\r\n250 m9\r\n";
+    let mut s = opened(&[
+        "220 mx\r\n",
+        CHUNKING,
+        "250 ok\r\n250 ok\r\n250 m0\r\n",
+        "250 reset\r\n",
+        "<wait>",
+        "250 ok\r\n250 ok\r\n250 m1\r\n",
+        &rest,
+    ]);
+    let rcpts: Vec<&[&str]> = vec![&["b@x.org"]; 10];
+    let out = Batch3::new(&rcpts).send(&mut s);
+    let texts: Vec<String> = out.results.iter().map(|r| r.as_ref().map_or_else(|e| e.to_string(), |t| t.reply.lines.join(" "))).collect();
+    let wanted: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts, wanted);
+    let w = writes(&s);
+    let parts: Vec<&str> = w.split('|').collect();
+    assert_eq!(parts.len(), 5, "{w}");
+    assert!(parts[2].ends_with("m8\r\n") && parts[3] == "RSET\r\n", "{w}");
+    assert!(parts[4].starts_with("MAIL FROM") && parts[4].ends_with("m9\r\n"), "{w}");
+    assert!(s.is_usable());
+}
+
+#[test]
+fn bdat_batch_a_421_in_place_of_a_nudge_reply_ends_the_next_batch() {
+    let mut s = opened(&[
+        "220 mx\r\n",
+        CHUNKING,
+        "250 ok\r\n",
+        "<wait>",
+        "250 ok\r\n250 zero\r\n",
+        "421 4.3.2 shutting down\r\n",
+    ]);
+    let out = Batch3::new(&[&["b@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250"]);
+    let next = Batch3::new(&[&["c@x.org"], &["d@x.org"]]).send(&mut s);
+    assert_eq!(codes(&next), ["mail-from 421", "connect"]);
+    assert_eq!(next.unsent, [1]);
 }
 
 #[test]
