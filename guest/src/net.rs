@@ -305,13 +305,15 @@ impl Transport for Net {
 
     fn recv(&mut self, buf: &mut [u8], stage: Stage) -> Result<usize, SmtpError> {
         // Without a shorter wait, only the reply's deadline ends it.
-        Ok(self.recv_within(buf, stage, u64::MAX)?.unwrap_or(0))
+        self.recv_within(buf, stage, u64::MAX)?.ok_or(SmtpError::Timeout(stage))
     }
 
     fn recv_within(&mut self, buf: &mut [u8], stage: Stage, ms: u64) -> Result<Option<usize>, SmtpError> {
         let tls = self.tls.is_some();
         let Self { streams, input_ready, deadline, reply_ms, .. } = self;
         let (input, _) = streams.as_ref().ok_or_else(|| SmtpError::Connect(format!("no connection at {stage}")))?;
+        // The short wait's end, fixed at the first wait of this call.
+        let mut wait_until = None;
         loop {
             match input.read(buf.len() as u64) {
                 Ok(data) if !data.is_empty() => {
@@ -322,7 +324,7 @@ impl Transport for Net {
                     if *deadline == 0 {
                         *deadline = deadline_after(*reply_ms);
                     }
-                    let until = deadline_after(ms).min(*deadline);
+                    let until = *wait_until.get_or_insert_with(|| deadline_after(ms).min(*deadline));
                     let p = input_ready.get_or_insert_with(|| input.subscribe());
                     let timer = monotonic_clock::subscribe_instant(until);
                     if !poll::poll(&[&*p, &timer]).contains(&0) {

@@ -404,10 +404,13 @@ impl<T: Transport> Session<T> {
                         return Ok(reply);
                     }
                     if !reply.is_positive() {
-                        // A transaction may be open still: the next
-                        // message not yet written starts with RSET again.
-                        self.dirty = true;
                         self.note(&format!("the early RSET was answered {}", reply.code));
+                        // A transaction may be open still: unless a later
+                        // RSET is on its way, the next message not yet
+                        // written starts with RSET again.
+                        if self.owed == 0 && self.nudged == 0 {
+                            self.dirty = true;
+                        }
                     }
                     continue;
                 }

@@ -402,8 +402,6 @@ impl<T: Transport> Session<T> {
         }
     }
 
-    /// Read a written BDAT message's replies and settle it. Its last chunk
-    /// went out, so a reply that does not come leaves its outcome unknown.
     /// Land `f` (the `newest` flight when none was written after it). With
     /// `nudge`, while the connection stands, a read that waits with nothing
     /// to write sends the next message's RSET early ([`Session::receive`]).
@@ -420,6 +418,8 @@ impl<T: Transport> Session<T> {
         }
     }
 
+    /// Read a written BDAT message's replies and settle it. Its last chunk
+    /// went out, so a reply that does not come leaves its outcome unknown.
     fn land(&mut self, f: Flight<'_>, tally: &mut Tally) {
         if tally.closed {
             tally.not_sent(f.index);

@@ -749,6 +749,29 @@ fn bdat_batch_sends_one_rset_between_two_messages_and_quit_passes_over_its_reply
 }
 
 #[test]
+fn bdat_batch_a_refused_early_rset_is_passed_over_and_the_replies_stay_in_step() {
+    // The early RSET after message 0 is answered 500: its reply is still
+    // passed over, and the next batch's messages keep their own replies;
+    // the second of them, written while no later RSET was on its way,
+    // starts with its own RSET.
+    let mut s = opened(&[
+        "220 mx\r\n",
+        CHUNKING,
+        "250 ok\r\n",
+        "<wait>",
+        "250 ok\r\n250 zero\r\n",
+        "500 5.5.1 what\r\n250 ok\r\n250 ok\r\n250 one\r\n250 reset\r\n250 ok\r\n250 ok\r\n250 two\r\n",
+    ]);
+    let out = Batch3::new(&[&["b@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250"]);
+    let next = Batch3::new(&[&["c@x.org"], &["d@x.org"]]).send(&mut s);
+    let texts: Vec<String> = next.results.iter().map(|r| r.as_ref().map_or_else(|e| e.to_string(), |t| t.reply.lines.join(" "))).collect();
+    assert_eq!(texts, ["one", "two"]);
+    assert!(writes(&s).ends_with("|RSET\r\n|MAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm0\r\n\
+         RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm1\r\n"), "{}", writes(&s));
+}
+
+#[test]
 fn bdat_batch_a_nudge_in_the_middle_is_answered_after_the_newest_message() {
     // Ten messages, eight written at once. Message 1's replies are late
     // when message 8 is the newest written: message 9's RSET, sent then,
