@@ -539,6 +539,11 @@ impl Batch3 {
     }
 }
 
+/// Each message's reply text, or its error.
+fn texts(b: &Batch) -> Vec<String> {
+    b.results.iter().map(|r| r.as_ref().map_or_else(|e| e.to_string(), |t| t.reply.lines.join(" "))).collect()
+}
+
 fn codes(b: &Batch) -> Vec<String> {
     b.results
         .iter()
@@ -765,8 +770,7 @@ fn bdat_batch_a_refused_early_rset_is_passed_over_and_the_replies_stay_in_step()
     let out = Batch3::new(&[&["b@x.org"]]).send(&mut s);
     assert_eq!(codes(&out), ["ok 250"]);
     let next = Batch3::new(&[&["c@x.org"], &["d@x.org"]]).send(&mut s);
-    let texts: Vec<String> = next.results.iter().map(|r| r.as_ref().map_or_else(|e| e.to_string(), |t| t.reply.lines.join(" "))).collect();
-    assert_eq!(texts, ["one", "two"]);
+    assert_eq!(texts(&next), ["one", "two"]);
     assert!(writes(&s).ends_with("|RSET\r\n|MAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm0\r\n\
          RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm1\r\n"), "{}", writes(&s));
 }
@@ -789,9 +793,8 @@ fn bdat_batch_a_nudge_in_the_middle_is_answered_after_the_newest_message() {
     ]);
     let rcpts: Vec<&[&str]> = vec![&["b@x.org"]; 10];
     let out = Batch3::new(&rcpts).send(&mut s);
-    let texts: Vec<String> = out.results.iter().map(|r| r.as_ref().map_or_else(|e| e.to_string(), |t| t.reply.lines.join(" "))).collect();
     let wanted: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
-    assert_eq!(texts, wanted);
+    assert_eq!(texts(&out), wanted);
     let w = writes(&s);
     let parts: Vec<&str> = w.split('|').collect();
     assert_eq!(parts.len(), 5, "{w}");
