@@ -753,23 +753,26 @@ fn bdat_batch_sends_one_rset_between_two_messages_and_quit_passes_over_its_reply
     assert_eq!(s.command(Quit).unwrap().code, 221);
 }
 
+/// One message whose RCPT reply is late, so the RSET of the message after
+/// it goes early; then a batch of two (to c@ and d@) answered with `then`,
+/// which begins with that RSET's reply. Returns the session and the batch.
+fn after_an_early_rset(then: &str) -> (Session<Script>, Batch) {
+    let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n", "<wait>", "250 ok\r\n250 zero\r\n", then]);
+    let out = Batch3::new(&[&["b@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["ok 250"]);
+    let next = Batch3::new(&[&["c@x.org"], &["d@x.org"]]).send(&mut s);
+    (s, next)
+}
+
 #[test]
 fn bdat_batch_a_refused_early_rset_is_passed_over_and_the_replies_stay_in_step() {
     // The early RSET after message 0 is answered 500: its reply is still
     // passed over, and the next batch's messages keep their own replies;
     // the second of them, written while no later RSET was on its way,
     // starts with its own RSET.
-    let mut s = opened(&[
-        "220 mx\r\n",
-        CHUNKING,
-        "250 ok\r\n",
-        "<wait>",
-        "250 ok\r\n250 zero\r\n",
+    let (s, next) = after_an_early_rset(
         "500 5.5.1 what\r\n250 ok\r\n250 ok\r\n250 one\r\n250 reset\r\n250 ok\r\n250 ok\r\n250 two\r\n",
-    ]);
-    let out = Batch3::new(&[&["b@x.org"]]).send(&mut s);
-    assert_eq!(codes(&out), ["ok 250"]);
-    let next = Batch3::new(&[&["c@x.org"], &["d@x.org"]]).send(&mut s);
+    );
     assert_eq!(texts(&next), ["one", "two"]);
     assert!(writes(&s).ends_with("|RSET\r\n|MAIL FROM:<a@example.com>\r\nRCPT TO:<c@x.org>\r\nBDAT 4 LAST\r\nm0\r\n\
          RSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<d@x.org>\r\nBDAT 4 LAST\r\nm1\r\n"), "{}", writes(&s));
@@ -805,17 +808,7 @@ fn bdat_batch_a_nudge_in_the_middle_is_answered_after_the_newest_message() {
 
 #[test]
 fn bdat_batch_a_421_in_place_of_a_nudge_reply_ends_the_next_batch() {
-    let mut s = opened(&[
-        "220 mx\r\n",
-        CHUNKING,
-        "250 ok\r\n",
-        "<wait>",
-        "250 ok\r\n250 zero\r\n",
-        "421 4.3.2 shutting down\r\n",
-    ]);
-    let out = Batch3::new(&[&["b@x.org"]]).send(&mut s);
-    assert_eq!(codes(&out), ["ok 250"]);
-    let next = Batch3::new(&[&["c@x.org"], &["d@x.org"]]).send(&mut s);
+    let (_, next) = after_an_early_rset("421 4.3.2 shutting down\r\n");
     assert_eq!(codes(&next), ["mail-from 421", "connect"]);
     assert_eq!(next.unsent, [1]);
 }
