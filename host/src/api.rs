@@ -32,7 +32,7 @@ use std::sync::Arc;
 pub use crate::bindings::types::{Attachment, Content, Mailbox, Message, Priority, Receipt, Reply, SendError};
 pub use crate::mail::audit::Outcome;
 pub use crate::plugin::sandbox::Stop;
-pub use crate::plugin::sender::{Counts, MAX_REPORTED_MESSAGES, MessageOutcome};
+pub use crate::plugin::sender::{Counts, JobRunning, MAX_REPORTED_MESSAGES, MessageOutcome};
 pub use crate::plugin::{LoadFailed, MailerPool, Refused, RunReport};
 
 /// Runs plugins and sends mail under one config. Cheap to clone; share one
@@ -168,7 +168,9 @@ impl Host {
     /// Run `plugin` for the job `job`: the job id goes into every audit
     /// record, and a redelivered job does not send again a message an
     /// earlier delivery attempted (the audit log knows which, by its place
-    /// in the run).
+    /// in the run). While another run of the same job goes on (in this
+    /// process or another writing the same audit log), it does not start:
+    /// the error is [`JobRunning`] (`error.is::<JobRunning>()`).
     pub async fn run_job(&self, plugin: &Plugin, input: &str, job: &str) -> Result<RunReport> {
         self.inner.run_job(&plugin.inner, input, Some(job)).await
     }

@@ -147,6 +147,19 @@ pub struct RelayConfig {
 /// client's connections, and each session is a mailer instance.
 pub const MAX_RELAY_SESSIONS: usize = 8;
 
+/// The largest timeout cap (`relay.timeout_secs`, `--timeout`), in seconds:
+/// a day, far past RFC 5321's longest timeout (10 minutes, 4.5.3.2).
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// A timeout cap of `secs` seconds, if it is a number above 0 and at most
+/// [`MAX_TIMEOUT_SECS`] (not negative, NaN or infinite).
+pub fn timeout_cap(secs: f64) -> Result<std::time::Duration, String> {
+    if !(secs > 0.0 && secs <= MAX_TIMEOUT_SECS) {
+        return Err(format!("{secs} is not a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"));
+    }
+    std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("{secs}: {e}"))
+}
+
 impl RelayConfig {
     /// `relay.sessions`, 1 when not set.
     pub fn sessions(&self) -> usize {
@@ -160,6 +173,9 @@ impl RelayConfig {
                 (1..=MAX_RELAY_SESSIONS).contains(&n),
                 "relay.sessions: {n} is not between 1 and {MAX_RELAY_SESSIONS}"
             );
+        }
+        if let Some(secs) = self.timeout_secs {
+            timeout_cap(secs).map_err(|e| anyhow::anyhow!("relay.timeout_secs: {e}"))?;
         }
         Ok(())
     }
@@ -426,6 +442,21 @@ mod tests {
             }
         }
         assert!(toml::from_str::<Config>("[relay]\nserver = \"x\"\nsessions = -1\n").is_err());
+    }
+
+    #[test]
+    fn a_timeout_cap_that_is_not_a_positive_number_is_named() {
+        // TOML spells NaN and infinity; a negative or NaN cap once reached
+        // `Duration::from_secs_f64` and panicked.
+        for (value, ok) in [("0.5", true), ("86400", true), ("-1.0", false), ("0.0", false), ("nan", false), ("inf", false), ("1e300", false)] {
+            let c: Config = toml::from_str(&format!("[relay]\nserver = \"127.0.0.1\"\ntimeout_secs = {value}\n")).unwrap();
+            let checked = c.relay.unwrap().validate();
+            assert_eq!(checked.is_ok(), ok, "{value}");
+            if let Err(e) = checked {
+                assert!(e.to_string().starts_with("relay.timeout_secs: "), "{e}");
+            }
+        }
+        assert!(timeout_cap(f64::NAN).is_err() && timeout_cap(-0.0).is_err());
     }
 
     #[test]

@@ -70,8 +70,17 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
         .or(config.dead_letter.clone())
         .unwrap_or_else(|| PathBuf::from(deadletter::DEFAULT_DEAD_LETTER));
     let dead = DeadLetters::new(dir);
-    let letters = dead.list().map_err(internal)?;
+    let listing = dead.list().map_err(internal)?;
+    // Left in place for an operator, and the run does not end OK.
+    for (path, why) in &listing.unreadable {
+        report_line(a.json, &path.display().to_string(), "unreadable", why);
+    }
+    let unreadable = u32::try_from(listing.unreadable.len()).unwrap_or(u32::MAX);
+    let letters = listing.letters;
     if letters.is_empty() {
+        if unreadable > 0 {
+            return Ok(exit::TEMPFAIL);
+        }
         if !a.json {
             println!("nothing to retry in {}", dead.dir().display());
         }
@@ -98,7 +107,7 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
     }
     let audit_path = a.audit.clone().or(config.audit.clone()).unwrap_or_else(|| PathBuf::from(audit::DEFAULT_AUDIT));
     let log = AuditLog::open(&audit_path).map_err(internal)?;
-    let mut failed = 0;
+    let mut failed = unreadable;
     for (relay, letters) in groups {
         failed += retry_group(rt, a, &relay, letters, &log).await?;
     }
@@ -120,18 +129,24 @@ async fn retry_group(rt: &Runtime, a: &RetryArgs, relay: &RelayArgs, letters: Ve
     let mut failed = 0;
     for mut letter in letters {
         let id = letter.meta.message_id.clone();
+        // Held until its outcome is written: another retry passes over it.
+        let Some(claim) = letter.claim().map_err(internal)? else {
+            report_line(a.json, &id, "skipped", "another process is sending it, or has sent it");
+            continue;
+        };
         if letter.meta.outcome_unknown && !a.force {
             report_line(a.json, &id, "skipped", "the outcome of the last attempt is unknown; use --force to resend");
             continue;
         }
-        let bytes = std::fs::read(&letter.eml).map_err(|e| internal(anyhow::anyhow!("{}: {e}", letter.eml.display())))?;
         // Written ahead like a first delivery: a retried message is in the
-        // audit log before its first byte goes out, whoever sent it first.
+        // audit log before its first byte goes out, whoever sent it first;
+        // and the letter says its outcome is unknown until it is known.
         let mut attempt = letter.record(Outcome::Attempt);
-        attempt.size = Some(bytes.len() as u64);
+        attempt.size = Some(claim.bytes.len() as u64);
         attempt.reason = Some("retry".into());
         log.append(&attempt).map_err(internal)?;
-        let result = mailer.submit(&letter.envelope(), &bytes).await.map_err(internal)?;
+        letter.sending().map_err(internal)?;
+        let result = mailer.submit(&letter.envelope(), &claim.bytes).await.map_err(internal)?;
         let mut outcome = letter.record(match &result {
             Ok(_) => Outcome::Accepted,
             Err(SendError::Rejected(_)) => Outcome::Rejected,
@@ -149,7 +164,7 @@ async fn retry_group(rt: &Runtime, a: &RetryArgs, relay: &RelayArgs, letters: Ve
             }
             Err(e) => {
                 failed += 1;
-                letter.failed_again(&e).map_err(internal)?;
+                letter.failed_again(&claim, &e).map_err(internal)?;
                 report_line(a.json, &id, "failed", &e.describe());
             }
         }

@@ -2,7 +2,7 @@
 //! table in `wasmail.toml`; mail goes to the relay over SMTP (RFC 5321) or to
 //! the outbox.
 
-use crate::api::{Host, LoadFailed, Refused};
+use crate::api::{Host, JobRunning, LoadFailed, Refused};
 use crate::config::Config;
 use crate::cli::report::{self, CliError, exit};
 use crate::{Runtime, text};
@@ -107,6 +107,7 @@ pub async fn run(rt: &Runtime, a: RunArgs) -> u8 {
     let ran = match ran {
         Ok(r) => r,
         Err(e) if e.is::<Refused>() => return fail(a.json, exit::NOPERM, "refused", &format!("{e:#}")),
+        Err(e) if e.is::<JobRunning>() => return fail(a.json, exit::TEMPFAIL, "job-running", &format!("{e:#}")),
         Err(e) => return fail(a.json, exit::CONFIG, "config", &format!("{e:#}")),
     };
     if a.json {

@@ -44,6 +44,10 @@ pub const DEFAULT_DEAD_LETTER: &str = "dead-letter";
 pub const PENDING: &str = "pending";
 /// The extension of a spool file.
 pub const PENDING_EXT: &str = "pending";
+/// The largest `.json` beside a letter that `list` reads: its envelope,
+/// reason and relay (a message of a thousand recipients is about 300 KiB).
+/// A larger one is reported as unreadable, not read.
+pub const MAX_META_BYTES: u64 = 4 << 20;
 
 /// The envelope, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,12 +172,48 @@ impl Letter {
         r
     }
 
-    /// Record another failed attempt.
-    pub fn failed_again(&mut self, e: &SendError) -> Result<()> {
+    /// Hold this letter to send it again: lock its `.eml`, so a second
+    /// `retry` at the same time passes over it, then read its `.json` again
+    /// (another process may have sent it meanwhile) and its bytes. `None`
+    /// when another process holds it or it is gone.
+    pub fn claim(&mut self) -> Result<Option<Claim>> {
+        let Some(file) = open_regular(&self.eml)? else { return Ok(None) };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", self.eml.display())),
+        }
+        // Sent and removed by the process that held it before us.
+        if still_linked(&file)?.is_none() {
+            return Ok(None);
+        }
+        let Some(text) = read_regular(&self.json, MAX_META_BYTES)? else { return Ok(None) };
+        self.meta = serde_json::from_slice(&text).with_context(|| format!("parsing {}", self.json.display()))?;
+        let bytes = read_all(&file).with_context(|| format!("reading {}", self.eml.display()))?;
+        Ok(Some(Claim { _lock: file, bytes, was_unknown: self.meta.outcome_unknown }))
+    }
+
+    /// Written ahead of sending it again: from now until its outcome is
+    /// recorded, the letter says its outcome is unknown, so a process
+    /// killed in the middle leaves it for `retry --force` only (the relay
+    /// may have it).
+    pub fn sending(&mut self) -> Result<()> {
+        self.meta.outcome_unknown = true;
+        self.meta.reason = Reason {
+            kind: "outcome-unknown".into(),
+            message: "a retry was sending it when its process stopped".into(),
+            transient: true,
+        };
+        self.meta.pid = Some(this_process());
+        write_json(&self.json, &self.meta)
+    }
+
+    /// Record another failed attempt of the letter `claim` holds.
+    pub fn failed_again(&mut self, claim: &Claim, e: &SendError) -> Result<()> {
         self.meta.attempts += 1;
         self.meta.last_failure_ms = audit::now_ms();
         self.meta.reason = Reason::of(e);
-        self.meta.outcome_unknown |= matches!(e, SendError::OutcomeUnknown(_));
+        self.meta.outcome_unknown = claim.was_unknown || matches!(e, SendError::OutcomeUnknown(_));
         self.meta.pid = None;
         write_json(&self.json, &self.meta)
     }
@@ -183,6 +223,69 @@ impl Letter {
         std::fs::remove_file(&self.json).with_context(|| format!("removing {}", self.json.display()))?;
         std::fs::remove_file(&self.eml).with_context(|| format!("removing {}", self.eml.display()))
     }
+}
+
+/// A letter this process holds while it sends it again ([`Letter::claim`]):
+/// the lock on its `.eml` goes with it.
+#[derive(Debug)]
+pub struct Claim {
+    _lock: std::fs::File,
+    /// The message, as kept.
+    pub bytes: Vec<u8>,
+    /// Whether its outcome was unknown before this attempt.
+    pub was_unknown: bool,
+}
+
+/// What [`DeadLetters::list`] found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Every complete letter, oldest first.
+    pub letters: Vec<Letter>,
+    /// Files it could not take as letters or spool files, with why: left
+    /// where they are for an operator.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// `path` opened for reading if it is a regular file; `None` when it is
+/// anything else (a symbolic link, a FIFO, a folder, a device) or gone.
+/// It is opened without following a link and without blocking, so such a
+/// file cannot stall `retry` or have it send what a link points to.
+fn open_regular(path: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let meta = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+    Ok(meta.is_file().then_some(file))
+}
+
+/// The bytes of the regular file at `path` (see [`open_regular`]), if it
+/// holds at most `limit`.
+fn read_regular(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    let Some(file) = open_regular(path)? else { return Ok(None) };
+    let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+    anyhow::ensure!(len <= limit, "{} holds {len} octets, more than the {limit} read", path.display());
+    read_all(&file).with_context(|| format!("reading {}", path.display())).map(Some)
+}
+
+fn read_all(mut file: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// `Some` while `file` still has a name (no other process removed it
+/// after we opened it).
+fn still_linked(file: &std::fs::File) -> Result<Option<()>> {
+    use std::os::unix::fs::MetadataExt;
+    Ok((file.metadata().context("reading a locked file")?.nlink() > 0).then_some(()))
 }
 
 fn write_json(path: &Path, meta: &Meta) -> Result<()> {
@@ -279,8 +382,10 @@ impl DeadLetters {
     }
 
     /// Make letters of what dead processes left in `pending/`, as
-    /// `outcome_unknown`; drop files whose write never finished.
-    fn adopt_stale(&self) -> Result<()> {
+    /// `outcome_unknown`; drop files whose write never finished. A file of
+    /// a live process (by its name or a header) is left alone, whatever it
+    /// holds so far; so is one another `retry` is adopting (locked).
+    fn adopt_stale(&self, unreadable: &mut Vec<(PathBuf, String)>) -> Result<()> {
         let pending = self.dir.join(PENDING);
         let entries = match std::fs::read_dir(&pending) {
             Ok(e) => e,
@@ -288,12 +393,29 @@ impl DeadLetters {
             Err(e) => return Err(e).with_context(|| format!("reading {}", pending.display())),
         };
         for entry in entries {
-            let path = entry?.path();
+            let path = entry.with_context(|| format!("reading {}", pending.display()))?.path();
             if path.extension().is_none_or(|e| e != PENDING_EXT) {
                 continue;
             }
             let Some(stem) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else { continue };
-            let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if writer_of(&stem).is_some_and(process_alive) {
+                continue;
+            }
+            let Some(file) = open_regular(&path)? else {
+                if path.symlink_metadata().is_ok() {
+                    unreadable.push((path, "not a regular file".into()));
+                }
+                continue;
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            }
+            if still_linked(&file)?.is_none() {
+                continue;
+            }
+            let data = read_all(&file).with_context(|| format!("reading {}", path.display()))?;
             let messages = parse_spool(&data, &stem);
             if messages.iter().any(|(_, meta, _)| meta.pid.is_some_and(process_alive)) {
                 continue;
@@ -313,30 +435,40 @@ impl DeadLetters {
     }
 
     /// Every complete letter, oldest first, after adopting what dead
-    /// processes left in the spool.
-    pub fn list(&self) -> Result<Vec<Letter>> {
-        self.adopt_stale()?;
+    /// processes left in the spool; and the files that are not letters
+    /// (a `.json` that does not parse, a FIFO or a link in their place).
+    pub fn list(&self) -> Result<Listing> {
+        let mut listing = Listing::default();
+        self.adopt_stale(&mut listing.unreadable)?;
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(listing),
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
         };
-        let mut letters = Vec::new();
         for entry in entries {
-            let json = entry?.path();
+            let json = entry.with_context(|| format!("reading {}", self.dir.display()))?.path();
             if json.extension().is_none_or(|e| e != "json") {
                 continue;
             }
             let eml = json.with_extension("eml");
-            if !eml.exists() {
+            if eml.symlink_metadata().is_err() {
                 continue;
             }
-            let text = std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?;
-            let meta: Meta = serde_json::from_slice(&text).with_context(|| format!("parsing {}", json.display()))?;
-            letters.push(Letter { eml, json, meta });
+            let read = match read_regular(&json, MAX_META_BYTES) {
+                Ok(Some(text)) => serde_json::from_slice::<Meta>(&text).map_err(|e| format!("not a letter's record: {e}")),
+                Ok(None) => Err("not a regular file".into()),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            match read {
+                Ok(meta) if eml.symlink_metadata().is_ok_and(|m| m.is_file()) => listing.letters.push(Letter { eml, json, meta }),
+                Ok(_) => listing.unreadable.push((eml, "not a regular file".into())),
+                Err(why) => listing.unreadable.push((json, why)),
+            }
         }
-        letters.sort_by(|a, b| (a.meta.first_failure_ms, a.eml.file_name()).cmp(&(b.meta.first_failure_ms, b.eml.file_name())));
-        Ok(letters)
+        listing
+            .letters
+            .sort_by(|a, b| (a.meta.first_failure_ms, a.eml.file_name()).cmp(&(b.meta.first_failure_ms, b.eml.file_name())));
+        Ok(listing)
     }
 }
 
@@ -388,6 +520,12 @@ impl Meta {
             relay: None,
         }
     }
+}
+
+/// The process a spool file's name says wrote it ([`fresh_name`]:
+/// time, process, counter).
+fn writer_of(stem: &str) -> Option<u32> {
+    stem.split('-').nth(1)?.parse().ok()
 }
 
 /// True while process `pid` runs (Linux: `/proc/PID` exists).
@@ -522,7 +660,7 @@ mod tests {
         let id = format!("{}@{}", "x".repeat(60), vec!["d".repeat(60); 4].join("."));
         let eml = d.keep(&rendered(&id), &SendError::Connect("down".into()), None).unwrap();
         assert!(eml.file_name().unwrap().len() < 64);
-        assert_eq!(d.list().unwrap()[0].meta.message_id, id);
+        assert_eq!(d.list().unwrap().letters[0].meta.message_id, id);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -531,13 +669,13 @@ mod tests {
         let dir = scratch("ahead");
         let d = DeadLetters::new(&dir);
         let p = d.write_ahead(&rendered("1@x"), Some("p")).unwrap();
-        assert!(d.list().unwrap().is_empty(), "this process's pending mail is not for retry");
+        assert!(d.list().unwrap().letters.is_empty(), "this process's pending mail is not for retry");
         p.done().unwrap();
         let p = d.write_ahead(&rendered("2@x"), Some("p")).unwrap();
         p.keep(&SendError::Connect("down".into())).unwrap();
         let p = d.write_ahead(&rendered("3@x"), Some("p")).unwrap();
         p.keep_unknown("stopped").unwrap();
-        let letters = d.list().unwrap();
+        let letters = d.list().unwrap().letters;
         assert_eq!(letters.len(), 2);
         assert!(!letters[0].meta.outcome_unknown && letters[1].meta.outcome_unknown);
         assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 0);
@@ -556,8 +694,12 @@ mod tests {
             out.push(b'\n');
             out.extend_from_slice(bytes);
         }
-        std::fs::write(&path, out).unwrap();
-        path
+        // And named as that process names its files.
+        let renamed = path.with_file_name(format!("{}.{PENDING_EXT}", stem.replacen(&format!("-{}-", std::process::id()), &format!("-{pid}-"), 1)));
+        std::fs::write(&renamed, out).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(writer_of(renamed.file_stem().unwrap().to_str().unwrap()), Some(pid));
+        renamed
     }
 
     #[test]
@@ -572,7 +714,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 1, "one message is not settled");
         batch.next().unwrap().done().unwrap();
         assert_eq!(std::fs::read_dir(dir.join(PENDING)).unwrap().count(), 0);
-        let letters = d.list().unwrap();
+        let letters = d.list().unwrap().letters;
         assert_eq!(letters.len(), 1);
         assert_eq!(letters[0].meta.message_id, "8@x");
         std::fs::remove_dir_all(dir).unwrap();
@@ -591,7 +733,7 @@ mod tests {
         // The last message's write was cut short: it was never sent.
         let data = std::fs::read(&spooled).unwrap();
         std::fs::write(&spooled, &data[..data.len() - 3]).unwrap();
-        let letters = d.list().unwrap();
+        let letters = d.list().unwrap().letters;
         let ids: Vec<&str> = letters.iter().map(|l| l.meta.message_id.as_str()).collect();
         assert_eq!(ids.len(), 2, "{ids:?}");
         assert!(ids.contains(&"10@x") && ids.contains(&"11@x"), "{ids:?}");
@@ -606,7 +748,7 @@ mod tests {
         let d = DeadLetters::new(&dir);
         let p = d.write_ahead(&rendered("4@x"), None).unwrap();
         let spooled = pretend_written_by(&p, u32::MAX);
-        let letters = d.list().unwrap();
+        let letters = d.list().unwrap().letters;
         assert_eq!(letters.len(), 1);
         assert!(letters[0].meta.outcome_unknown);
         assert_eq!(letters[0].id(), p.id, "the letter keeps the spool id of its audit records");
@@ -624,13 +766,13 @@ mod tests {
         let spooled = pretend_written_by(&p, u32::MAX);
         let data = std::fs::read(&spooled).unwrap();
         std::fs::write(&spooled, &data[..data.len() - 3]).unwrap();
-        assert!(d.list().unwrap().is_empty(), "a torn write was never sent");
+        assert!(d.list().unwrap().letters.is_empty(), "a torn write was never sent");
         assert!(!spooled.exists());
         // Killed between writing the letter and removing the spool file.
         let p = d.write_ahead(&rendered("6@x"), None).unwrap();
         let spooled = pretend_written_by(&p, u32::MAX);
         write_letter(&dir, &p.id, &rendered("6@x").bytes, &p.meta).unwrap();
-        assert_eq!(d.list().unwrap().len(), 1);
+        assert_eq!(d.list().unwrap().letters.len(), 1);
         assert!(!spooled.exists());
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -176,8 +176,15 @@ pub struct RelayArgs {
     #[arg(long)]
     pub ehlo: Option<String>,
     /// Cap every SMTP timeout at this many seconds.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<f64>,
+}
+
+/// `--timeout`: seconds, checked as `relay.timeout_secs` is.
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    let secs: f64 = text.trim().parse().map_err(|e| format!("{text:?} is not a number of seconds: {e}"))?;
+    crate::config::timeout_cap(secs)?;
+    Ok(secs)
 }
 
 impl RelayArgs {
@@ -250,7 +257,11 @@ impl RelayArgs {
             ehlo: self.ehlo.clone().unwrap_or_else(default_ehlo),
             user: self.user.clone(),
             auth: self.auth,
-            timeout: self.timeout.map(Duration::from_secs_f64),
+            timeout: self
+                .timeout
+                .map(crate::config::timeout_cap)
+                .transpose()
+                .map_err(|e| RelayError::Usage(format!("timeout: {e}")))?,
             verbose,
         };
         Ok(Some((settings, secret, provider)))

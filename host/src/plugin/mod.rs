@@ -479,9 +479,15 @@ impl PluginHost {
         job: Option<&str>,
         may_have_run: bool,
     ) -> Result<(Store<PluginState>, PluginOutput)> {
-        let priors = match job {
-            Some(job) if may_have_run => sender::priors(self.audit.path(), job)?,
-            _ => Default::default(),
+        // Held for the whole run, before the audit log is searched: a
+        // second run of the job meanwhile would find its messages not yet
+        // attempted and send them again.
+        let (job_lock, priors) = match job {
+            Some(job) if may_have_run => {
+                let lock = sender::JobLock::take(self.audit.path(), job)?.map_err(anyhow::Error::new)?;
+                (Some(lock), sender::priors(self.audit.path(), job)?)
+            }
+            _ => (None, Default::default()),
         };
         let RunMailers { mailer, renderer, delivery, permit: connection, sessions } = self.mailers_for(&plugin.name, cfg).await?;
         let sink = self.options.output.clone().unwrap_or_else(crate::text::stderr_lines);
@@ -514,6 +520,7 @@ impl PluginHost {
             stop: None,
             job: job.map(str::to_owned),
             connection,
+            job_lock,
             priors,
             seq: 0,
             batches: 0,

@@ -304,6 +304,91 @@ pub fn priors(path: &std::path::Path, job: &str) -> Result<std::collections::Has
     Ok(out)
 }
 
+/// A run of a job refused because another run of the same job is going on
+/// (a client that sent its `Idempotency-Key` again, a job delivered again
+/// while its first delivery still runs): its messages would be read as not
+/// yet attempted and sent twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRunning {
+    /// The job.
+    pub job: String,
+}
+
+impl std::fmt::Display for JobRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {} is already running; try again when it has ended", self.job)
+    }
+}
+
+impl std::error::Error for JobRunning {}
+
+/// The folder of job locks beside the audit log at `audit`.
+fn job_locks(audit: &std::path::Path) -> PathBuf {
+    let mut name = audit.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(".jobs");
+    audit.with_file_name(name)
+}
+
+/// A job held by one run, for the whole run: an exclusive lock (`flock`)
+/// on `<audit log>.jobs/<SHA-256 of the job id>.lock`, taken before the
+/// audit log is searched for the job's earlier deliveries. Every process
+/// that writes the same audit log sees it. The file is removed when the run
+/// ends; the kernel drops the lock of a process that dies.
+#[derive(Debug)]
+pub struct JobLock {
+    path: PathBuf,
+    /// The open file that holds the lock until it is closed.
+    _held: std::fs::File,
+}
+
+impl JobLock {
+    /// Hold `job` for this run, or say that another run holds it.
+    pub fn take(audit: &std::path::Path, job: &str) -> Result<std::result::Result<Self, JobRunning>> {
+        use sha2::Digest;
+        use std::os::unix::fs::MetadataExt;
+        let dir = job_locks(audit);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let hash: String = sha2::Sha256::digest(job.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let path = dir.join(format!("{hash}.lock"));
+        // A run that ends removes the file after we opened it: then the
+        // lock we took is on a file without a name, and we open again.
+        for _ in 0..JOB_LOCK_REOPENS {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(Err(JobRunning { job: job.to_owned() })),
+                Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            }
+            let held = file.metadata().with_context(|| format!("reading {}", path.display()))?;
+            match std::fs::metadata(&path) {
+                Ok(named) if named.ino() == held.ino() && named.dev() == held.dev() => return Ok(Ok(Self { path, _held: file })),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        }
+        Ok(Err(JobRunning { job: job.to_owned() }))
+    }
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        // Removed while still held, so no other run locks this file after.
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!("removing the job lock {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// How often [`JobLock::take`] opens the lock file again when runs of the
+/// same job keep ending under it, before it says the job is running.
+const JOB_LOCK_REOPENS: usize = 8;
+
 /// Everything `send` needs during one run.
 pub struct Forwarder {
     /// The plugin's name, for the audit log.
@@ -338,6 +423,8 @@ pub struct Forwarder {
     pub job: Option<String>,
     /// The run's slot in the relay pool, if it draws from one.
     pub connection: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The job, held by this run (see [`JobLock`]).
+    pub job_lock: Option<JobLock>,
     /// What earlier deliveries of that job attempted, by `seq`.
     pub priors: std::collections::HashMap<u64, Prior>,
     /// The message being handled: its `seq`.

@@ -263,6 +263,11 @@ async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, heade
             let body = crate::cli::run::report_json(&ran, served.plugin.sha256(), loaded.host.audit_path());
             answer(StatusCode::OK, body)
         }
+        Err(e) if e.is::<crate::api::JobRunning>() => {
+            // The same Idempotency-Key while its first run goes on: that
+            // run's answer is the one; asked again later, this gives it.
+            refuse(&app, StatusCode::CONFLICT, "job-running", &format!("{e:#}"))
+        }
         Err(e) => {
             app.metrics.add("wasmail_runs_total", &[("plugin", &name), ("result", "failed")], 1);
             answer(StatusCode::SERVICE_UNAVAILABLE, report::other_error_json("run", &format!("{e:#}")))
