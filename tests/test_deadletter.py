@@ -9,13 +9,15 @@ ahead to `pending/` before delivery; test_crash.py kills the host itself.)"""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
 from pathlib import Path
 
 from cli import assert_exit, describe, relay
-from scripted import Close, Expect, Send
+from scripted import Close, Expect, Hold, ReadData, Send
+from servers import free_port
 
 FROM = "sender@example.com"
 TO = "rcpt@example.com"
@@ -331,3 +333,178 @@ def test_retry_without_a_recorded_relay_needs_one(run, tmp_path):
     proc = run(["retry", "--dead-letter", folder])
     assert_exit(proc, 64)
     assert "records no relay" in proc.stderr, describe(proc)
+
+
+def keep_one_letter(run, folder: Path) -> dict:
+    """A letter kept because nothing listened on the relay's port."""
+    proc = run(send_args(f"127.0.0.1:{free_port()}", folder))
+    assert proc.returncode != 0, describe(proc)
+    [meta] = letters(folder)
+    assert meta["outcome_unknown"] is False
+    return meta
+
+
+def test_a_retry_in_flight_is_passed_over_and_one_killed_in_flight_needs_force(wasmail, run, tmp_path, scripted, smtpd):
+    """`retry` holds a letter while it sends it, and marks it in flight
+    before its first byte: a second retry meanwhile passes over it, and
+    after the first is killed (the relay may have the message) a retry
+    resends it only with --force. Once each of these sent it twice."""
+    folder = tmp_path / "dead"
+    keep_one_letter(run, folder)
+    hang = scripted([
+        Send(b"220 mx ESMTP\r\n"), Expect("EHLO"), Send(b"250 mx\r\n"),
+        Expect("MAIL FROM"), Send(b"250 ok\r\n"),
+        Expect("RCPT TO"), Send(b"250 ok\r\n"),
+        Expect("DATA"), Send(b"354 go\r\n"),
+        ReadData(), Hold(60),  # the message is here; its reply never comes
+    ])
+    first = subprocess.Popen([str(wasmail), "retry", *relay(hang.address), "--dead-letter", str(folder)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not hang.data and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hang.data, hang.received()
+        server = smtpd()
+        proc = run(["retry", *relay(server.address), "--dead-letter", folder])
+        assert_exit(proc, 0)
+        assert "skipped" in proc.stdout and "another process" in proc.stdout, describe(proc)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    [meta] = letters(folder)
+    assert meta["outcome_unknown"] is True and "retry was sending it" in meta["reason"]["message"], meta
+    proc = run(["retry", *relay(server.address), "--dead-letter", folder])
+    assert_exit(proc, 0)
+    assert "skipped" in proc.stdout and "--force" in proc.stdout, describe(proc)
+    assert server.messages == []
+    proc = run(["retry", *relay(server.address), "--dead-letter", folder, "--force"])
+    assert_exit(proc, 0)
+    assert len(server.messages) == 1 and letters(folder) == []
+
+
+def test_odd_files_in_the_folder_are_named_and_the_good_letter_still_goes(run, tmp_path, smtpd):
+    """A FIFO, a folder and an empty file where retry looks: each is named
+    and left for an operator; the good letter is delivered, and retry ends
+    (a FIFO once blocked it for good) with 75, not 0."""
+    folder = tmp_path / "dead"
+    keep_one_letter(run, folder)
+    spool = folder / "pending"
+    spool.mkdir(exist_ok=True)
+    dead_writer = "0000000000000-4294967295-000001"
+    os.mkfifo(spool / f"{dead_writer}.pending")
+    (spool / "0000000000000-4294967295-000002.pending").mkdir()
+    (folder / "empty.eml").write_text("x")
+    (folder / "empty.json").write_text("")
+    server = smtpd()
+    proc = run(["retry", *relay(server.address), "--dead-letter", folder], timeout=30)
+    assert_exit(proc, 75)
+    assert len(server.messages) == 1, describe(proc)
+    assert proc.stdout.count("unreadable") == 3 and "empty.json" in proc.stdout, describe(proc)
+    assert (spool / f"{dead_writer}.pending").exists() and (folder / "empty.json").exists()
+
+
+def test_a_timeout_that_is_not_a_positive_number_is_a_usage_error(run, tmp_path):
+    """`--timeout -1` and `nan` once panicked (exit 70) at the first connect."""
+    for value in ("-1", "nan", "0", "inf"):
+        proc = run(["send", "--from", FROM, "--to", TO, "--text", "x", "--server", "127.0.0.1:1", "--tls", "none",
+                    f"--timeout={value}"])
+        assert_exit(proc, 64)  # EX_USAGE
+        assert "--timeout" in proc.stderr and "panick" not in proc.stderr, describe(proc)
+    config = tmp_path / "bad.toml"
+    config.write_text('[relay]\nserver = "127.0.0.1:1"\ntls = "none"\ntimeout_secs = -1.0\n')
+    proc = run(["retry", "--config", config, "--dead-letter", tmp_path / "none"])
+    assert proc.returncode not in (0, 70, 101), describe(proc)
+    assert "relay.timeout_secs" in proc.stderr, describe(proc)
+
+
+def test_a_job_runs_once_at_a_time(wasmail, run, plugins, scripted, smtpd, tmp_path):
+    """A second run of a job while the first goes on (a client's repeated
+    Idempotency-Key, a redelivered job) would find its messages not yet
+    attempted and send them again: it does not start (75, `job-running`).
+    Once the first has ended, a run of the job sends nothing again."""
+    folder, audit = tmp_path / "dead", tmp_path / "audit.jsonl"
+    hang = scripted([
+        Send(b"220 mx ESMTP\r\n"), Expect("EHLO"), Send(b"250 mx\r\n"),
+        Expect("MAIL FROM"), Send(b"250 ok\r\n"), Expect("RCPT TO"), Send(b"250 ok\r\n"),
+        Expect("DATA"), Send(b"354 go\r\n"), ReadData(), Hold(60),
+    ])
+    slow = plugin_config(tmp_path / "slow.toml", hang.address, audit, folder)
+    slow.write_text(slow.read_text().replace("timeout_secs = 5", "timeout_secs = 60"))
+    first = subprocess.Popen([str(wasmail), "run", str(plugins["hello"]), "--config", str(slow), "--input-text", TO,
+                              "--job", "order-3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while not hang.data and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hang.data, hang.received()
+        server = smtpd()
+        config = plugin_config(tmp_path / "wasmail.toml", server.address, audit, folder)
+        proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--job", "order-3", "--json"])
+        assert_exit(proc, 75)
+        assert "job order-3 is already running" in proc.stdout + proc.stderr, describe(proc)
+        assert server.messages == []
+        # Another job is not held up.
+        proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--job", "order-4", "--json"])
+        assert_exit(proc, 0)
+        assert len(server.messages) == 1
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    # The first run was killed with its message at the relay: the job's
+    # next run does not send it again.
+    proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--job", "order-3", "--json"])
+    assert json.loads(proc.stdout)["counts"]["skipped"] == 1, describe(proc)
+    assert len(server.messages) == 1
+
+
+def test_a_job_run_again_with_another_message_in_a_place_sends_it(run, plugins, smtpd, tmp_path):
+    """A job's messages are known by their place in the run; a redelivery
+    whose message at a place has other recipients (the plugin's input or
+    data changed) has a message that was never sent: it goes. The same
+    message again does not."""
+    folder, audit = tmp_path / "dead", tmp_path / "audit.jsonl"
+    server = smtpd()
+    config = plugin_config(tmp_path / "wasmail.toml", server.address, audit, folder)
+    other = "other@example.com"
+    for to, sent in ((TO, 1), (other, 2), (other, 2)):
+        proc = run(["run", plugins["hello"], "--config", config, "--input-text", to, "--job", "order-5", "--json"])
+        assert_exit(proc, 0)
+        assert len(server.messages) == sent, describe(proc)
+    assert [m.rcpt_tos for m in server.messages] == [[TO], [other]]
+
+
+def test_an_outbox_job_killed_before_its_file_writes_it_on_redelivery(run, plugins, tmp_path):
+    """Outbox mail is written ahead too: an `attempt` record naming the
+    file, then the file, then `accepted`. A redelivery after a kill between
+    the record and the file writes it; after the file, it does not."""
+    outbox, audit = tmp_path / "outbox", tmp_path / "audit.jsonl"
+    config = tmp_path / "wasmail.toml"
+    config.write_text(f"""
+audit = "{audit}"
+outbox = "{outbox}"
+[plugins.hello]
+allowed_from = ["*@example.com"]
+default_from = "hello@example.com"
+allowed_recipients = ["*@example.com"]
+allowed_headers = ["X-Mailer"]
+""")
+    proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--job", "order-6", "--json"])
+    assert_exit(proc, 0)
+    records = [json.loads(l) for l in audit.read_text().splitlines()]
+    assert [r["outcome"] for r in records] == ["attempt", "accepted"], records
+    assert records[0]["outbox"] == records[1]["outbox"] and Path(records[0]["outbox"]).exists()
+    # As if killed after the attempt record: no file, no `accepted`.
+    Path(records[0]["outbox"]).unlink()
+    audit.write_text(json.dumps(records[0]) + "\n")
+    proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--job", "order-6", "--json"])
+    assert_exit(proc, 0)
+    assert json.loads(proc.stdout)["counts"]["accepted"] == 1, describe(proc)
+    assert len(list(outbox.glob("*.eml"))) == 1
+    # Killed after the file, before `accepted`: the file is the record.
+    records = [json.loads(l) for l in audit.read_text().splitlines()]
+    audit.write_text("".join(json.dumps(r) + "\n" for r in records if r["outcome"] != "accepted"))
+    proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--job", "order-6", "--json"])
+    assert_exit(proc, 0)
+    assert json.loads(proc.stdout)["counts"]["skipped"] == 1, describe(proc)
+    assert len(list(outbox.glob("*.eml"))) == 1

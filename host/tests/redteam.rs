@@ -508,3 +508,119 @@ async fn limits_apply_while_the_component_is_instantiated() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{label}: {:?}", started.elapsed());
     }
 }
+
+/// The WAT of a plugin that builds `requests` wasi:http requests, never
+/// sent, each with a body of two `chunk`-octet writes, and keeps them all
+/// (one resource each); it traps when a write is refused.
+fn http_bodies_wat(requests: usize, chunk: usize) -> String {
+    format!(
+        r#"(component $C
+  (import "wasi:io/error@0.2.0" (instance $ioerr (export "error" (type (sub resource)))))
+  (alias export $ioerr "error" (type $error))
+  (import "wasi:io/streams@0.2.0" (instance $streams
+     (export "output-stream" (type $os (sub resource)))
+     (alias outer $C $error (type $err))
+     (type $se (variant (case "last-operation-failed" (own $err)) (case "closed")))
+     (export "stream-error" (type $se2 (eq $se)))
+     (export "[method]output-stream.write" (func (param "self" (borrow $os)) (param "contents" (list u8)) (result (result (error $se2)))))))
+  (alias export $streams "output-stream" (type $os))
+  (import "wasi:http/types@0.2.0" (instance $http
+     (alias outer $C $os (type $os1))
+     (export "output-stream" (type $os2 (eq $os1)))
+     (export "fields" (type $fields (sub resource)))
+     (export "outgoing-request" (type $req (sub resource)))
+     (export "outgoing-body" (type $body (sub resource)))
+     (export "[constructor]fields" (func (result (own $fields))))
+     (export "[constructor]outgoing-request" (func (param "headers" (own $fields)) (result (own $req))))
+     (export "[method]outgoing-request.body" (func (param "self" (borrow $req)) (result (result (own $body)))))
+     (export "[method]outgoing-body.write" (func (param "self" (borrow $body)) (result (result (own $os2)))))))
+  (alias export $http "outgoing-body" (type $body))
+  (core module $A
+    (memory (export "mem") 40)
+    (global $bump (mut i32) (i32.const 0x200000))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $r i32)
+      (local.set $r (i32.and (i32.add (global.get $bump) (i32.const 7)) (i32.const -8)))
+      (global.set $bump (i32.add (local.get $r) (local.get 3)))
+      (local.get $r)))
+  (core instance $a (instantiate $A))
+  (alias core export $a "mem" (core memory $mem))
+  (alias core export $a "realloc" (core func $realloc))
+  (core func $fields (canon lower (func $http "[constructor]fields")))
+  (core func $req (canon lower (func $http "[constructor]outgoing-request")))
+  (core func $rbody (canon lower (func $http "[method]outgoing-request.body") (memory $mem)))
+  (core func $bwrite (canon lower (func $http "[method]outgoing-body.write") (memory $mem)))
+  (core func $oswrite (canon lower (func $streams "[method]output-stream.write") (memory $mem)))
+  (core func $dropos (canon resource.drop $os))
+  (core func $dropbody (canon resource.drop $body))
+  (core module $B
+    (import "a" "mem" (memory 1))
+    (import "h" "fields" (func $fields (result i32)))
+    (import "h" "req" (func $req (param i32) (result i32)))
+    (import "h" "rbody" (func $rbody (param i32 i32)))
+    (import "h" "bwrite" (func $bwrite (param i32 i32)))
+    (import "h" "oswrite" (func $oswrite (param i32 i32 i32 i32)))
+    (import "h" "dropos" (func $dropos (param i32)))
+    (import "h" "dropbody" (func $dropbody (param i32)))
+    (func (export "run") (param i32 i32) (result i32) (local $i i32) (local $r i32) (local $b i32) (local $o i32)
+      (block $done (loop $l
+        (br_if $done (i32.ge_u (local.get $i) (i32.const {requests})))
+        (local.set $r (call $req (call $fields)))
+        (call $rbody (local.get $r) (i32.const 0x100))
+        (if (i32.load8_u (i32.const 0x100)) (then unreachable))
+        (local.set $b (i32.load (i32.const 0x104)))
+        (call $bwrite (local.get $b) (i32.const 0x110))
+        (if (i32.load8_u (i32.const 0x110)) (then unreachable))
+        (local.set $o (i32.load (i32.const 0x114)))
+        (call $oswrite (local.get $o) (i32.const 0x10000) (i32.const {chunk}) (i32.const 0x120))
+        (if (i32.load8_u (i32.const 0x120)) (then unreachable))
+        (call $oswrite (local.get $o) (i32.const 0x10000) (i32.const {chunk}) (i32.const 0x120))
+        (if (i32.load8_u (i32.const 0x120)) (then unreachable))
+        (call $dropos (local.get $o))
+        (call $dropbody (local.get $b))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $l)))
+      (i32.store (i32.const 0x3000) (i32.const 0))
+      (i32.store (i32.const 0x3004) (i32.const 0x2000))
+      (i32.store (i32.const 0x3008) (i32.const 0))
+      (i32.const 0x3000)))
+  (core instance $hi (export "fields" (func $fields)) (export "req" (func $req)) (export "rbody" (func $rbody))
+     (export "bwrite" (func $bwrite)) (export "oswrite" (func $oswrite)) (export "dropos" (func $dropos)) (export "dropbody" (func $dropbody)))
+  (core instance $b (instantiate $B (with "a" (instance $a)) (with "h" (instance $hi))))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $b "run") (memory $mem) (realloc $realloc)))
+)
+"#
+    )
+}
+
+/// The peak resident memory of this process (`VmHWM`), in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// wasi:http request bodies live in the host, outside the plugin's
+/// `memory_mib`: with wasmtime-wasi-http's defaults each request held 2 MiB
+/// of writes, and 900 requests took the host past 1.8 GB. A write is now
+/// held to `HTTP_BODY_CHUNK_BYTES`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_a_plugin_never_sends_hold_little_host_memory() {
+    let f = fixture_with("httpbody", |p, _| {
+        p.max_resources = 1_000;
+        p.cpu_ms = 20_000;
+    });
+    let host = host(&f);
+    let chunk = wasmail::plugin::HTTP_BODY_CHUNK_BYTES;
+    // Writes of the permit's size go through, and 900 requests keep them...
+    let (path, _) = component_file(&f, "hostile", &http_bodies_wat(900, chunk));
+    let before = peak_rss_kib();
+    let r = host.run(&host.load(&path, None).expect("load"), "").await.expect("run");
+    assert!(matches!(r.output, Some(Ok(_))), "{:?} / {:?}", r.output, r.stopped);
+    let grown = peak_rss_kib().saturating_sub(before);
+    assert!(grown < 128 << 10, "the host's peak memory grew by {grown} KiB");
+    // ...and a write of 1 MiB is refused (the plugin traps on the error).
+    let (path, _) = component_file(&f, "hostile", &http_bodies_wat(1, 1 << 20));
+    let r = host.run(&host.load(&path, None).expect("load"), "").await.expect("run");
+    assert!(r.output.is_none() && r.stopped.is_some(), "{:?} / {:?}", r.output, r.stopped);
+}

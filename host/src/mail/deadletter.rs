@@ -776,4 +776,81 @@ mod tests {
         assert!(!spooled.exists());
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn odd_files_in_the_folder_are_named_and_the_good_letters_still_listed() {
+        let dir = scratch("odd");
+        let d = DeadLetters::new(&dir);
+        d.keep(&rendered("good@x"), &SendError::Connect("down".into()), None).unwrap();
+        std::fs::create_dir_all(dir.join(PENDING)).unwrap();
+        // A FIFO and a folder named as spool files of a dead process: read,
+        // the FIFO would block retry forever.
+        let dead = format!("0000000000000-{}-000001", u32::MAX);
+        let fifo = dir.join(PENDING).join(format!("{dead}.{PENDING_EXT}"));
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(dir.join(PENDING).join(format!("0000000000000-{}-000002.{PENDING_EXT}", u32::MAX))).unwrap();
+        // An empty .json, one that is not a letter's, and a link in place of an .eml.
+        std::fs::write(dir.join("empty.eml"), "x").unwrap();
+        std::fs::write(dir.join("empty.json"), "").unwrap();
+        std::fs::write(dir.join("other.eml"), "x").unwrap();
+        std::fs::write(dir.join("other.json"), "[1, 2]").unwrap();
+        let good = d.list().unwrap().letters.remove(0);
+        std::fs::copy(&good.json, dir.join("link.json")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link.eml")).unwrap();
+        let listing = d.list().unwrap();
+        assert_eq!(listing.letters.len(), 1);
+        assert_eq!(listing.letters[0].meta.message_id, "good@x");
+        let mut named: Vec<String> =
+            listing.unreadable.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        named.sort();
+        assert_eq!(named.len(), 5, "{:?}", listing.unreadable);
+        assert!(named.contains(&"empty.json".into()) && named.contains(&"other.json".into()) && named.contains(&"link.eml".into()));
+        assert!(fifo.exists(), "left for an operator");
+        // Claimed, the link is not followed either.
+        let mut linked = Letter { eml: dir.join("link.eml"), json: dir.join("link.json"), meta: good.meta.clone() };
+        assert!(linked.claim().unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_spool_file_of_a_live_process_is_left_alone_however_little_it_holds() {
+        let dir = scratch("live");
+        let d = DeadLetters::new(&dir);
+        std::fs::create_dir_all(dir.join(PENDING)).unwrap();
+        // Created, not yet written: the writer is this process.
+        let spooled = dir.join(PENDING).join(format!("{}.{PENDING_EXT}", fresh_name()));
+        std::fs::write(&spooled, "").unwrap();
+        assert!(d.list().unwrap().letters.is_empty());
+        assert!(spooled.exists(), "its writer may be about to send what it writes");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_claimed_letter_is_held_and_marked_in_flight_until_its_outcome() {
+        let dir = scratch("claim");
+        let d = DeadLetters::new(&dir);
+        d.keep(&rendered("c@x"), &SendError::Connect("down".into()), None).unwrap();
+        let mut first = d.list().unwrap().letters.remove(0);
+        let mut second = d.list().unwrap().letters.remove(0);
+        let claim = first.claim().unwrap().expect("free");
+        assert_eq!(claim.bytes, rendered("c@x").bytes);
+        assert!(!claim.was_unknown);
+        assert!(second.claim().unwrap().is_none(), "a second retry passes over a held letter");
+        first.sending().unwrap();
+        // Killed now: the next retry finds it in flight, for --force only.
+        let seen = d.list().unwrap().letters.remove(0);
+        assert!(seen.meta.outcome_unknown && seen.meta.reason.kind == "outcome-unknown");
+        // A clean failure puts it back as it was.
+        first.failed_again(&claim, &SendError::Connect("down again".into())).unwrap();
+        drop(claim);
+        let again = d.list().unwrap().letters.remove(0);
+        assert!(!again.meta.outcome_unknown && again.meta.attempts == 2);
+        // Sent by the first holder: the second finds it gone.
+        let claim = first.claim().unwrap().expect("free again");
+        first.remove().unwrap();
+        drop(claim);
+        assert!(second.claim().unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

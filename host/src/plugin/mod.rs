@@ -74,13 +74,35 @@ impl WasiHttpView for PluginState {
     }
 }
 
+/// The most octets one `write` to a plugin's wasi:http request body may
+/// hand over (its `check-write` permit). The body is held by the host, not
+/// in the plugin's memory, and is never sent: each request keeps at most
+/// this much, twice (one write buffered, one in flight), so a plugin that
+/// builds `max_resources` requests holds a few MiB of the host's memory,
+/// not wasmtime-wasi-http's default of 2 MiB a request (2 GB at 1,000).
+pub const HTTP_BODY_CHUNK_BYTES: usize = 4096;
+
+/// The most octets of headers one wasi:http `fields` resource of a plugin
+/// may hold (wasmtime-wasi-http counts its in-memory form): room for a
+/// fetch's usual headers, not the default 128 KiB a resource.
+pub const HTTP_FIELDS_BYTES: usize = 8192;
+
 /// wasi:http for plugins: requests may be built (componentize-js's fetch
 /// imports the interfaces whether or not a plugin uses them), but sending
 /// one always fails with `HTTP-request-denied`. Nothing is connected,
-/// resolved or read.
+/// resolved or read, and what a request holds is small
+/// ([`HTTP_BODY_CHUNK_BYTES`], [`HTTP_FIELDS_BYTES`]).
 struct DenyHttp;
 
 impl WasiHttpHooks for DenyHttp {
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        HTTP_BODY_CHUNK_BYTES
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<wasmtime_wasi_http::WasiBody>,
@@ -534,7 +556,11 @@ impl PluginHost {
             forwarder,
             cpu_ticks: 0,
             cpu_stop: None,
-            http: WasiHttpCtx::new(),
+            http: {
+                let mut http = WasiHttpCtx::new();
+                http.set_field_size_limit(HTTP_FIELDS_BYTES);
+                http
+            },
             no_http: DenyHttp,
         };
         let mut store = Store::new(&self.rt.engine, state);

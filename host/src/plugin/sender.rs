@@ -257,6 +257,43 @@ pub struct Prior {
     /// Its last outcome: `attempt` when none followed (the process died or
     /// was stopped with it in flight).
     pub outcome: Outcome,
+    /// Its From address.
+    pub from: Option<String>,
+    /// The outbox file it was written to, or was about to be.
+    pub outbox: Option<String>,
+    /// Whether its record was cut to fit (then its recipients are not all
+    /// listed, and not compared).
+    pub clipped: bool,
+}
+
+impl Prior {
+    /// Whether it was the message `approved` is: the same From and the same
+    /// recipients (in any order). A plugin whose messages come in another
+    /// order on a redelivery (a map, a folder that changed) has a
+    /// different message at this place, which was never sent.
+    fn is_for(&self, approved: &Approved) -> bool {
+        if self.clipped {
+            return true;
+        }
+        let mut then: Vec<&str> = self.recipients.iter().map(String::as_str).collect();
+        let mut now: Vec<&str> = approved.recipients.iter().map(String::as_str).collect();
+        then.sort_unstable();
+        now.sort_unstable();
+        self.from.as_deref().is_none_or(|f| f == approved.from) && then == now
+    }
+
+    /// Whether the outbox has it: its file is written whole or not at all,
+    /// so a file that is there was written, whatever the log says after.
+    fn in_outbox(&self) -> bool {
+        self.outbox.as_deref().is_some_and(|p| std::path::Path::new(p).exists())
+    }
+
+    /// Whether it was bound for the outbox and never written there: its
+    /// `accepted` record is missing and so is its file (one that was
+    /// accepted may have been taken from the outbox since).
+    fn never_written(&self) -> bool {
+        self.outbox.is_some() && self.outcome != Outcome::Accepted && !self.in_outbox()
+    }
 }
 
 /// The messages of `job` that earlier deliveries attempted, by `seq`, from
@@ -284,17 +321,22 @@ pub fn priors(path: &std::path::Path, job: &str) -> Result<std::collections::Has
             continue;
         }
         match r.outcome {
+            // A later attempt at the same place (a redelivery that found
+            // another message there) is the one its outcome belongs to.
             Outcome::Attempt => {
-                out.entry(seq).or_insert(Prior {
+                out.insert(seq, Prior {
                     id: r.id,
                     message_id: r.message_id,
                     recipients: r.recipients,
                     size: r.size,
                     outcome: Outcome::Attempt,
+                    from: r.from,
+                    outbox: r.outbox,
+                    clipped: r.omitted > 0,
                 });
             }
             Outcome::Accepted | Outcome::Rejected | Outcome::Error => {
-                if let Some(p) = out.get_mut(&seq) {
+                if let Some(p) = out.get_mut(&seq).filter(|p| p.id == r.id) {
                     p.outcome = r.outcome;
                 }
             }
@@ -735,8 +777,12 @@ impl Forwarder {
         }
         match self.policy.check(msg) {
             Ok(approved) => match self.priors.remove(&self.seq) {
-                None => Ok(Admission::Approved(approved)),
-                Some(prior) => self.replay(&approved, prior).map(Admission::Replayed),
+                // Another message than the one attempted here before, or
+                // one that never reached the outbox: not sent yet.
+                Some(prior) if prior.is_for(&approved) && !prior.never_written() => {
+                    self.replay(&approved, prior).map(Admission::Replayed)
+                }
+                _ => Ok(Admission::Approved(approved)),
             },
             Err(Refusal::Denied(denied)) => {
                 let mut r = base(None, Outcome::Denied, Some(format!("policy-denied: {denied}")));
@@ -766,7 +812,7 @@ impl Forwarder {
         r.id.clone_from(&prior.id);
         r.message_id.clone_from(&prior.message_id);
         self.record(r)?;
-        if prior.outcome == Outcome::Accepted {
+        if prior.outcome == Outcome::Accepted || prior.in_outbox() {
             return Ok(Ok(Receipt {
                 message_id: prior.message_id.unwrap_or_default(),
                 accepted: prior.recipients,
@@ -806,11 +852,22 @@ impl Forwarder {
         }
     }
 
+    /// Write an approved message to the outbox, ahead of it its `attempt`
+    /// record naming the file: a process killed in between leaves a record
+    /// that a redelivery of the job reads by whether the file is there.
     fn to_outbox(&mut self, dir: &std::path::Path, approved: Approved, rendered: Rendered) -> Result<Result<Receipt, SendError>> {
-        let path = match outbox::write(dir, &rendered.bytes) {
+        let path = match outbox::fresh_path(dir) {
             Ok(p) => p,
             Err(e) => return Err(self.could_not_keep("outbox", &approved, self.seq, rendered.message_id, &e)),
         };
+        let mut attempt = base(Some(&approved), Outcome::Attempt, None);
+        attempt.size = Some(rendered.bytes.len() as u64);
+        attempt.message_id = Some(rendered.message_id.clone());
+        attempt.outbox = Some(path.display().to_string());
+        self.record(attempt)?;
+        if let Err(e) = outbox::write_at(&path, &rendered.bytes) {
+            return Err(self.could_not_keep("outbox", &approved, self.seq, rendered.message_id, &e));
+        }
         let mut r = base(Some(&approved), Outcome::Accepted, None);
         r.size = Some(rendered.bytes.len() as u64);
         r.message_id = Some(rendered.message_id.clone());
