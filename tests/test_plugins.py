@@ -42,7 +42,7 @@ MESSAGE_KEYS = {"seq", "id", "message_id", "outcome", "reason", "dead_letter"}
 AUDIT_KEYS = {"time_ms", "plugin", "sha256", "from", "recipients", "rejected", "size",
               "message_id", "outcome", "reason"}
 AUDIT_OPTIONAL_KEYS = {
-    "id",           # the spool id, on relay deliveries (attempt and outcome alike)
+    "id",           # the spool id (relay) or outbox file name: attempt and outcome alike
     "outbox",       # only on records of mail written to the outbox
     "dead_letter",  # where an undelivered message was kept for `wasmail retry`
     "omitted",      # characters and list entries cut to keep the record small
@@ -177,7 +177,7 @@ def outcomes(records: list[dict]) -> list[dict]:
 
 
 def check_write_ahead(records: list[dict]) -> None:
-    """Relay deliveries in the log: each `attempt` (with its spool id, the
+    """Deliveries in the log: each `attempt` (with its spool id or outbox file name, the
     Message-ID, size, From and recipients) comes before the one outcome
     record with the same id; no outcome record has an id without an attempt
     before it, and an attempt has at most one outcome."""
@@ -188,7 +188,7 @@ def check_write_ahead(records: list[dict]) -> None:
         if r["outcome"] == "attempt":
             assert rid and rid not in attempts, f"record {n}: attempt without a fresh id: {r}"
             assert r["message_id"] and r["size"] and r["from"] and r["recipients"], r
-            assert r.get("outbox") is None and r.get("dead_letter") is None, r
+            assert r.get("dead_letter") is None, r
             attempts[rid] = r
         elif rid is not None:
             assert rid in attempts, f"record {n}: outcome {rid} without an attempt before it: {r}"
@@ -197,6 +197,8 @@ def check_write_ahead(records: list[dict]) -> None:
             a = attempts[rid]
             assert (r["message_id"], r["from"], r["recipients"]) == (
                 a["message_id"], a["from"], a["recipients"]), (a, r)
+            # Outbox mail: the attempt names the file its outcome was written to.
+            assert a.get("outbox") is None or a["outbox"] == r.get("outbox"), (a, r)
 
 
 def run_report(proc) -> dict:
@@ -229,9 +231,9 @@ def counts(attempts: int = 0, accepted: int = 0, denied: int = 0, rejected: int 
 def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Path,
                        started_ms: int, *, relay: bool) -> list[dict]:
     """A run that succeeded and had `count` messages accepted: the report's
-    counts and the audit log agree. Relay deliveries are written ahead (an
-    `attempt` record before each outcome, tied by the spool id); outbox
-    deliveries get their outcome record only. Returns the outcome records."""
+    counts and the audit log agree. Every delivery is written ahead: an
+    `attempt` record before each outcome, tied by the spool id (relay) or
+    the outbox file's name. Returns the outcome records."""
     assert_exit(proc, EXIT_OK)
     report = run_report(proc)
     assert report["plugin"] == name
@@ -250,7 +252,8 @@ def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Pa
     attempts = [r for r in all_records if r["outcome"] == "attempt"]
     # The log holds exactly this run's sends.
     assert len(records) == count, all_records
-    assert len(attempts) == (count if relay else 0), all_records
+    assert len(attempts) == count, all_records
+    assert all((r.get("outbox") is None) == relay for r in attempts), all_records
     ended_ms = int(time.time() * 1000)
     for r in all_records:
         assert r["plugin"] == name and r["sha256"] == report["sha256"], r
@@ -262,7 +265,7 @@ def check_accepted_run(proc, plugin_path: Path, name: str, count: int, audit: Pa
         if relay:
             assert r.get("id") and r.get("outbox") is None, r
         else:
-            assert r.get("id") is None and r.get("outbox"), r
+            assert r.get("outbox") and Path(r["outbox"]).stem == r.get("id"), r
     return records
 
 

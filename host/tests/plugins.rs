@@ -174,7 +174,11 @@ async fn hostile_suite_in_one_process() {
     assert!(e.contains("accepted 5") && e.contains("max_messages"), "{e}");
     assert_eq!((r.counts.attempts, r.counts.accepted, r.counts.denied), (6, 5, 1));
     let records = AuditLog::read(&f.audit).unwrap().split_off(before);
-    assert_eq!(records.len(), 6);
+    // Each accepted one after its `attempt` record, naming the same file.
+    assert_eq!(records.len(), 11);
+    let attempts: Vec<_> = records.iter().filter(|x| x.outcome == Outcome::Attempt).map(|x| &x.outbox).collect();
+    let accepted: Vec<_> = records.iter().filter(|x| x.outcome == Outcome::Accepted).map(|x| &x.outbox).collect();
+    assert_eq!(attempts, accepted);
     for rec in records.iter().filter(|x| x.outcome == Outcome::Accepted) {
         assert!(Path::new(rec.outbox.as_deref().unwrap()).exists());
     }

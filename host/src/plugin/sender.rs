@@ -860,7 +860,10 @@ impl Forwarder {
             Ok(p) => p,
             Err(e) => return Err(self.could_not_keep("outbox", &approved, self.seq, rendered.message_id, &e)),
         };
+        // The file's name ties the two records, as a spool id does.
+        let id = path.file_stem().map(|s| s.to_string_lossy().into_owned());
         let mut attempt = base(Some(&approved), Outcome::Attempt, None);
+        attempt.id.clone_from(&id);
         attempt.size = Some(rendered.bytes.len() as u64);
         attempt.message_id = Some(rendered.message_id.clone());
         attempt.outbox = Some(path.display().to_string());
@@ -869,6 +872,7 @@ impl Forwarder {
             return Err(self.could_not_keep("outbox", &approved, self.seq, rendered.message_id, &e));
         }
         let mut r = base(Some(&approved), Outcome::Accepted, None);
+        r.id = id;
         r.size = Some(rendered.bytes.len() as u64);
         r.message_id = Some(rendered.message_id.clone());
         r.outbox = Some(path.display().to_string());
