@@ -153,10 +153,11 @@ pub fn dot_stuffed<T: Transport>(
                 io.transcript(Direction::Client, &format!("<{sent} octets of message data>"));
                 io.transcript(Direction::Client, ".");
             }
-            // A failure here means the transport did not take all of the
-            // last chunk, so the terminator never left: nothing was
-            // delivered, and a retry is safe. Only a failure while waiting
-            // for the reply to the dot leaves the outcome unknown.
+            // With no trailer, a failure here means the transport did not
+            // take all of the last chunk, so the terminator never left:
+            // nothing was delivered, and a retry is safe. With a trailer
+            // (the next message's envelope, pipelined) the failed part may
+            // have come after the terminator: the caller says so.
             wbuf.extend_from_slice(trailer);
             let r = io.send(wbuf, Stage::DataBlock);
             wbuf.clear();

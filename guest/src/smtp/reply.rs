@@ -14,6 +14,11 @@ pub const MAX_REPLY_LINE: usize = 2048;
 pub const MAX_REPLY_LINES: usize = 128;
 /// The most bytes in one reply, all lines together.
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// The most octets of text kept of a reply to RCPT TO ([`Reply::clipped`]).
+/// A message keeps one for each refused recipient, and may have a thousand:
+/// at [`MAX_REPLY_BYTES`] each, a server's refusals alone could fill the
+/// mailer's memory with a few messages.
+pub const MAX_KEPT_RCPT_REPLY_BYTES: usize = 1024;
 
 /// A complete server reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +48,32 @@ impl Reply {
     /// The lines joined with `\n`.
     pub fn text(&self) -> String {
         self.lines.join("\n")
+    }
+
+    /// The reply with at most `max` octets of [`Self::text`]: the lines
+    /// that fit, the last of them cut at a character boundary.
+    pub fn clipped(mut self, max: usize) -> Self {
+        let mut left = max;
+        let mut kept = 0;
+        for line in &mut self.lines {
+            if kept > 0 {
+                // The `\n` before it.
+                if left == 0 {
+                    break;
+                }
+                left -= 1;
+            }
+            if line.len() > left {
+                let end = line.char_indices().map(|(i, c)| i + c.len_utf8()).take_while(|&end| end <= left).last().unwrap_or(0);
+                line.truncate(end);
+                kept += 1;
+                break;
+            }
+            left -= line.len();
+            kept += 1;
+        }
+        self.lines.truncate(kept);
+        self
     }
 }
 
@@ -117,10 +148,12 @@ impl ReplyParser {
         Self::default()
     }
 
-    /// Add bytes read from the server.
+    /// Add bytes read from the server. What earlier replies used is dropped
+    /// first, so the buffer holds only what is not yet a reply, however the
+    /// server cuts its writes.
     pub fn feed(&mut self, data: &[u8]) {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
             self.pos = 0;
         }
         self.buf.extend_from_slice(data);
@@ -311,5 +344,28 @@ mod tests {
         assert_eq!(r.enhanced, None);
         let r = &parse_all(b"250 1.2.3.4 is an address\r\n").unwrap()[0];
         assert_eq!(r.enhanced, None);
+    }
+
+    #[test]
+    fn the_buffer_holds_only_what_is_not_yet_a_reply() {
+        // A server that ends every write one octet into its next reply: the
+        // buffer never emptied, and held every reply of the session.
+        let mut p = ReplyParser::new();
+        p.feed(b"2");
+        for _ in 0..10_000 {
+            p.feed(b"50 ok\r\n2");
+            assert_eq!(p.next_reply().unwrap().map(|r| r.code), Some(250));
+        }
+        assert!(p.buf.len() <= MAX_REPLY_LINE && p.buffered() == 1, "{} octets held", p.buf.len());
+    }
+
+    #[test]
+    fn a_clipped_reply_keeps_whole_characters_within_its_octets() {
+        let r = Reply { code: 550, enhanced: None, lines: vec!["ab".into(), "cdé".into(), "fg".into()] };
+        assert_eq!(r.clone().clipped(100).lines, ["ab", "cdé", "fg"]);
+        assert_eq!(r.clone().clipped(6).lines, ["ab", "cd"], "é is two octets: not cut in half");
+        assert_eq!(r.clone().clipped(7).lines, ["ab", "cdé"]);
+        assert_eq!(r.clone().clipped(8).lines, ["ab", "cdé", ""]);
+        assert_eq!(r.clipped(0).lines, [""]);
     }
 }

@@ -17,7 +17,7 @@ use super::command::{Auth, AuthCancel, AuthResponse, Body, ClientName, Command, 
 use super::data::{self, DATA_CHUNK, DataPhase, SliceSource, Source};
 use super::ehlo::Capabilities;
 use super::error::{SmtpError, Stage};
-use super::reply::{Reply, ReplyParser};
+use super::reply::{MAX_KEPT_RCPT_REPLY_BYTES, Reply, ReplyParser};
 use crate::mime::address::Address;
 use std::fmt::Write as _;
 
@@ -413,6 +413,9 @@ impl<T: Transport> Session<T> {
                         }
                     }
                     continue;
+                }
+                if stage == Stage::RcptTo {
+                    return Ok(reply.clipped(MAX_KEPT_RCPT_REPLY_BYTES));
                 }
                 return Ok(reply);
             }

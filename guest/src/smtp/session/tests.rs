@@ -872,6 +872,39 @@ fn bdat_batch_a_failed_coalesced_write_leaves_each_message_in_it_unknown() {
 }
 
 #[test]
+fn data_batch_a_failed_write_of_the_dot_and_the_next_envelope_is_outcome_unknown() {
+    // The write that fails holds message 0's last data, its dot and
+    // message 1's envelope: the dot may have reached the server.
+    let mut script = Script::new(&["220 mx\r\n", PIPELINING, "250 ok\r\n250 ok\r\n354 go\r\n"]);
+    script.fail_write = Some(2);
+    let mut s = Session::open(script, &cfg(TlsMode::None, None), secret).unwrap();
+    let out = Batch3::new(&[&["b@x.org"], &["c@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["unknown", "connect"]);
+    assert_eq!(out.unsent, [1]);
+    // The last message's dot ends its write: a failure there is before it.
+    let mut script = Script::new(&["220 mx\r\n", PIPELINING, "250 ok\r\n250 ok\r\n354 go\r\n"]);
+    script.fail_write = Some(2);
+    let mut s = Session::open(script, &cfg(TlsMode::None, None), secret).unwrap();
+    let out = Batch3::new(&[&["b@x.org"]]).send(&mut s);
+    assert_eq!(codes(&out), ["connect"]);
+    assert_eq!(out.unsent, [0]);
+}
+
+#[test]
+fn a_refused_recipient_keeps_a_clipped_reply() {
+    // Five lines of 1,000 octets: a message keeps one such reply for each
+    // refused recipient, and may have a thousand.
+    let long = format!("550-{}\r\n", "x".repeat(1000)).repeat(5) + "550 no\r\n";
+    let replies = format!("250 ok\r\n{long}250 ok\r\n354 go\r\n");
+    let mut s = opened(&["220 mx\r\n", PIPELINING, &replies, "250 done\r\n"]);
+    let out = Batch3::new(&[&["b@x.org", "c@x.org"]]).send(&mut s);
+    let sent = out.results[0].as_ref().unwrap();
+    assert_eq!(sent.rejected.len(), 1);
+    assert_eq!(sent.rejected[0].1.code, 550);
+    assert!(sent.rejected[0].1.text().len() <= crate::smtp::reply::MAX_KEPT_RCPT_REPLY_BYTES);
+}
+
+#[test]
 fn bdat_sends_dots_as_they_are() {
     let mut s = opened(&["220 mx\r\n", CHUNKING, "250 ok\r\n250 ok\r\n250 done\r\n"]);
     send_to(&mut s, &["b@x.org"], b".\r\n..x\r\n").unwrap();
