@@ -13,6 +13,12 @@ pub const BASE64_LINE: usize = 76;
 pub const QP_LINE: usize = 76;
 /// An encoded word is at most 75 characters (RFC 2047 2).
 pub const ENCODED_WORD_MAX: usize = 75;
+/// The longest line of a header field that holds an encoded word
+/// (RFC 2047 2).
+pub const ENCODED_WORD_LINE: usize = 76;
+/// The shortest encoded word [`encoded_words`] writes: `=?utf-8?B?` and
+/// `?=` around four base64 characters.
+pub const MIN_ENCODED_WORD: usize = 16;
 /// Header lines are folded before 78 characters (RFC 5322 2.1.1).
 pub const HEADER_FOLD: usize = 78;
 /// Raw bytes per base64 line: 57 bytes encode to 76 characters.
@@ -141,7 +147,7 @@ pub fn encoded_words(text: &str, first_room: usize) -> String {
     let overhead = PREFIX.len() + SUFFIX.len();
     let mut words = Vec::new();
     let mut rest = text;
-    let mut room = first_room.clamp(overhead + 4, ENCODED_WORD_MAX);
+    let mut room = first_room.clamp(MIN_ENCODED_WORD, ENCODED_WORD_MAX);
     while !rest.is_empty() {
         let max_raw = (room - overhead) / 4 * 3;
         let mut end = 0;
@@ -158,7 +164,7 @@ pub fn encoded_words(text: &str, first_room: usize) -> String {
         let (head, tail) = rest.split_at(end);
         words.push(format!("{PREFIX}{}{SUFFIX}", STANDARD.encode(head)));
         rest = tail;
-        room = ENCODED_WORD_MAX.min(HEADER_FOLD - 1);
+        room = ENCODED_WORD_MAX.min(ENCODED_WORD_LINE - 1);
     }
     words.join("\r\n ")
 }

@@ -3,7 +3,8 @@
 //! strings or encoded words, and the `Date` format.
 
 use super::address::Mailbox;
-use super::encode::{HEADER_FOLD, encoded_words};
+use super::encode::{ENCODED_WORD_LINE, HEADER_FOLD, MIN_ENCODED_WORD, encoded_words};
+use super::lint::MAX_LINE;
 
 /// Collects header fields as CRLF-terminated, folded lines.
 #[derive(Default)]
@@ -46,13 +47,17 @@ impl HeaderWriter {
 
     /// An unstructured field (Subject, custom headers): folded at white space,
     /// or sent as encoded words when it is not ASCII, contains `=?`, or has a
-    /// word too long to fold.
+    /// word too long for a line even alone ([`MAX_LINE`]). A word that is
+    /// only longer than [`HEADER_FOLD`] (a URL in `List-Unsubscribe`) goes
+    /// as it is, on a line of its own: RFC 5322 2.1.1 asks 78 octets of a
+    /// line only where it can, and encoded words are not allowed in the
+    /// structured fields a custom header may be (RFC 2047 5).
     pub fn unstructured(&mut self, name: &str, value: &str) {
         self.out.push_str(name);
         self.out.push(':');
         let needs_encoding = !value.is_ascii()
             || value.contains("=?")
-            || value.split(' ').any(|w| w.len() + name.len() + 2 > HEADER_FOLD)
+            || value.split(' ').any(|w| w.len() + name.len() + 2 > MAX_LINE)
             || value.contains('\t')
             // Spaces beyond a line's worth cannot all stay where they are
             // (see below): encoded words carry them.
@@ -62,8 +67,12 @@ impl HeaderWriter {
             return;
         }
         if needs_encoding {
+            // A long name leaves no room for a word on its line: fold first.
+            if self.column() + 1 + MIN_ENCODED_WORD > ENCODED_WORD_LINE {
+                self.out.push_str("\r\n");
+            }
             self.out.push(' ');
-            let room = HEADER_FOLD - self.column();
+            let room = ENCODED_WORD_LINE.saturating_sub(self.column());
             self.out.push_str(&encoded_words(value, room));
         } else {
             let mut first = true;
@@ -176,6 +185,32 @@ mod tests {
             assert!(line.len() <= 78, "{line:?}");
         }
         assert!(text.contains("\r\n word"));
+    }
+
+    #[test]
+    fn a_long_ascii_word_goes_as_it_is_on_a_line_of_its_own() {
+        let url = "<https://news.example.com/u?t=0123456789abcdef0123456789abcdef>";
+        let mut h = HeaderWriter::default();
+        h.unstructured("List-Unsubscribe", url);
+        assert_eq!(h.into_bytes(), format!("List-Unsubscribe: {url}\r\n").into_bytes());
+        let mut h = HeaderWriter::default();
+        h.unstructured("Subject", &format!("see {} now", "x".repeat(100)));
+        assert_eq!(String::from_utf8(h.into_bytes()).unwrap(), format!("Subject: see\r\n {}\r\n now\r\n", "x".repeat(100)));
+        // Too long for any line: encoded words, which fold.
+        let mut h = HeaderWriter::default();
+        h.unstructured("Subject", &"x".repeat(1000));
+        let text = String::from_utf8(h.into_bytes()).unwrap();
+        assert!(text.starts_with("Subject: =?utf-8?") && text.split("\r\n").all(|l| l.len() <= 78), "{text}");
+    }
+
+    #[test]
+    fn a_line_with_an_encoded_word_is_at_most_76_octets() {
+        for name in ["Subject", "X-Long-Custom-Header-Name", &format!("X-{}", "n".repeat(70))] {
+            let mut h = HeaderWriter::default();
+            h.unstructured(name, &"é".repeat(40));
+            let text = String::from_utf8(h.into_bytes()).unwrap();
+            assert!(text.split("\r\n").all(|l| l.len() <= ENCODED_WORD_LINE), "{text}");
+        }
     }
 
     #[test]

@@ -190,11 +190,19 @@ fn write_node(node: &Node<'_>, out: &mut Out, boundary_base: &str, counter: &mut
 }
 
 
-/// The declared type of an attachment, or the one its file name suggests.
+/// The declared type of an attachment, or the one its file name suggests:
+/// `application/octet-stream` when that is a container type (`x.eml` is
+/// `message/rfc822`), which cannot go as base64 (RFC 2046 5.2.1).
 pub fn declared_type(content_type: Option<&str>, filename: &str) -> String {
     match content_type {
         Some(ct) => ct.to_owned(),
-        None => mime_guess::from_path(filename).first_or_octet_stream().essence_str().to_owned(),
+        None => {
+            let guessed = mime_guess::from_path(filename).first_or_octet_stream();
+            if super::validate::is_container(guessed.type_().as_str()) {
+                return mime_guess::mime::APPLICATION_OCTET_STREAM.essence_str().to_owned();
+            }
+            guessed.essence_str().to_owned()
+        }
     }
 }
 

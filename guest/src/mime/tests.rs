@@ -174,6 +174,28 @@ fn field_named_errors() {
             }),
             "attachments[0].content-type",
         ),
+        (
+            Box::new(|d| {
+                d.attachments.push(Attachment {
+                    filename: "fwd.eml".into(),
+                    content_type: Some("message/rfc822".into()),
+                    content: Content::Bytes(vec![]),
+                    content_id: None,
+                })
+            }),
+            "attachments[0].content-type",
+        ),
+        (
+            Box::new(|d| {
+                d.attachments.push(Attachment {
+                    filename: "a.bin".into(),
+                    content_type: Some(format!("application/{}", "x".repeat(1000))),
+                    content: Content::Bytes(vec![]),
+                    content_id: None,
+                })
+            }),
+            "attachments[0].content-type",
+        ),
         (Box::new(|d| d.to.clear()), "to"),
     ];
     for (i, (mutate, field)) in cases.into_iter().enumerate() {
@@ -273,4 +295,12 @@ fn folding_never_leaves_a_line_of_white_space() {
             assert_eq!(&unfolded[1..], subject, "unfolding gives the subject back exactly");
         }
     }
+}
+
+#[test]
+fn a_file_name_that_suggests_a_container_type_goes_as_octets() {
+    use super::render::declared_type;
+    assert_eq!(declared_type(None, "fwd.eml"), "application/octet-stream");
+    assert_eq!(declared_type(None, "logo.png"), "image/png");
+    assert_eq!(declared_type(Some("text/csv"), "fwd.eml"), "text/csv");
 }

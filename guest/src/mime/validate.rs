@@ -89,10 +89,32 @@ pub fn check_header_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The longest type, and the longest subtype, of a content type: RFC 6838
+/// 4.2 registers none longer.
+pub const MAX_MEDIA_TYPE_NAME: usize = 127;
+
+/// Whether a top-level media type is a container: `multipart` or
+/// `message` (RFC 2046 5).
+pub fn is_container(ty: &str) -> bool {
+    ty.eq_ignore_ascii_case("multipart") || ty.eq_ignore_ascii_case("message")
+}
+
+/// An attachment's content type: `type/subtype`, MIME tokens of at most
+/// [`MAX_MEDIA_TYPE_NAME`] characters each. Not a container (`multipart/*`,
+/// `message/*`): an attachment goes as base64, which RFC 2046 5.1 and
+/// 5.2.1 forbid for them, and a multipart part would need a boundary.
 fn check_content_type(ct: &str) -> Result<(), String> {
     let (ty, sub) = ct.split_once('/').ok_or("not of the form type/subtype")?;
     if !encode::is_token(ty) || !encode::is_token(sub) {
         return Err("type and subtype must be MIME tokens".into());
+    }
+    if ty.len() > MAX_MEDIA_TYPE_NAME || sub.len() > MAX_MEDIA_TYPE_NAME {
+        return Err(format!("type and subtype must be at most {MAX_MEDIA_TYPE_NAME} characters each"));
+    }
+    if is_container(ty) {
+        return Err(format!(
+            "{ty}/* is a container type, which cannot be sent as base64 (RFC 2046); attach it as application/octet-stream"
+        ));
     }
     Ok(())
 }
