@@ -625,3 +625,104 @@ async fn request_bodies_a_plugin_never_sends_hold_little_host_memory() {
     let r = host.run(&host.load(&path, None).expect("load"), "").await.expect("run");
     assert!(r.output.is_none() && r.stopped.is_some(), "{:?} / {:?}", r.output, r.stopped);
 }
+
+/// The WAT of a plugin that calls `send` once with `n` To mailboxes whose
+/// addresses all point at the same `size` octets of its memory: lifting
+/// copies each, so the host is handed `n` × `size` octets.
+fn aliased_addresses_wat(n: usize, size: usize) -> String {
+    let big = 16 << 20;
+    let pages = (big + size) / 65536 + 1;
+    format!(
+        r#"(component
+  (type $inst (instance 
+    (type $mailbox-t (record (field "name" (option string)) (field "address" string)))
+    (export "mailbox" (type $mailbox (eq $mailbox-t)))
+    (type $content-t (variant (case "bytes" (list u8)) (case "file" string)))
+    (export "content" (type $content (eq $content-t)))
+    (type $attachment-t (record (field "filename" string) (field "content-type" (option string)) (field "content" $content) (field "content-id" (option string))))
+    (export "attachment" (type $attachment (eq $attachment-t)))
+    (type $priority-t (enum "highest" "high" "normal" "low" "lowest"))
+    (export "priority" (type $priority (eq $priority-t)))
+    (type $message-t (record
+      (field "from" (option $mailbox)) (field "reply-to" (option $mailbox))
+      (field "to" (list $mailbox)) (field "cc" (list $mailbox)) (field "bcc" (list $mailbox))
+      (field "subject" string) (field "text" (option string)) (field "html" (option string))
+      (field "attachments" (list $attachment)) (field "priority" (option $priority))
+      (field "headers" (list (tuple string string)))))
+    (export "message" (type $message (eq $message-t)))
+    (type $reply-t (record (field "code" u16) (field "enhanced" (option string)) (field "text" string)))
+    (export "reply" (type $reply (eq $reply-t)))
+    (type $rf-t (record (field "address" string) (field "reply" $reply)))
+    (export "recipient-failure" (type $rf (eq $rf-t)))
+    (type $receipt-t (record (field "message-id" string) (field "accepted" (list string)) (field "rejected" (list $rf)) (field "size" u64) (field "reply" $reply)))
+    (export "receipt" (type $receipt (eq $receipt-t)))
+    (type $stage-t (enum "connect" "greeting" "ehlo" "tls" "auth" "mail-from" "rcpt-to" "data" "data-block" "data-end" "rset" "quit"))
+    (export "stage" (type $stage (eq $stage-t)))
+    (type $rejection-t (record (field "stage" $stage) (field "transient" bool) (field "reply" $reply) (field "recipients" (list $rf))))
+    (export "rejection" (type $rejection (eq $rejection-t)))
+    (type $se-t (variant (case "invalid-message" string) (case "policy-denied" string) (case "connect" string) (case "tls" string)
+       (case "auth" $reply) (case "rejected" $rejection) (case "timeout" $stage) (case "protocol" string) (case "outcome-unknown" string)))
+    (export "send-error" (type $se (eq $se-t)))
+    (export "send" (func (param "msg" $message) (result (result $receipt (error $se)))))
+))
+  (import "wasmail:mail/sender@0.1.0" (instance $sender (type $inst)))
+  (core module $A
+    (memory (export "mem") {pages})
+    (global $bump (mut i32) (i32.const 0x400000))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $r i32)
+      (local.set $r (i32.and (i32.add (global.get $bump) (i32.const 7)) (i32.const -8)))
+      (global.set $bump (i32.add (local.get $r) (local.get 3)))
+      (local.get $r)))
+  (core instance $a (instantiate $A))
+  (alias core export $a "mem" (core memory $mem))
+  (alias core export $a "realloc" (core func $realloc))
+  (core func $send (canon lower (func $sender "send") (memory $mem) (realloc $realloc)))
+  (core module $B
+    (import "a" "mem" (memory 1))
+    (import "h" "send" (func $send (param i32 i32)))
+    (func (export "run") (param i32 i32) (result i32) (local $i i32) (local $p i32)
+      
+      (i32.store (i32.const 0x1030) (i32.const 0x100000))
+      (i32.store (i32.const 0x1034) (i32.const {n}))
+      (local.set $p (i32.const 0x100000))
+      (block $done (loop $l
+        (br_if $done (i32.ge_u (local.get $i) (i32.const {n})))
+        (i32.store (i32.add (local.get $p) (i32.const 12)) (i32.const {big}))
+        (i32.store (i32.add (local.get $p) (i32.const 16)) (i32.const {size}))
+        (local.set $p (i32.add (local.get $p) (i32.const 20)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $l)))
+
+      (call $send (i32.const 0x1000) (i32.const 0x2000))
+      (i32.store (i32.const 0x3000) (i32.const 0))
+      (i32.store (i32.const 0x3004) (i32.const 0x2000))
+      (i32.store (i32.const 0x3008) (i32.const 0))
+      (i32.const 0x3000)))
+  (core instance $hi (export "send" (func $send)))
+  (core instance $b (instantiate $B (with "a" (instance $a)) (with "h" (instance $hi))))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $b "run") (memory $mem) (realloc $realloc)))
+)
+
+"#
+    )
+}
+
+/// One call may copy into the host no more than the plugin's memory holds:
+/// 8 mailboxes pointing at one 8 MiB string are 64 MiB to lift, twice the
+/// plugin's 32 MiB, and within wasmtime's default of 128 MiB a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_copies_no_more_into_the_host_than_the_plugin_holds() {
+    let f = fixture("alias");
+    let host = host(&f);
+    let (path, _) = component_file(&f, "hostile", &aliased_addresses_wat(8, 8 << 20));
+    let r = host.run(&host.load(&path, None).expect("load"), "").await.expect("run");
+    assert!(r.output.is_none(), "{:?}", r.output);
+    let stopped = r.stopped.unwrap_or_default();
+    assert!(stopped.contains("too much data"), "{stopped}");
+    assert_eq!(r.counts.attempts, 0, "stopped while the message was lifted, before the policy");
+    // The same list of small strings goes through (and is refused by the policy).
+    let (path, _) = component_file(&f, "hostile", &aliased_addresses_wat(8, 64));
+    let r = host.run(&host.load(&path, None).expect("load"), "").await.expect("run");
+    assert!(r.output.is_some(), "{:?}", r.stopped);
+}

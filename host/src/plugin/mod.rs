@@ -565,6 +565,11 @@ impl PluginHost {
         };
         let mut store = Store::new(&self.rt.engine, state);
         store.limiter(|s| &mut s.limits);
+        // What one call may copy into the host: no more than the plugin's
+        // memory holds, where wasmtime's default is 128 MiB. Lifting copies
+        // each string it is pointed at, so a list of mailboxes that all
+        // point at one large string would cost the host many times that.
+        store.set_hostcall_fuel(usize::try_from(cfg.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX));
         let cpu_limit = (cfg.cpu_ms / engine::EPOCH_TICK.as_millis().max(1) as u64).max(1);
         let cpu_ms = cfg.cpu_ms;
         store.set_epoch_deadline(1);
