@@ -911,3 +911,25 @@ def test_a_run_without_a_key_does_not_read_the_audit_log(serve, plugins, smtpd, 
     a = server.run("hello", RECIPIENT, headers={"Idempotency-Key": "order-7"})
     assert a.status == 200 and a.json()["counts"]["accepted"] == 1, a
     assert read_bytes_of(server.proc) - before >= big // 2
+
+
+def test_a_repeated_key_while_its_run_goes_on_answers_409(serve, plugins, scripted, tmp_path):
+    """The same Idempotency-Key while its first run is still sending: that
+    run would be read as not yet attempted and its message sent twice. It
+    answers 409 `job-running`; asked again once the first run has ended,
+    the key gets that run's receipt and nothing is sent again."""
+    relay = scripted(slow_relay_steps(3.0))
+    setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
+    server = serve(setup)
+    key = {"Idempotency-Key": "order-9"}
+
+    t, first = in_background(server.run, "hello", RECIPIENT, headers=key)
+    wait_until(lambda: relay.data, 60, "the message at the relay")
+    again = check_refusal(server.run("hello", RECIPIENT, headers=key), 409)
+    assert again["kind"] == "job-running" and "order-9" in again["message"], again
+    t.join(HTTP_TIMEOUT_S)
+    assert "error" not in first, first
+    assert first["value"].status == 200 and first["value"].json()["counts"]["accepted"] == 1, first
+    a = server.run("hello", RECIPIENT, headers=key)
+    assert a.status == 200 and a.json()["counts"]["skipped"] == 1, a
+    assert len(relay.data) == 1
