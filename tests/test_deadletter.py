@@ -335,6 +335,22 @@ def test_retry_without_a_recorded_relay_needs_one(run, tmp_path):
     assert "records no relay" in proc.stderr, describe(proc)
 
 
+# A relay that takes one message and never answers its dot.
+HOLDS_AFTER_DATA = [
+    Send(b"220 mx ESMTP\r\n"), Expect("EHLO"), Send(b"250 mx\r\n"),
+    Expect("MAIL FROM"), Send(b"250 ok\r\n"), Expect("RCPT TO"), Send(b"250 ok\r\n"),
+    Expect("DATA"), Send(b"354 go\r\n"), ReadData(), Hold(60),
+]
+
+
+def wait_for_data(server, timeout: float = 60) -> None:
+    """Until `server` (scripted) has the whole message."""
+    deadline = time.monotonic() + timeout
+    while not server.data and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.data, server.received()
+
+
 def keep_one_letter(run, folder: Path) -> dict:
     """A letter kept because nothing listened on the relay's port."""
     proc = run(send_args(f"127.0.0.1:{free_port()}", folder))
@@ -351,20 +367,11 @@ def test_a_retry_in_flight_is_passed_over_and_one_killed_in_flight_needs_force(w
     resends it only with --force. Once each of these sent it twice."""
     folder = tmp_path / "dead"
     keep_one_letter(run, folder)
-    hang = scripted([
-        Send(b"220 mx ESMTP\r\n"), Expect("EHLO"), Send(b"250 mx\r\n"),
-        Expect("MAIL FROM"), Send(b"250 ok\r\n"),
-        Expect("RCPT TO"), Send(b"250 ok\r\n"),
-        Expect("DATA"), Send(b"354 go\r\n"),
-        ReadData(), Hold(60),  # the message is here; its reply never comes
-    ])
+    hang = scripted(HOLDS_AFTER_DATA)
     first = subprocess.Popen([str(wasmail), "retry", *relay(hang.address), "--dead-letter", str(folder)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while not hang.data and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert hang.data, hang.received()
+        wait_for_data(hang)
         server = smtpd()
         proc = run(["retry", *relay(server.address), "--dead-letter", folder])
         assert_exit(proc, 0)
@@ -424,20 +431,13 @@ def test_a_job_runs_once_at_a_time(wasmail, run, plugins, scripted, smtpd, tmp_p
     attempted and send them again: it does not start (75, `job-running`).
     Once the first has ended, a run of the job sends nothing again."""
     folder, audit = tmp_path / "dead", tmp_path / "audit.jsonl"
-    hang = scripted([
-        Send(b"220 mx ESMTP\r\n"), Expect("EHLO"), Send(b"250 mx\r\n"),
-        Expect("MAIL FROM"), Send(b"250 ok\r\n"), Expect("RCPT TO"), Send(b"250 ok\r\n"),
-        Expect("DATA"), Send(b"354 go\r\n"), ReadData(), Hold(60),
-    ])
+    hang = scripted(HOLDS_AFTER_DATA)
     slow = plugin_config(tmp_path / "slow.toml", hang.address, audit, folder)
     slow.write_text(slow.read_text().replace("timeout_secs = 5", "timeout_secs = 60"))
     first = subprocess.Popen([str(wasmail), "run", str(plugins["hello"]), "--config", str(slow), "--input-text", TO,
                               "--job", "order-3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not hang.data and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert hang.data, hang.received()
+        wait_for_data(hang)
         server = smtpd()
         config = plugin_config(tmp_path / "wasmail.toml", server.address, audit, folder)
         proc = run(["run", plugins["hello"], "--config", config, "--input-text", TO, "--job", "order-3", "--json"])

@@ -510,10 +510,30 @@ async fn limits_apply_while_the_component_is_instantiated() {
     }
 }
 
+/// The core module (and its aliases, `$mem` and `$realloc`) of the
+/// hand-written components below: `pages` of memory, and a `realloc` that
+/// hands out memory upwards from `heap`, never freeing.
+fn memory_module(pages: usize, heap: usize) -> String {
+    format!(
+        r#"  (core module $A
+    (memory (export "mem") {pages})
+    (global $bump (mut i32) (i32.const {heap}))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $r i32)
+      (local.set $r (i32.and (i32.add (global.get $bump) (i32.const 7)) (i32.const -8)))
+      (global.set $bump (i32.add (local.get $r) (local.get 3)))
+      (local.get $r)))
+  (core instance $a (instantiate $A))
+  (alias core export $a "mem" (core memory $mem))
+  (alias core export $a "realloc" (core func $realloc))
+"#
+    )
+}
+
 /// The WAT of a plugin that builds `requests` wasi:http requests, never
 /// sent, each with a body of two `chunk`-octet writes, and keeps them all
 /// (one resource each); it traps when a write is refused.
 fn http_bodies_wat(requests: usize, chunk: usize) -> String {
+    let memory = memory_module(40, 0x20_0000);
     format!(
         r#"(component $C
   (import "wasi:io/error@0.2.0" (instance $ioerr (export "error" (type (sub resource)))))
@@ -536,17 +556,7 @@ fn http_bodies_wat(requests: usize, chunk: usize) -> String {
      (export "[method]outgoing-request.body" (func (param "self" (borrow $req)) (result (result (own $body)))))
      (export "[method]outgoing-body.write" (func (param "self" (borrow $body)) (result (result (own $os2)))))))
   (alias export $http "outgoing-body" (type $body))
-  (core module $A
-    (memory (export "mem") 40)
-    (global $bump (mut i32) (i32.const 0x200000))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $r i32)
-      (local.set $r (i32.and (i32.add (global.get $bump) (i32.const 7)) (i32.const -8)))
-      (global.set $bump (i32.add (local.get $r) (local.get 3)))
-      (local.get $r)))
-  (core instance $a (instantiate $A))
-  (alias core export $a "mem" (core memory $mem))
-  (alias core export $a "realloc" (core func $realloc))
-  (core func $fields (canon lower (func $http "[constructor]fields")))
+{memory}  (core func $fields (canon lower (func $http "[constructor]fields")))
   (core func $req (canon lower (func $http "[constructor]outgoing-request")))
   (core func $rbody (canon lower (func $http "[method]outgoing-request.body") (memory $mem)))
   (core func $bwrite (canon lower (func $http "[method]outgoing-body.write") (memory $mem)))
@@ -631,7 +641,7 @@ async fn request_bodies_a_plugin_never_sends_hold_little_host_memory() {
 /// copies each, so the host is handed `n` × `size` octets.
 fn aliased_addresses_wat(n: usize, size: usize) -> String {
     let big = 16 << 20;
-    let pages = (big + size) / 65536 + 1;
+    let memory = memory_module((big + size) / 65536 + 1, 0x40_0000);
     format!(
         r#"(component
   (type $inst (instance 
@@ -666,17 +676,7 @@ fn aliased_addresses_wat(n: usize, size: usize) -> String {
     (export "send" (func (param "msg" $message) (result (result $receipt (error $se)))))
 ))
   (import "wasmail:mail/sender@0.1.0" (instance $sender (type $inst)))
-  (core module $A
-    (memory (export "mem") {pages})
-    (global $bump (mut i32) (i32.const 0x400000))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (local $r i32)
-      (local.set $r (i32.and (i32.add (global.get $bump) (i32.const 7)) (i32.const -8)))
-      (global.set $bump (i32.add (local.get $r) (local.get 3)))
-      (local.get $r)))
-  (core instance $a (instantiate $A))
-  (alias core export $a "mem" (core memory $mem))
-  (alias core export $a "realloc" (core func $realloc))
-  (core func $send (canon lower (func $sender "send") (memory $mem) (realloc $realloc)))
+{memory}  (core func $send (canon lower (func $sender "send") (memory $mem) (realloc $realloc)))
   (core module $B
     (import "a" "mem" (memory 1))
     (import "h" "send" (func $send (param i32 i32)))
