@@ -508,3 +508,18 @@ allowed_headers = ["X-Mailer"]
     assert_exit(proc, 0)
     assert json.loads(proc.stdout)["counts"]["skipped"] == 1, describe(proc)
     assert len(list(outbox.glob("*.eml"))) == 1
+
+
+def test_a_job_id_is_the_plugin_s(run, plugins, smtpd, tmp_path):
+    """Two plugins given the same job id (one client key, two plugins) run
+    two jobs: the second plugin's message is not taken as already sent."""
+    folder, audit = tmp_path / "dead", tmp_path / "audit.jsonl"
+    server = smtpd()
+    config = plugin_config(tmp_path / "wasmail.toml", server.address, audit, folder)
+    hello_table = config.read_text().split("[plugins.hello]")[1]
+    config.write_text(config.read_text() + "[plugins.twin]" + hello_table)
+    for name, sent in (("hello", 1), ("twin", 2), ("twin", 2)):
+        proc = run(["run", plugins["hello"], "--name", name, "--config", config, "--input-text", TO,
+                    "--job", "order-8", "--json"])
+        assert_exit(proc, 0)
+        assert len(server.messages) == sent, describe(proc)

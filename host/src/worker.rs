@@ -192,6 +192,13 @@ impl Job {
         Ok(job)
     }
 
+    /// Its `Nats-Msg-Id`, by which the stream drops a duplicate: the plugin
+    /// and the id, since a job id is the plugin's (the same client key for
+    /// two plugins is two jobs).
+    pub fn message_id(&self) -> String {
+        format!("{}/{}", self.plugin, self.id)
+    }
+
     /// Whether the id can be a job id: 1 to [`MAX_JOB_ID_CHARS`] of
     /// A-Z a-z 0-9 `-` `_` `.` `:`.
     pub fn check(&self) -> Result<(), String> {
@@ -229,7 +236,10 @@ impl Publisher {
         }
         let ack = self
             .js
-            .send_publish(self.subject.clone(), Publish::build().payload(payload.into()).message_id(&job.id))
+            // The stream drops a second job of the same id as a duplicate:
+            // the id is the plugin's, so another plugin's job of the same id
+            // is another job.
+            .send_publish(self.subject.clone(), Publish::build().payload(payload.into()).message_id(job.message_id()))
             .await
             .with_context(|| format!("publishing job {}", job.id))?;
         ack.await.with_context(|| format!("job {}: the stream did not confirm it", job.id))?;
@@ -821,6 +831,13 @@ mod tests {
         // Too big: refused before parsing (this one would not parse anyway).
         let big = vec![b' '; MAX_JOB_BYTES + 1];
         assert!(Job::parse(&big).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn the_same_id_for_two_plugins_is_two_jobs_to_the_stream() {
+        let job = |plugin: &str| Job { id: "order-1".into(), plugin: plugin.into(), input: String::new() };
+        assert_ne!(job("alpha").message_id(), job("beta").message_id());
+        assert_eq!(job("alpha").message_id(), job("alpha").message_id());
     }
 
     fn report(stop: Option<Stop>, output: Option<Result<String, String>>) -> RunReport {

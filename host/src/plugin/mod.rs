@@ -506,8 +506,8 @@ impl PluginHost {
         // attempted and send them again.
         let (job_lock, priors) = match job {
             Some(job) if may_have_run => {
-                let lock = sender::JobLock::take(self.audit.path(), job)?.map_err(anyhow::Error::new)?;
-                (Some(lock), sender::priors(self.audit.path(), job)?)
+                let lock = sender::JobLock::take(self.audit.path(), &plugin.name, job)?.map_err(anyhow::Error::new)?;
+                (Some(lock), sender::priors(self.audit.path(), &plugin.name, job)?)
             }
             _ => (None, Default::default()),
         };

@@ -296,9 +296,11 @@ impl Prior {
     }
 }
 
-/// The messages of `job` that earlier deliveries attempted, by `seq`, from
-/// the audit log at `path`: the idempotency record of a queue's jobs.
-pub fn priors(path: &std::path::Path, job: &str) -> Result<std::collections::HashMap<u64, Prior>> {
+/// The messages of `plugin`'s `job` that earlier deliveries attempted, by
+/// `seq`, from the audit log at `path`: the idempotency record of a queue's
+/// jobs. A job id is the plugin's: another plugin's job of the same id (a
+/// client's key reused for another plugin) is another job.
+pub fn priors(path: &std::path::Path, plugin: &str, job: &str) -> Result<std::collections::HashMap<u64, Prior>> {
     use std::io::BufRead;
     let mut out = std::collections::HashMap::new();
     let file = match std::fs::File::open(path) {
@@ -317,7 +319,7 @@ pub fn priors(path: &std::path::Path, job: &str) -> Result<std::collections::Has
         }
         let Ok(r) = serde_json::from_str::<Record>(line) else { continue };
         let (Some(j), Some(seq)) = (&r.job, r.seq) else { continue };
-        if j != job {
+        if j != job || r.plugin != plugin {
             continue;
         }
         match r.outcome {
@@ -372,7 +374,7 @@ fn job_locks(audit: &std::path::Path) -> PathBuf {
 }
 
 /// A job held by one run, for the whole run: an exclusive lock (`flock`)
-/// on `<audit log>.jobs/<SHA-256 of the job id>.lock`, taken before the
+/// on `<audit log>.jobs/<SHA-256 of the plugin and job id>.lock`, taken before the
 /// audit log is searched for the job's earlier deliveries. Every process
 /// that writes the same audit log sees it. The file is removed when the run
 /// ends; the kernel drops the lock of a process that dies.
@@ -384,13 +386,18 @@ pub struct JobLock {
 }
 
 impl JobLock {
-    /// Hold `job` for this run, or say that another run holds it.
-    pub fn take(audit: &std::path::Path, job: &str) -> Result<std::result::Result<Self, JobRunning>> {
+    /// Hold `plugin`'s `job` for this run, or say that another run holds it.
+    pub fn take(audit: &std::path::Path, plugin: &str, job: &str) -> Result<std::result::Result<Self, JobRunning>> {
         use sha2::Digest;
         use std::os::unix::fs::MetadataExt;
         let dir = job_locks(audit);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let hash: String = sha2::Sha256::digest(job.as_bytes()).iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let mut key = sha2::Sha256::new();
+        // Length-prefixed: no plugin and job pair spells another's.
+        key.update((plugin.len() as u64).to_be_bytes());
+        key.update(plugin.as_bytes());
+        key.update(job.as_bytes());
+        let hash: String = key.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
         let path = dir.join(format!("{hash}.lock"));
         // A run that ends removes the file after we opened it: then the
         // lock we took is on a file without a name, and we open again.
@@ -1231,7 +1238,7 @@ mod tests {
         log.push(b'\n');
         log.extend_from_slice(&accepted.to_line().unwrap());
         std::fs::write(&path, &log).unwrap();
-        let found = priors(&path, "job-1").unwrap();
+        let found = priors(&path, "", "job-1").unwrap();
         assert_eq!(found.get(&1).map(|p| p.outcome), Some(Outcome::Accepted));
         std::fs::remove_dir_all(&dir).unwrap();
     }
