@@ -93,7 +93,8 @@ def outbox_message(proc, outbox: Path) -> bytes:
 
 def assert_breaks(raw: bytes, key: Key) -> None:
     """Verified as is; one byte changed in the body, or in a signed header,
-    or a second From added, and it fails."""
+    or a second From, a Reply-To, a Cc or a second Subject added, and it
+    fails."""
     assert verify(raw, key), raw.decode(errors="replace")
     head, body = raw.split(b"\r\n\r\n", 1)
     i = len(body) // 2
@@ -106,6 +107,12 @@ def assert_breaks(raw: bytes, key: Key) -> None:
     assert not verify(raw[:j] + bytes([raw[j] ^ 0x01]) + raw[j + 1:], key), "subject byte"
     assert not verify(raw.replace(b"\r\nTo: ", b"\r\nTo: x", 1), key), "to"
     assert not verify(b"From: Someone Else <ceo@example.com>\r\n" + raw, key), "a second From"
+    # Every signed field is oversigned: one that is absent, or a second
+    # copy of one that is there, cannot be added either.
+    if b"\r\nReply-To:" not in b"\r\n" + head:
+        assert not verify(b"Reply-To: attacker@evil.example\r\n" + raw, key), "an added Reply-To"
+    assert not verify(b"Subject: another subject\r\n" + raw, key), "a second Subject"
+    assert not verify(b"Cc: attacker@evil.example\r\n" + raw, key), "an added Cc"
     # An unsigned header may be added on the way (relays add Received).
     assert verify(b"Received: from relay by mx; Thu, 1 Jan 2026 00:00:00 +0000\r\n" + raw, key)
 

@@ -54,8 +54,10 @@ impl Algorithm {
     }
 }
 
-/// Header fields signed when present, in `h=` order. `From` is signed once
-/// more than it occurs (oversigned), so a second `From` cannot be added.
+/// Header fields signed, in `h=` order, each once more than it occurs
+/// (oversigned, RFC 6376 5.4 and 8.15): one that is absent is listed once,
+/// so that none of them (a `Reply-To`, a second `Subject` or `From`) can be
+/// added after signing without breaking the signature.
 pub const SIGNED_HEADERS: &[&str] =
     &["from", "reply-to", "to", "cc", "subject", "date", "message-id", "x-priority", "mime-version", "content-type"];
 
@@ -393,13 +395,13 @@ impl Folder {
     }
 }
 
-/// The `h=` list for `fields`: [`SIGNED_HEADERS`] that occur, each as often
-/// as it does, `From` once more, then `extra` (names compared without case).
+/// The `h=` list for `fields`: each of [`SIGNED_HEADERS`], then of `extra`
+/// (names compared without case), once more than it occurs.
 pub fn signed_names(fields: &[&[u8]], extra: &[String]) -> Vec<String> {
     let count = |name: &str| fields.iter().filter(|f| field_name(f).eq_ignore_ascii_case(name.as_bytes())).count();
     let mut names: Vec<String> = Vec::new();
     for &name in SIGNED_HEADERS {
-        let n = count(name) + usize::from(name == "from");
+        let n = count(name) + 1;
         names.extend(std::iter::repeat_n(name.to_owned(), n));
     }
     for name in extra {
@@ -407,7 +409,7 @@ pub fn signed_names(fields: &[&[u8]], extra: &[String]) -> Vec<String> {
         if names.contains(&lower) {
             continue;
         }
-        let n = count(&lower).max(1);
+        let n = count(&lower) + 1;
         names.extend(std::iter::repeat_n(lower, n));
     }
     names

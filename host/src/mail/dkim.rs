@@ -392,23 +392,52 @@ impl Signing {
 /// per line, a few hundred fields.
 pub const MAX_SIGNED_DATA: usize = 1 << 20;
 
-/// The `From` address's domain in a (canonical) From field.
+/// The domain of the one mailbox in a (canonical) From field; `None`
+/// unless the field is one mailbox: a quoted display name may hold
+/// anything, but outside it no list (`,`), group (`;`), comment (`(`) or
+/// second angle address, which a reader could take for the author instead.
 fn from_domain(field: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(field).ok()?;
     let value = text.split_once(':')?.1;
-    let addr = match value.rfind('<') {
-        Some(i) => value[i + 1..].split('>').next()?,
-        None => value,
+    let mut bare = String::with_capacity(value.len());
+    let mut quoted = false;
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if quoted => {
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            c if !quoted => bare.push(c),
+            _ => {}
+        }
+    }
+    if quoted || bare.contains([',', ';', '(', ')']) {
+        return None;
+    }
+    let addr = match (bare.matches('<').count(), bare.matches('>').count()) {
+        (0, 0) => bare.as_str(),
+        (1, 1) => {
+            let (_, rest) = bare.split_once('<')?;
+            let (addr, after) = rest.split_once('>')?;
+            if !after.trim().is_empty() {
+                return None;
+            }
+            addr
+        }
+        _ => return None,
     };
     let addr: String = addr.chars().filter(|c| !c.is_whitespace()).collect();
-    Some(addr.rsplit_once('@')?.1.to_owned())
+    let (local, domain) = addr.split_once('@')?;
+    (!local.is_empty() && !domain.is_empty() && !domain.contains('@')).then(|| domain.to_owned())
 }
 
 /// What the host checks before signing for the mailer: `data` is what RFC
 /// 6376 3.7 signs, for this identity. Its last field is the DKIM-Signature
 /// itself (`v=1`, this `a=`, `d=` and `s=`, no `l=`, `b=` last and empty),
-/// its `h=` names From, and the one From field among the signed ones has an
-/// address in `domain` or a subdomain. So even a mailer that misbehaves can
+/// its `h=` names From more often than the data has From fields (so none
+/// can be added after), and the one From field among the signed ones is one
+/// mailbox in `domain` or a subdomain. So even a mailer that misbehaves can
 /// only get signatures over DKIM header blocks with a From of this domain.
 pub fn check_data(domain: &str, selector: &str, key_type: KeyType, data: &[u8]) -> Result<(), String> {
     if data.len() > MAX_SIGNED_DATA {
@@ -438,17 +467,21 @@ pub fn check_data(domain: &str, selector: &str, key_type: KeyType, data: &[u8]) 
         return Err("DKIM-Signature: b= must be the last tag, and empty".into());
     }
     let h = tag("h").unwrap_or_default();
-    if !h.split(':').any(|n| n.eq_ignore_ascii_case("from")) {
+    let listed = h.split(':').filter(|n| n.eq_ignore_ascii_case("from")).count();
+    if listed == 0 {
         return Err("DKIM-Signature: h= does not sign From".into());
     }
     let froms: Vec<&&[u8]> = signed.iter().filter(|f| canon::field_name(f).eq_ignore_ascii_case(b"from")).collect();
     let [from] = froms.as_slice() else {
         return Err(format!("{} From fields signed, not one", froms.len()));
     };
+    if listed <= froms.len() {
+        return Err("DKIM-Signature: h= must list From once more than it occurs, so that none can be added".into());
+    }
     match from_domain(from) {
         Some(d) if canon::covers(domain, &d) => Ok(()),
         Some(d) => Err(format!("From is in {d}, which {domain} does not cover")),
-        None => Err("no address in the From field".into()),
+        None => Err("the From field is not one mailbox with an address".into()),
     }
 }
 

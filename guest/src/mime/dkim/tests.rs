@@ -168,7 +168,10 @@ fn signature_field_and_data() {
         assert!(!u.field.contains("l="), "no body length limit");
         let bare: String = u.field.split_whitespace().collect();
         assert!(
-            bare.contains("h=from:from:to:subject:date:message-id:mime-version:content-type:x-mailer:list-unsubscribe;"),
+            bare.contains(
+                "h=from:from:reply-to:to:to:cc:subject:subject:date:date:message-id:message-id:x-priority:\
+                 mime-version:mime-version:content-type:content-type:x-mailer:x-mailer:list-unsubscribe;"
+            ),
             "{bare}"
         );
         for line in u.field.split("\r\n") {

@@ -53,11 +53,25 @@ fn data(sig_tags: &str, from: &str) -> Vec<u8> {
 fn the_host_signs_only_dkim_header_blocks_for_its_own_domain() {
     let ok = |d: &[u8]| check_data("example.com", "s1", KeyType::Ed25519, d);
     assert_eq!(ok(&data("h=from:from:subject; bh=AAAA; b=", "A <a@example.com>")), Ok(()));
-    assert_eq!(ok(&data("h=from:subject; bh=AAAA; b=", "a@mail.Example.COM")), Ok(()));
-    assert_eq!(ok(&data("h=from; bh=AAAA; b=", "\"x@example.com\" <a@evil.example>")).unwrap_err(), "From is in evil.example, which example.com does not cover");
-    assert!(ok(&data("h=from; bh=AAAA; b=", "a@notexample.com")).is_err());
-    assert!(ok(&data("h=from; bh=AAAA; b=AAAA", "a@example.com")).unwrap_err().contains("b= must be"));
-    assert!(ok(&data("h=from; bh=AAAA; l=10; b=", "a@example.com")).unwrap_err().contains("l="));
+    assert_eq!(ok(&data("h=from:from:subject; bh=AAAA; b=", "a@mail.Example.COM")), Ok(()));
+    assert_eq!(ok(&data("h=from:from; bh=AAAA; b=", "\"Smith, Jo (x@evil.example)\" <a@example.com>")), Ok(()));
+    assert_eq!(ok(&data("h=from:from; bh=AAAA; b=", "\"x@example.com\" <a@evil.example>")).unwrap_err(), "From is in evil.example, which example.com does not cover");
+    assert!(ok(&data("h=from:from; bh=AAAA; b=", "a@notexample.com")).is_err());
+    assert!(ok(&data("h=from:from; bh=AAAA; b=AAAA", "a@example.com")).unwrap_err().contains("b= must be"));
+    assert!(ok(&data("h=from:from; bh=AAAA; l=10; b=", "a@example.com")).unwrap_err().contains("l="));
+    // One From not oversigned: a second one could be added above it.
+    assert!(ok(&data("h=from:subject; bh=AAAA; b=", "a@example.com")).unwrap_err().contains("once more"));
+    // A list, a comment or a second angle address could name another author.
+    for from in [
+        "a@evil.example, b@example.com",
+        "<ceo@evil.example> (<x@example.com>)",
+        "<ceo@evil.example> <x@example.com>",
+        "group: a@example.com;",
+        "\"unterminated <a@example.com>",
+        "a@evil.example@example.com",
+    ] {
+        assert!(ok(&data("h=from:from; bh=AAAA; b=", from)).unwrap_err().contains("not one mailbox"), "{from}");
+    }
     assert!(ok(&data("h=subject; bh=AAAA; b=", "a@example.com")).unwrap_err().contains("From"));
     assert!(ok(&[data("h=from; bh=AAAA; b=", "a@example.com"), b"\r\n".to_vec()].concat()).is_err());
     assert!(ok(b"anything at all").is_err());
