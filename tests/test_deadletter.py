@@ -523,3 +523,18 @@ def test_a_job_id_is_the_plugin_s(run, plugins, smtpd, tmp_path):
                     "--job", "order-8", "--json"])
         assert_exit(proc, 0)
         assert len(server.messages) == sent, describe(proc)
+
+
+def test_retry_s_password_goes_to_no_relay_of_several_without_server(run, tmp_path):
+    """Letters kept for two relays, and one password given: retry cannot
+    say which relay it is for, and sends it to neither (it once went to
+    both)."""
+    folder = tmp_path / "dead"
+    for _ in range(2):
+        proc = run(send_args(f"127.0.0.1:{free_port()}", folder))
+        assert proc.returncode != 0, describe(proc)
+    assert len({m["relay"]["server"] for m in letters(folder)}) == 2
+    proc = run(["retry", "--dead-letter", folder, "--user", "u", "--password-env", "WASMAIL_TEST_PASSWORD"])
+    assert_exit(proc, 64)
+    assert "give --server" in proc.stderr + proc.stdout, describe(proc)
+    assert len(letters(folder)) == 2

@@ -87,7 +87,7 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
         return Ok(exit::OK);
     }
     // One session per relay, in the order the letters were kept.
-    let mut groups: Vec<(RelayArgs, Vec<Letter>)> = Vec::new();
+    let mut groups: Vec<(Option<deadletter::StoredRelay>, RelayArgs, Vec<Letter>)> = Vec::new();
     for letter in letters {
         let relay = match (&given, &letter.meta.relay) {
             (Some(g), _) => g.clone(),
@@ -100,15 +100,33 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
                 ));
             }
         };
-        match groups.iter_mut().find(|(r, _)| r.server == relay.server && r.tls == relay.tls && r.user == relay.user) {
-            Some((_, list)) => list.push(letter),
-            None => groups.push((relay, vec![letter])),
+        // One session per relay as the letters recorded it, all of it: its
+        // TLS name and CA file too, not the first letter's for the others.
+        let key = if given.is_some() { None } else { letter.meta.relay.clone() };
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, _, list)) => list.push(letter),
+            None => groups.push((key, relay, vec![letter])),
         }
+    }
+    // Retry's password is for one relay: without --server (or a config's
+    // relay) to say which, it goes to none of several.
+    let secret_given = secrets.password_env.is_some() || secrets.password_file.is_some();
+    let servers: std::collections::BTreeSet<&str> = groups.iter().filter_map(|(_, r, _)| r.server.as_deref()).collect();
+    if given.is_none() && secret_given && servers.len() > 1 {
+        return Err(CliError::new(
+            exit::USAGE,
+            "usage",
+            format!(
+                "the letters were kept for {} relays ({}): give --server to say which one the password is for",
+                servers.len(),
+                servers.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+        ));
     }
     let audit_path = a.audit.clone().or(config.audit.clone()).unwrap_or_else(|| PathBuf::from(audit::DEFAULT_AUDIT));
     let log = AuditLog::open(&audit_path).map_err(internal)?;
     let mut failed = unreadable;
-    for (relay, letters) in groups {
+    for (_, relay, letters) in groups {
         failed += retry_group(rt, a, &relay, letters, &log).await?;
     }
     Ok(if failed == 0 { exit::OK } else { exit::TEMPFAIL })
