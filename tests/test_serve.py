@@ -633,6 +633,22 @@ def test_oversized_bodies_are_refused(serve, plugins, smtpd, tmp_path):
     assert server.request("GET", "/healthz").status == 200
 
 
+def test_a_request_without_a_token_is_refused_before_its_body_is_read(serve, plugins, smtpd, tmp_path):
+    """A body is read only after its token was checked: a client without
+    one that announces 31 MB and sends none gets 401 at once, and holds no
+    memory of the host's (its body once was read first, up to 32 MiB)."""
+    setup = make_setup(tmp_path, plugins, smtpd(), {"hello": {}})
+    server = serve(setup)
+    for path in ("/v1/messages", "/v1/plugins/hello/runs"):
+        with socket.create_connection((server.host, server.port), timeout=HTTP_TIMEOUT_S) as sock:
+            sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {server.host}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: 31000000\r\n\r\n").encode())
+            sock.settimeout(10)
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            assert resp.status == 401, (path, resp.status)
+
+
 # ---------------------------------------------------------------------------
 # 6. SIGHUP
 # ---------------------------------------------------------------------------
@@ -933,3 +949,38 @@ def test_a_repeated_key_while_its_run_goes_on_answers_409(serve, plugins, script
     a = server.run("hello", RECIPIENT, headers=key)
     assert a.status == 200 and a.json()["counts"]["skipped"] == 1, a
     assert len(relay.data) == 1
+
+
+def test_after_a_reload_runs_go_to_the_new_relay(serve, plugins, scripted, smtpd, tmp_path):
+    """A run in flight across a SIGHUP returns its session to the pool when
+    it ends: that session is the old relay's, and no later run takes it."""
+    old = scripted(slow_relay_steps(3.0))
+    setup = make_setup(tmp_path, plugins, old, {"hello": {}})
+    server = serve(setup)
+    t, first = in_background(server.run, "hello", RECIPIENT)
+    wait_until(lambda: old.data, 60, "the message at the old relay")
+    new = smtpd()
+    make_setup(tmp_path, plugins, new, {"hello": {}})
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_stderr("serve: reloaded")
+    t.join(HTTP_TIMEOUT_S)
+    assert "error" not in first and first["value"].status == 200, first
+    for _ in range(2):
+        a = server.run("hello", RECIPIENT)
+        assert a.status == 200 and a.json()["counts"]["accepted"] == 1, a
+    assert len(old.data) == 1 and len(new.messages) == 2
+
+
+def test_a_plain_send_counts_against_max_runs(serve, plugins, scripted, tmp_path):
+    """`POST /v1/messages` is a run like any other: with `--max-runs 1`, a
+    second send while the first waits for its relay answers 429 (each once
+    opened a relay connection of its own, past every limit)."""
+    relay = scripted(slow_relay_steps(3.0))
+    setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
+    server = serve(setup, "--max-runs", "1")
+    message = {"from": "sender@example.com", "to": ["to@example.org"], "subject": "s", "text": "t\n"}
+    t, first = in_background(server.send, message)
+    wait_until(lambda: relay.data, 60, "the message at the relay")
+    check_refusal(server.send(message), 429)
+    t.join(HTTP_TIMEOUT_S)
+    assert "error" not in first and first["value"].status == 200, first

@@ -229,8 +229,11 @@ impl RunReport {
 /// run (mailers are per plugin: their grants differ). At most `max`
 /// connections to the relay exist at once, idle or in use.
 pub struct MailerPool {
-    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<(Mailer, tokio::sync::OwnedSemaphorePermit)>>>,
+    /// Idle sessions by the host that opened them (see [`Self::host_key`])
+    /// and the plugin they ran for.
+    idle: std::sync::Mutex<std::collections::HashMap<(u64, String), Vec<(Mailer, tokio::sync::OwnedSemaphorePermit)>>>,
     connections: Arc<tokio::sync::Semaphore>,
+    hosts: std::sync::atomic::AtomicU64,
 }
 
 /// How long a run waits for a relay connection from a full pool.
@@ -239,11 +242,23 @@ pub const POOL_WAIT: Duration = Duration::from_secs(30);
 impl MailerPool {
     /// A pool of at most `max` relay connections.
     pub fn new(max: usize) -> Self {
-        Self { idle: Default::default(), connections: Arc::new(tokio::sync::Semaphore::new(max.max(1))) }
+        Self {
+            idle: Default::default(),
+            connections: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            hosts: Default::default(),
+        }
     }
 
-    fn take(&self, plugin: &str) -> Option<(Mailer, tokio::sync::OwnedSemaphorePermit)> {
-        self.idle.lock().ok()?.get_mut(plugin)?.pop()
+    /// A key of its own for a host that draws from the pool: sessions it
+    /// opened go back under it and only it takes them again. A host built
+    /// from a reloaded config (another relay, other credentials) never gets
+    /// a session that a run of the old one returned after the reload.
+    fn host_key(&self) -> u64 {
+        self.hosts.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn take(&self, host: u64, plugin: &str) -> Option<(Mailer, tokio::sync::OwnedSemaphorePermit)> {
+        self.idle.lock().ok()?.get_mut(&(host, plugin.to_owned()))?.pop()
     }
 
     /// A connection slot, waiting at most [`POOL_WAIT`] for one. An idle
@@ -265,9 +280,9 @@ impl MailerPool {
         }
     }
 
-    fn put(&self, plugin: &str, mailer: Mailer, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn put(&self, host: u64, plugin: &str, mailer: Mailer, permit: tokio::sync::OwnedSemaphorePermit) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.entry(plugin.to_owned()).or_default().push((mailer, permit));
+            idle.entry((host, plugin.to_owned())).or_default().push((mailer, permit));
         }
     }
 
@@ -313,6 +328,8 @@ pub struct PluginHost {
     audit: AuditLog,
     tls: tls::Provider,
     options: HostOptions,
+    /// Its key in the relay pool ([`MailerPool::host_key`]).
+    pool_key: u64,
 }
 
 
@@ -328,7 +345,8 @@ impl PluginHost {
         // For outbox runs only (they never connect); relay runs get the
         // relay's trust from `RelayArgs::resolve`.
         let tls = tls::Provider::new(None)?;
-        Ok(Self { rt: rt.clone(), config, linker, audit, tls, options })
+        let pool_key = options.pool.as_ref().map_or(0, |p| p.host_key());
+        Ok(Self { rt: rt.clone(), config, linker, audit, tls, options, pool_key })
     }
 
     /// The audit log.
@@ -406,6 +424,11 @@ impl PluginHost {
             };
             return Ok((Ok(receipt), None));
         };
+        // One of the pool's connections while it is open, when there is a pool.
+        let _connection = match &self.options.pool {
+            Some(pool) => Some(pool.slot().await?),
+            None => None,
+        };
         let mut mailer = self.relay_opener(r).await?.open().await?;
         let delivered = mailer.deliver(msg).await?;
         if let Err(e) = mailer.close().await {
@@ -467,7 +490,7 @@ impl PluginHost {
         };
         let mut renderer = Mailer::new(&self.rt.mailer, assembler).await?;
         if let Some(pool) = &self.options.pool
-            && let Some((mailer, permit)) = pool.take(name)
+            && let Some((mailer, permit)) = pool.take(self.pool_key, name)
         {
             return Ok(RunMailers {
                 mailer,
@@ -674,7 +697,7 @@ impl PluginHost {
         }
         match (&self.options.pool, connection, forwarder.mailer) {
             // Its session stays open for the plugin's next run.
-            (Some(pool), Some(permit), Some(mailer)) if !mailer_busy => pool.put(&plugin.name, mailer, permit),
+            (Some(pool), Some(permit), Some(mailer)) if !mailer_busy => pool.put(self.pool_key, &plugin.name, mailer, permit),
             (_, _, Some(mut mailer)) if !mailer_busy => {
                 if let Err(e) = mailer.close().await {
                     tracing::warn!("closing the mailer session: {e:#}");

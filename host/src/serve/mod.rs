@@ -197,7 +197,17 @@ fn record_run(app: &App, name: &str, ran: &RunReport, took: Duration) {
     m.observe(name, took);
 }
 
-async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, headers: HeaderMap, input: String) -> Response {
+/// A request's body as UTF-8, read only once its token was checked (a
+/// client without one makes the host read nothing), and only up to `limit`
+/// octets.
+async fn read_body(app: &App, body: axum::body::Body, limit: usize, what: &str) -> Result<String, Response> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        refuse(app, StatusCode::PAYLOAD_TOO_LARGE, "bad-request", &format!("{what}: more than {limit} bytes, or cut short ({e})"))
+    })?;
+    String::from_utf8(bytes.into()).map_err(|_| refuse(app, StatusCode::BAD_REQUEST, "bad-request", &format!("{what}: not UTF-8")))
+}
+
+async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let loaded = match app.loaded.read() {
         Ok(l) => Arc::clone(&l),
         Err(_) => return answer(StatusCode::INTERNAL_SERVER_ERROR, report::other_error_json("internal", "state lock poisoned")),
@@ -211,9 +221,10 @@ async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, heade
     let Some(served) = loaded.plugins.get(&name) else {
         return refuse(&app, StatusCode::NOT_FOUND, "not-found", "no such plugin is served");
     };
-    if input.len() > MAX_INPUT_BYTES {
-        return refuse(&app, StatusCode::PAYLOAD_TOO_LARGE, "bad-request", &format!("input: more than {MAX_INPUT_BYTES} bytes"));
-    }
+    let input = match read_body(&app, body, MAX_INPUT_BYTES, "input").await {
+        Ok(input) => input,
+        Err(refused) => return refused,
+    };
     let (job, fresh) = match job_id(&headers) {
         Ok(j) => j,
         Err(e) => return refuse(&app, StatusCode::BAD_REQUEST, "bad-request", &e),
@@ -275,7 +286,7 @@ async fn run_plugin(State(app): State<Arc<App>>, Path(name): Path<String>, heade
     }
 }
 
-async fn send_message(State(app): State<Arc<App>>, headers: HeaderMap, body: String) -> Response {
+async fn send_message(State(app): State<Arc<App>>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let loaded = match app.loaded.read() {
         Ok(l) => Arc::clone(&l),
         Err(_) => return answer(StatusCode::INTERNAL_SERVER_ERROR, report::other_error_json("internal", "state lock poisoned")),
@@ -286,6 +297,15 @@ async fn send_message(State(app): State<Arc<App>>, headers: HeaderMap, body: Str
     if !grant.send {
         return refuse(&app, StatusCode::FORBIDDEN, "forbidden", &format!("token {} may not send", grant.name));
     }
+    let body = match read_body(&app, body, MAX_BODY_BYTES, "message").await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    // A send is a run of its own: it counts against `--max-runs`, and its
+    // relay session against `--max-relay-connections`, like any other.
+    let Ok(_slot) = Arc::clone(&app.runs).try_acquire_owned() else {
+        return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "busy", &format!("{} runs are in progress", app.args.max_runs));
+    };
     let msg = match serde_json::from_str::<message::MessageBody>(&body).map_err(|e| e.to_string()).and_then(|b| b.into_message()) {
         Ok(m) => m,
         Err(e) => return refuse(&app, StatusCode::BAD_REQUEST, "bad-request", &format!("invalid message: {e}")),
