@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -574,3 +575,16 @@ def test_explicit_normal_priority_is_written_and_unset_is_not(run, tmp_path):
             assert expected in data, data[:500]
         else:
             assert b"X-Priority" not in data, data[:500]
+
+
+def test_a_body_from_standard_input_is_read_up_to_its_limit(wasmail, tmp_path):
+    """`--body -` fed without end (once read whole, until the mailer ran
+    out of memory): refused with 65 once past 32 MiB, naming the field."""
+    proc = subprocess.Popen([str(wasmail), "send", "--from", "a@example.com", "--to", "b@example.com",
+                             "--body", "-", "--outbox", str(tmp_path / "outbox")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    # communicate() passes over the pipe the command closed once past it.
+    _, err = proc.communicate(input=b"x" * (40 << 20), timeout=60)
+    assert proc.returncode == 65, err
+    assert b"body" in err and b"more than" in err, err
+    assert not (tmp_path / "outbox").exists()

@@ -132,14 +132,29 @@ fn mailbox(field: &str, s: &str) -> Result<Mailbox, Early> {
     Ok(Mailbox { name: m.name, address: m.address.to_string() })
 }
 
+/// The longest text or HTML body `send` reads (`--body`, `--html`, from a
+/// file or standard input): the mailer holds a body whole while it encodes
+/// it. Larger content goes as an attachment, which is streamed.
+pub const MAX_BODY_TEXT_BYTES: u64 = 32 << 20;
+
 fn read_text(field: &str, path: &PathBuf) -> Result<String, Early> {
-    let bytes = if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    use std::io::Read;
+    let source: Result<Box<dyn Read>, std::io::Error> = if path.as_os_str() == "-" {
+        Ok(Box::new(std::io::stdin()))
     } else {
-        std::fs::read(path)
+        std::fs::File::open(path).map(|f| Box::new(f) as Box<dyn Read>)
+    };
+    let mut bytes = Vec::new();
+    source
+        .and_then(|s| s.take(MAX_BODY_TEXT_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| early(exit::NOINPUT, "io", format!("{field}: {}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_BODY_TEXT_BYTES {
+        return Err(early(
+            exit::DATAERR,
+            "invalid-message",
+            format!("invalid message: {field}: {} is more than {MAX_BODY_TEXT_BYTES} bytes: attach it instead", path.display()),
+        ));
     }
-    .map_err(|e| early(exit::NOINPUT, "io", format!("{field}: {}: {e}", path.display())))?;
     String::from_utf8(bytes).map_err(|_| early(exit::DATAERR, "invalid-message", format!("invalid message: {field}: {} is not UTF-8", path.display())))
 }
 

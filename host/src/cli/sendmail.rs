@@ -144,16 +144,29 @@ fn fields<'a>(header: &[&'a [u8]]) -> Result<Vec<Field<'a>>, Refused> {
 /// parse each entry with the mailer's parser.
 pub fn address_list(field: &str, value: &str) -> Result<Vec<Address>, Refused> {
     let mut parts = Vec::new();
-    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let (mut quoted, mut angle, mut bracket, mut escaped) = (false, false, false, false);
     let mut current = String::new();
     for c in value.chars() {
+        let outside = !quoted && !angle && !bracket;
         match c {
             _ if escaped => escaped = false,
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             '<' if !quoted => angle = true,
             '>' if !quoted => angle = false,
-            ',' if !quoted && !angle => {
+            '[' if !quoted => bracket = true,
+            ']' if !quoted => bracket = false,
+            ',' if outside => {
+                parts.push(std::mem::take(&mut current));
+                continue;
+            }
+            // A group (RFC 5322 3.4): its name goes, its members stay;
+            // `undisclosed-recipients:;` has none.
+            ':' if outside => {
+                current.clear();
+                continue;
+            }
+            ';' if outside => {
                 parts.push(std::mem::take(&mut current));
                 continue;
             }
@@ -216,7 +229,9 @@ pub fn prepare(input: &[u8], a: &SendmailArgs, now: u64) -> Result<Prepared, Ref
             }
         }
     }
-    recipients.dedup();
+    // Once each, in the order given.
+    let mut seen = std::collections::HashSet::new();
+    recipients.retain(|r| seen.insert(r.to_string()));
     if recipients.is_empty() {
         return Err(Refused("recipients: none given (name them, or use -t)".into()));
     }
@@ -247,7 +262,8 @@ pub fn prepare(input: &[u8], a: &SendmailArgs, now: u64) -> Result<Prepared, Ref
         }
     };
     for f in &fields {
-        if f.name.eq_ignore_ascii_case("bcc") {
+        // Bcc goes; so does a From without an address, for the one above.
+        if f.name.eq_ignore_ascii_case("bcc") || (f.name.eq_ignore_ascii_case("from") && header_from.is_none()) {
             continue;
         }
         for line in &f.raw {
@@ -394,5 +410,20 @@ mod tests {
             let e = prepare(input, &a, 0).unwrap_err();
             assert!(e.0.contains(field), "{field}: {e:?}");
         }
+    }
+
+    #[test]
+    fn groups_an_empty_from_and_repeated_recipients() {
+        // mutt and PHP write Bcc-only mail with an empty group in To.
+        let input = b"From: a@example.com\nTo: undisclosed-recipients:;\nCc: team: b@example.com, c@[IPv6:::1];, b@example.com\nBcc: d@example.com, b@example.com\n\nhi\n";
+        let p = prepare(input, &args(true, &[]), 0).unwrap();
+        assert_eq!(p.recipients, ["b@example.com", "c@[IPv6:::1]", "d@example.com"]);
+        // A From without an address is replaced, not doubled.
+        let mut a = args(false, &["b@example.com"]);
+        a.sender = Some("me@example.com".into());
+        let p = prepare(b"From:\nSubject: x\n\nhi\n", &a, 0).unwrap();
+        let text = String::from_utf8(p.bytes).unwrap();
+        assert_eq!(text.matches("From:").count(), 1, "{text}");
+        assert!(text.contains("From: me@example.com\r\n"), "{text}");
     }
 }
