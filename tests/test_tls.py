@@ -267,3 +267,14 @@ def test_a_ca_from_the_system_store_needs_no_flag(run, smtpd, certs):
     assert_exit(proc, EXIT_UNAVAILABLE)
     assert json_error(proc)["kind"] == "tls", describe(proc)
     assert_no_auth_and_no_mail(server2)
+
+
+def test_a_ca_file_with_an_unusable_certificate_is_a_config_error(run, tmp_path):
+    """A certificate of `--ca-file` that cannot be a trust anchor was once
+    skipped with a warning, and the relay's certificate then failed for
+    another reason: it is refused before anything is sent, naming it."""
+    bad = tmp_path / "bad-ca.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n")
+    proc = run(send(*relay("127.0.0.1:1", "required", ca_file=bad), "--json"))
+    assert_exit(proc, 78)  # EX_CONFIG
+    assert "certificate 1 is not usable as a CA" in proc.stdout + proc.stderr, proc

@@ -188,11 +188,22 @@ impl SigningKey {
     /// Read a key file, refusing one that anybody but its owner may read or
     /// write (as ssh does): a DKIM key lets its holder sign for the domain.
     pub fn load(path: &Path) -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Read;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let shown = path.display();
-        let meta = std::fs::metadata(path).with_context(|| format!("DKIM key {shown}"))?;
+        // Opened once, without following a link or blocking on a FIFO, and
+        // the open file checked: what is read is what was checked.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .with_context(|| format!("DKIM key {shown} (a symbolic link is not followed)"))?;
+        let meta = file.metadata().with_context(|| format!("DKIM key {shown}"))?;
         if !meta.is_file() {
             bail!("DKIM key {shown}: not a regular file");
+        }
+        if meta.len() > MAX_KEY_FILE_BYTES {
+            bail!("DKIM key {shown}: {} bytes, more than a key file's {MAX_KEY_FILE_BYTES}", meta.len());
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -201,7 +212,9 @@ impl SigningKey {
                  readable by its owner only: chmod 600 {shown}"
             );
         }
-        let text = Zeroizing::new(std::fs::read(path).with_context(|| format!("reading DKIM key {shown}"))?);
+        // Room for all of it at once: no reallocation leaves a copy behind.
+        let mut text = Zeroizing::new(Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0) + 1));
+        file.read_to_end(&mut text).with_context(|| format!("reading DKIM key {shown}"))?;
         let text = std::str::from_utf8(&text).map_err(|_| anyhow::anyhow!("DKIM key {shown}: not PEM text"))?;
         Self::from_pem(text).with_context(|| format!("DKIM key {shown}"))
     }
@@ -387,6 +400,9 @@ impl Signing {
         self.key.sign(data)
     }
 }
+
+/// The largest DKIM key file read: a PEM RSA-4096 key is about 3.3 KiB.
+pub const MAX_KEY_FILE_BYTES: u64 = 64 << 10;
 
 /// The longest data the host signs: every signed field at most 998 octets
 /// per line, a few hundred fields.

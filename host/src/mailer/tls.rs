@@ -42,6 +42,13 @@ fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     if certs.is_empty() {
         bail!("CA file {} holds no PEM certificate", path.display());
     }
+    // Each must be usable as a trust anchor: one that is not would only be
+    // skipped, and the relay's certificate then fail for another reason.
+    for (i, cert) in certs.iter().enumerate() {
+        rustls::RootCertStore::empty()
+            .add(cert.clone())
+            .with_context(|| format!("CA file {}: certificate {} is not usable as a CA", path.display(), i + 1))?;
+    }
     Ok(certs)
 }
 

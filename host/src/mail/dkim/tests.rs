@@ -145,6 +145,15 @@ fn key_files_are_private_and_never_overwritten() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
     assert!(SigningKey::load(&path).is_ok());
     assert!(format!("{:#}", SigningKey::load(&dir).unwrap_err()).contains("not a regular file"));
+    // A link to the key is not followed (what is checked is what is read),
+    // and a FIFO in its place is refused without waiting for a writer.
+    let link = dir.join("link.private");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(format!("{:#}", SigningKey::load(&link).unwrap_err()).contains("symbolic link"));
+    let fifo = dir.join("fifo.private");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert!(format!("{:#}", SigningKey::load(&fifo).unwrap_err()).contains("not a regular file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
