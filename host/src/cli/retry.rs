@@ -43,7 +43,8 @@ pub struct RetryArgs {
 }
 
 /// Run `wasmail retry`; returns the exit code: 0 when the folder is empty
-/// afterwards (or only holds skipped messages), 75 when some failed again.
+/// afterwards (or only holds skipped messages), 75 when some failed again
+/// or a file in the folder is not a letter (named as `unreadable`).
 pub async fn run(rt: &Runtime, a: RetryArgs) -> u8 {
     match run_inner(rt, &a).await {
         Ok(code) => code,
