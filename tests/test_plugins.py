@@ -888,3 +888,24 @@ def test_relay_auth_wrong_password_fails_without_leaking(run, plugins, smtpd, tm
     everything = proc.stdout + proc.stderr + audit.read_text()
     for secret in secret_forms(USER, wrong):
         assert secret not in everything, f"secret form {secret!r} leaked\n{describe(proc)}"
+
+
+def test_cpu_ms_counts_the_plugin_s_time_not_the_relay_s(run, plugins, smtpd, tmp_path):
+    """A relay that takes 15 ms a message, and a plugin that sends 60 one by
+    one under `cpu_ms = 200`: the time its sends wait on the relay (900 ms)
+    is not the plugin's CPU. Each send once cost it an epoch tick (10 ms)."""
+    import asyncio
+    server = smtpd()
+    handler = server.handler
+    original = handler.handle_DATA
+
+    async def slow(*args):
+        await asyncio.sleep(0.015)
+        return await original(*args)
+    handler.handle_DATA = slow
+    config = write_config(tmp_path / "wasmail.toml", audit=tmp_path / "audit.jsonl", relay=relay_table(server),
+                          plugins={"bulk": policy("bulk", max_messages=200, cpu_ms=200)})
+    proc = run_plugin(run, plugins, "bulk", config=config,
+                      input_text=json.dumps({"count": 60, "to": BULK_TO, "one_by_one": True}))
+    assert_exit(proc, EXIT_OK)
+    assert run_report(proc)["counts"]["accepted"] == 60

@@ -984,3 +984,20 @@ def test_a_plain_send_counts_against_max_runs(serve, plugins, scripted, tmp_path
     check_refusal(server.send(message), 429)
     t.join(HTTP_TIMEOUT_S)
     assert "error" not in first and first["value"].status == 200, first
+
+
+def test_a_plain_send_finishes_when_its_client_hangs_up(serve, plugins, scripted, tmp_path):
+    """A client that closes its connection while its message is at the
+    relay: the send goes on to its end and is counted (it was once cut off
+    mid-dialogue, with the message at the relay and nothing kept)."""
+    relay = scripted(slow_relay_steps(2.0))
+    setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
+    server = serve(setup)
+    body = json.dumps({"from": "sender@example.com", "to": ["to@example.org"], "subject": "s", "text": "t\n"}).encode()
+    with socket.create_connection((server.host, server.port), timeout=HTTP_TIMEOUT_S) as sock:
+        sock.sendall((f"POST /v1/messages HTTP/1.1\r\nHost: {server.host}\r\nAuthorization: Bearer {TOKEN_SEND}\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+        wait_until(lambda: relay.data, 60, "the message at the relay")
+    wait_until(lambda: metric(server.metrics(), "wasmail_sends_total", result="accepted") == 1, 30,
+               "the send to be counted after the hang-up")
+    assert relay.error is None, relay.error

@@ -1159,22 +1159,32 @@ impl Forwarder {
     /// became of those messages. Ones handed to the mailer are kept as
     /// `outcome-unknown`; ones still queued are kept as not sent; one being
     /// assembled was neither written nor sent.
+    /// Every message is settled, whatever fails for one of them: a failure
+    /// (the disk full, say) is returned after the others were kept and
+    /// recorded, so one message's trouble strands none of the rest.
     pub fn abandon(&mut self, why: &str) -> Result<()> {
         let in_flight = std::mem::take(&mut self.in_flight);
+        let mut first_error = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                tracing::error!("settling a message of a stopped run: {e:#}");
+                first_error.get_or_insert(e);
+            }
+        };
         if let Some(approved) = in_flight.assembling {
-            self.record(base(
+            note(self.record(base(
                 Some(&approved),
                 Outcome::Error,
                 Some(format!("stopped: {why}, while the message was assembled; nothing was sent")),
-            ))?;
+            )));
         }
         for q in in_flight.delivering {
-            self.settle_unknown(q, &format!("the run was stopped during delivery ({why})"))?;
+            note(self.settle_unknown(q, &format!("the run was stopped during delivery ({why})")));
         }
         for q in in_flight.queued {
-            self.settle_unsent(q, why)?;
+            note(self.settle_unsent(q, why));
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -1187,18 +1197,24 @@ pub fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     linker.instance(TYPES_INTERFACE)?;
     let mut inst = linker.instance(INTERFACE)?;
+    // The plugin's CPU is counted in epoch ticks while its wasm runs. The
+    // epochs that pass while the host works on a call (the relay's round
+    // trips) are not the plugin's: the deadline starts again from now when
+    // the call returns, or the first check after it would charge a tick.
     inst.func_wrap_async("send", move |mut store, (msg,): (Message,)| {
         Box::new(async move {
             let forwarder = get(store.data_mut());
-            let result = forwarder.send(msg).await.map_err(wasmtime::Error::from_anyhow)?;
-            Ok((result,))
+            let result = forwarder.send(msg).await.map_err(wasmtime::Error::from_anyhow);
+            store.set_epoch_deadline(1);
+            Ok((result?,))
         })
     })?;
     inst.func_wrap_async("send-many", move |mut store, (msgs,): (Vec<Message>,)| {
         Box::new(async move {
             let forwarder = get(store.data_mut());
-            let results = forwarder.send_many(msgs).await.map_err(wasmtime::Error::from_anyhow)?;
-            Ok((results,))
+            let results = forwarder.send_many(msgs).await.map_err(wasmtime::Error::from_anyhow);
+            store.set_epoch_deadline(1);
+            Ok((results?,))
         })
     })
 }

@@ -303,21 +303,36 @@ async fn send_message(State(app): State<Arc<App>>, headers: HeaderMap, body: axu
     };
     // A send is a run of its own: it counts against `--max-runs`, and its
     // relay session against `--max-relay-connections`, like any other.
-    let Ok(_slot) = Arc::clone(&app.runs).try_acquire_owned() else {
+    let Ok(slot) = Arc::clone(&app.runs).try_acquire_owned() else {
         return refuse(&app, StatusCode::TOO_MANY_REQUESTS, "busy", &format!("{} runs are in progress", app.args.max_runs));
     };
     let msg = match serde_json::from_str::<message::MessageBody>(&body).map_err(|e| e.to_string()).and_then(|b| b.into_message()) {
         Ok(m) => m,
         Err(e) => return refuse(&app, StatusCode::BAD_REQUEST, "bad-request", &format!("invalid message: {e}")),
     };
-    match loaded.host.send(&msg).await {
+    // A task of its own, as a run is: a client that hangs up does not cut
+    // the SMTP dialogue short (the message could reach the relay with
+    // nothing kept or counted here); it finishes, holding its slot.
+    app.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let (host, task_app) = (loaded.host.clone(), Arc::clone(&app));
+    let task = tokio::spawn(async move {
+        let sent = host.send(&msg).await;
+        if let Ok(sent) = &sent {
+            let result = sent.result.as_ref().map_or_else(|e| e.kind(), |_| "accepted");
+            task_app.metrics.add("wasmail_sends_total", &[("result", result)], 1);
+        }
+        task_app.running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        drop(slot);
+        sent
+    });
+    let sent = match task.await {
+        Ok(sent) => sent,
+        Err(e) => Err(anyhow::anyhow!("the send's task failed: {e}")),
+    };
+    match sent {
         Ok(sent) => match sent.result {
-            Ok(receipt) => {
-                app.metrics.add("wasmail_sends_total", &[("result", "accepted")], 1);
-                answer(StatusCode::OK, report::receipt_json(&receipt))
-            }
+            Ok(receipt) => answer(StatusCode::OK, report::receipt_json(&receipt)),
             Err(e) => {
-                app.metrics.add("wasmail_sends_total", &[("result", e.kind())], 1);
                 let status = match e {
                     crate::bindings::types::SendError::InvalidMessage(_) | crate::bindings::types::SendError::PolicyDenied(_) => {
                         StatusCode::BAD_REQUEST
