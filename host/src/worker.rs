@@ -347,11 +347,16 @@ pub enum Verdict {
     Done,
     /// Could not start, or the host or the mailer failed: deliver again.
     Transient(String),
+    /// Another run of the job is going on (its first delivery, which the
+    /// server gave up waiting for): deliver again later, not counted as a
+    /// failed delivery.
+    Running(String),
 }
 
 /// The verdict on a run (typed: never by the text of an error).
 pub fn verdict(ran: &Result<RunReport>) -> Verdict {
     match ran {
+        Err(e) if e.is::<crate::api::JobRunning>() => Verdict::Running(format!("{e:#}")),
         Err(e) => Verdict::Transient(format!("the run could not start: {e:#}")),
         Ok(r) => match &r.stop {
             Some(s @ (Stop::Host(_) | Stop::Mailer(_))) => Verdict::Transient(s.to_string()),
@@ -377,7 +382,7 @@ pub fn answer(verdict: &Verdict, delivered: i64, max_runs: u32) -> Answer {
     match verdict {
         Verdict::Done => Answer::Ack,
         Verdict::Transient(_) if delivered >= i64::from(max_runs) => Answer::DeadLetter,
-        Verdict::Transient(_) => Answer::Retry,
+        Verdict::Transient(_) | Verdict::Running(_) => Answer::Retry,
     }
 }
 
@@ -648,7 +653,7 @@ impl Worker {
                 print_line(&line);
             }
             Answer::Retry => {
-                if let Verdict::Transient(why) = verdict {
+                if let Verdict::Transient(why) | Verdict::Running(why) = verdict {
                     say(format_args!("job {} (delivery {delivered}): {why}; delivered again in {:?}", job.id, self.nak_delay));
                     line.reason = Some(why);
                 }
@@ -656,7 +661,9 @@ impl Worker {
             }
             Answer::DeadLetter => {
                 let why = match verdict {
-                    Verdict::Transient(why) => format!("failed on delivery {delivered} of {}: {why}", self.max_runs),
+                    Verdict::Transient(why) | Verdict::Running(why) => {
+                        format!("failed on delivery {delivered} of {}: {why}", self.max_runs)
+                    }
                     Verdict::Done => String::new(),
                 };
                 self.dead_letter(&msg, line, why, started).await;
@@ -862,6 +869,8 @@ mod tests {
         assert!(matches!(verdict(&Ok(report(Some(Stop::Host("disk".into())), None))), Verdict::Transient(_)));
         assert!(matches!(verdict(&Ok(report(Some(Stop::Mailer("trap".into())), None))), Verdict::Transient(_)));
         assert!(matches!(verdict(&Err(anyhow::anyhow!("relay unreachable"))), Verdict::Transient(_)));
+        let running = anyhow::Error::new(crate::api::JobRunning { job: "j".into() }).context("starting the run");
+        assert!(matches!(verdict(&Err(running)), Verdict::Running(_)));
     }
 
     #[test]
@@ -874,6 +883,11 @@ mod tests {
         assert_eq!(answer(&t, 5, 5), Answer::DeadLetter);
         assert_eq!(answer(&t, 6, 5), Answer::DeadLetter);
         assert_eq!(answer(&t, 1, 1), Answer::DeadLetter);
+        // A job whose first delivery still runs is not failing: it waits,
+        // whatever the count.
+        let r = Verdict::Running("x".into());
+        assert_eq!(answer(&r, 1, 1), Answer::Retry);
+        assert_eq!(answer(&r, 9, 5), Answer::Retry);
     }
 
     #[test]

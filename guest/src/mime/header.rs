@@ -16,6 +16,10 @@ fn is_phrase_atext(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~ ".contains(c)
 }
 
+/// The least room a display name is given on a line of an address list:
+/// with less left, the mailbox starts on the next line.
+pub const MIN_NAME_ROOM: usize = 30;
+
 /// The display name as RFC 5322 phrase text: atoms, a quoted string, or
 /// encoded words.
 pub fn display_name(name: &str, room: usize) -> String {
@@ -97,27 +101,50 @@ impl HeaderWriter {
         self.out.push_str(name);
         self.out.push(':');
         for (i, m) in list.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
             let addr = format!("<{}>", m.address);
-            let item = match &m.name {
-                Some(n) => {
-                    let room = HEADER_FOLD.saturating_sub(self.column() + 2);
-                    format!("{} {addr}", display_name(n, room.max(30)))
-                }
+            let Some(n) = &m.name else {
                 // An address literal alone reads as group syntax to some
                 // parsers; in angle brackets it is unambiguous.
-                None if m.address.domain().starts_with('[') => addr,
-                None => m.address.to_string(),
+                let item = if m.address.domain().starts_with('[') { addr } else { m.address.to_string() };
+                self.fold_before(i > 0, item.len(), HEADER_FOLD);
+                self.out.push(' ');
+                self.out.push_str(&item);
+                continue;
             };
-            let first_line = item.split("\r\n").next().map_or(0, str::len);
-            let sep = if i == 0 { "" } else { "," };
-            self.out.push_str(sep);
-            if i > 0 && self.column() + 1 + first_line > HEADER_FOLD {
+            // Too little room left on this line for a name: the mailbox
+            // starts on the next one.
+            if i > 0 && self.column() + 1 + MIN_NAME_ROOM > ENCODED_WORD_LINE {
                 self.out.push_str("\r\n");
             }
-            self.out.push(' ');
-            self.out.push_str(&item);
+            let room = ENCODED_WORD_LINE.saturating_sub(self.column() + 1).max(MIN_ENCODED_WORD);
+            let phrase = display_name(n, room);
+            if phrase.starts_with("=?") {
+                // Encoded words: every line of the field within 76 octets,
+                // the address on the next line when it does not fit.
+                self.out.push(' ');
+                self.out.push_str(&phrase);
+                self.fold_before(true, addr.len(), ENCODED_WORD_LINE);
+                self.out.push(' ');
+                self.out.push_str(&addr);
+            } else {
+                let item = format!("{phrase} {addr}");
+                self.fold_before(i > 0, item.len(), HEADER_FOLD);
+                self.out.push(' ');
+                self.out.push_str(&item);
+            }
         }
         self.out.push_str("\r\n");
+    }
+
+    /// Fold (if `may` and the line has more than its first octet) when an
+    /// item of `len` octets after a space would pass `limit` on this line.
+    fn fold_before(&mut self, may: bool, len: usize, limit: usize) {
+        if may && self.column() > 1 && self.column() + 1 + len > limit {
+            self.out.push_str("\r\n");
+        }
     }
 
     /// The header section so far.
@@ -210,6 +237,23 @@ mod tests {
             h.unstructured(name, &"é".repeat(40));
             let text = String::from_utf8(h.into_bytes()).unwrap();
             assert!(text.split("\r\n").all(|l| l.len() <= ENCODED_WORD_LINE), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_encoded_display_name_keeps_its_lines_to_76_octets() {
+        let long = Mailbox::new(Some(&"Zoë ".repeat(20)), "someone.with.a.long.address@example.com").unwrap();
+        let short = Mailbox::new(Some("Zoë"), "z@example.com").unwrap();
+        for list in [vec![long.clone()], vec![short.clone(), long.clone(), short.clone()], vec![short.clone(); 8]] {
+            let mut h = HeaderWriter::default();
+            h.mailboxes("From", &list);
+            let text = String::from_utf8(h.into_bytes()).unwrap();
+            assert!(text.split("\r\n").all(|l| l.len() <= ENCODED_WORD_LINE), "{text}");
+            let whole = format!("{text}\r\nx\r\n");
+            let parsed = mail_parser::MessageParser::default().parse(whole.as_bytes()).unwrap();
+            let from = parsed.from().unwrap();
+            assert_eq!(from.iter().count(), list.len(), "{text}");
+            assert_eq!(from.first().and_then(|a| a.name()).map(str::trim), list[0].name.as_deref().map(str::trim), "{text}");
         }
     }
 

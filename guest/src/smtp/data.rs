@@ -156,12 +156,21 @@ pub fn dot_stuffed<T: Transport>(
             // With no trailer, a failure here means the transport did not
             // take all of the last chunk, so the terminator never left:
             // nothing was delivered, and a retry is safe. With a trailer
-            // (the next message's envelope, pipelined) the failed part may
-            // have come after the terminator: the caller says so.
+            // (the next message's envelope, pipelined) the part that failed
+            // may have come after the terminator: the message may have been
+            // delivered. (A failure of an earlier chunk is before it.)
             wbuf.extend_from_slice(trailer);
             let r = io.send(wbuf, Stage::DataBlock);
             wbuf.clear();
-            return r;
+            return match r {
+                Err(SmtpError::Connect(m) | SmtpError::Tls(m)) if !trailer.is_empty() => Err(SmtpError::OutcomeUnknown(
+                    format!("the write that ended the data failed ({m}); the message may have been delivered"),
+                )),
+                Err(SmtpError::Timeout(_)) if !trailer.is_empty() => Err(SmtpError::OutcomeUnknown(
+                    "the write that ended the data timed out; the message may have been delivered".into(),
+                )),
+                r => r,
+            };
         }
         if wbuf.len() >= DATA_CHUNK {
             io.send(wbuf, Stage::DataBlock)?;

@@ -109,18 +109,21 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
             None => groups.push((key, relay, vec![letter])),
         }
     }
-    // Retry's password is for one relay: without --server (or a config's
-    // relay) to say which, it goes to none of several.
+    // Retry's password is for one account on one relay: without --server
+    // (or a config's relay) to say which, it goes to none of several.
     let secret_given = secrets.password_env.is_some() || secrets.password_file.is_some();
-    let servers: std::collections::BTreeSet<&str> = groups.iter().filter_map(|(_, r, _)| r.server.as_deref()).collect();
-    if given.is_none() && secret_given && servers.len() > 1 {
+    let accounts: std::collections::BTreeSet<String> = groups
+        .iter()
+        .filter_map(|(_, r, _)| Some(format!("{}{}", r.user.as_deref().map(|u| format!("{u} at ")).unwrap_or_default(), r.server.as_deref()?)))
+        .collect();
+    if given.is_none() && secret_given && accounts.len() > 1 {
         return Err(CliError::new(
             exit::USAGE,
             "usage",
             format!(
-                "the letters were kept for {} relays ({}): give --server to say which one the password is for",
-                servers.len(),
-                servers.iter().copied().collect::<Vec<_>>().join(", ")
+                "the letters were kept for {} relay accounts ({}): give --server to say which one the password is for",
+                accounts.len(),
+                accounts.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
             ),
         ));
     }

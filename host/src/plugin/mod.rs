@@ -82,6 +82,11 @@ impl WasiHttpView for PluginState {
 /// not wasmtime-wasi-http's default of 2 MiB a request (2 GB at 1,000).
 pub const HTTP_BODY_CHUNK_BYTES: usize = 4096;
 
+/// How many body writes a plugin's wasi:http request buffers (one, as
+/// wasmtime-wasi-http does by default): with the one in flight, a request
+/// holds at most twice [`HTTP_BODY_CHUNK_BYTES`].
+pub const HTTP_BODY_BUFFERED_WRITES: usize = 1;
+
 /// The most octets of headers one wasi:http `fields` resource of a plugin
 /// may hold (wasmtime-wasi-http counts its in-memory form): room for a
 /// fetch's usual headers, not the default 128 KiB a resource.
@@ -96,7 +101,7 @@ struct DenyHttp;
 
 impl WasiHttpHooks for DenyHttp {
     fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
-        1
+        HTTP_BODY_BUFFERED_WRITES
     }
 
     fn p2_outgoing_body_chunk_size(&mut self) -> usize {

@@ -246,6 +246,8 @@ pub struct MessageOutcome {
 /// What an earlier delivery of the same job did with one of its messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prior {
+    /// Its place in that delivery (audit `seq`).
+    pub seq: u64,
     /// Its audit id.
     pub id: Option<String>,
     /// Its Message-ID.
@@ -268,9 +270,8 @@ pub struct Prior {
 
 impl Prior {
     /// Whether it was the message `approved` is: the same From and the same
-    /// recipients (in any order). A plugin whose messages come in another
-    /// order on a redelivery (a map, a folder that changed) has a
-    /// different message at this place, which was never sent.
+    /// recipients (in any order). One whose record was cut cannot be
+    /// compared, and is taken as the same.
     fn is_for(&self, approved: &Approved) -> bool {
         if self.clipped {
             return true;
@@ -296,13 +297,46 @@ impl Prior {
     }
 }
 
-/// The messages of `plugin`'s `job` that earlier deliveries attempted, by
-/// `seq`, from the audit log at `path`: the idempotency record of a queue's
-/// jobs. A job id is the plugin's: another plugin's job of the same id (a
-/// client's key reused for another plugin) is another job.
-pub fn priors(path: &std::path::Path, plugin: &str, job: &str) -> Result<std::collections::HashMap<u64, Prior>> {
+/// What earlier deliveries of one job attempted: each attempt stands for
+/// one message, and is taken by the first message of this delivery that
+/// it was ([`Priors::take_for`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Priors {
+    list: Vec<Option<Prior>>,
+}
+
+impl Priors {
+    /// The earlier attempt of the message `approved` at place `seq`, taken:
+    /// the attempt at the same place if it had the same envelope, else one
+    /// with the same envelope at another place (a plugin whose messages
+    /// came in another order: a map, a folder that changed). `None` when no
+    /// earlier delivery attempted it, or only wrote an outbox file that is
+    /// not there. Messages with the same envelope are told apart by their
+    /// place only.
+    fn take_for(&mut self, seq: u64, approved: &Approved) -> Option<Prior> {
+        // An outbox attempt whose file was never written stands for no
+        // message: the delivery after it wrote the message again.
+        let stands = |p: &Prior| !p.never_written() && p.is_for(approved);
+        let here = |p: &Option<Prior>| p.as_ref().is_some_and(|p| p.seq == seq && stands(p));
+        // A record cut to fit is compared at its own place only.
+        let elsewhere = |p: &Option<Prior>| p.as_ref().is_some_and(|p| !p.clipped && stands(p));
+        let i = self.list.iter().position(here).or_else(|| self.list.iter().position(elsewhere))?;
+        self.list.get_mut(i)?.take()
+    }
+
+    /// Every attempt not taken yet, in the order of the log.
+    pub fn iter(&self) -> impl Iterator<Item = &Prior> {
+        self.list.iter().flatten()
+    }
+}
+
+/// The messages of `plugin`'s `job` that earlier deliveries attempted, from
+/// the audit log at `path`: the idempotency record of a queue's jobs. A job
+/// id is the plugin's: another plugin's job of the same id (a client's key
+/// reused for another plugin) is another job.
+pub fn priors(path: &std::path::Path, plugin: &str, job: &str) -> Result<Priors> {
     use std::io::BufRead;
-    let mut out = std::collections::HashMap::new();
+    let mut out = Priors::default();
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -323,10 +357,11 @@ pub fn priors(path: &std::path::Path, plugin: &str, job: &str) -> Result<std::co
             continue;
         }
         match r.outcome {
-            // A later attempt at the same place (a redelivery that found
-            // another message there) is the one its outcome belongs to.
+            // Every attempt, a redelivery's too: a message sent at a place
+            // where an earlier delivery had sent another stands beside it.
             Outcome::Attempt => {
-                out.insert(seq, Prior {
+                out.list.push(Some(Prior {
+                    seq,
                     id: r.id,
                     message_id: r.message_id,
                     recipients: r.recipients,
@@ -335,10 +370,11 @@ pub fn priors(path: &std::path::Path, plugin: &str, job: &str) -> Result<std::co
                     from: r.from,
                     outbox: r.outbox,
                     clipped: r.omitted > 0,
-                });
+                }));
             }
+            // An outcome belongs to the attempt with its place and its id.
             Outcome::Accepted | Outcome::Rejected | Outcome::Error => {
-                if let Some(p) = out.get_mut(&seq).filter(|p| p.id == r.id) {
+                if let Some(p) = out.list.iter_mut().rev().flatten().find(|p| p.seq == seq && p.id == r.id) {
                     p.outcome = r.outcome;
                 }
             }
@@ -475,7 +511,7 @@ pub struct Forwarder {
     /// The job, held by this run (see [`JobLock`]).
     pub job_lock: Option<JobLock>,
     /// What earlier deliveries of that job attempted, by `seq`.
-    pub priors: std::collections::HashMap<u64, Prior>,
+    pub priors: Priors,
     /// The message being handled: its `seq`.
     pub seq: u64,
     /// Batches handed to a session so far (the last one's number).
@@ -783,13 +819,10 @@ impl Forwarder {
             Err(exhausted) => return Ok(Admission::Exhausted(exhausted)),
         }
         match self.policy.check(msg) {
-            Ok(approved) => match self.priors.remove(&self.seq) {
-                // Another message than the one attempted here before, or
-                // one that never reached the outbox: not sent yet.
-                Some(prior) if prior.is_for(&approved) && !prior.never_written() => {
-                    self.replay(&approved, prior).map(Admission::Replayed)
-                }
-                _ => Ok(Admission::Approved(approved)),
+            Ok(approved) => match self.priors.take_for(self.seq, &approved) {
+                Some(prior) => self.replay(&approved, prior).map(Admission::Replayed),
+                // No earlier delivery attempted it: not sent yet.
+                None => Ok(Admission::Approved(approved)),
             },
             Err(Refusal::Denied(denied)) => {
                 let mut r = base(None, Outcome::Denied, Some(format!("policy-denied: {denied}")));
@@ -1237,6 +1270,98 @@ mod tests {
         assert_eq!(batch_size(600, 0), MAX_BATCH_MESSAGES);
     }
 
+    fn prior(seq: u64, id: &str, to: &str, outcome: Outcome) -> Record {
+        let mut r = Record::new(outcome);
+        r.job = Some("job-2".into());
+        r.plugin = "p".into();
+        r.seq = Some(seq);
+        r.id = Some(id.into());
+        r.from = Some("a@example.com".into());
+        r.recipients = vec![to.into()];
+        r
+    }
+
+    fn approved(to: &str) -> Approved {
+        Approved { from: "a@example.com".into(), recipients: vec![to.into()] }
+    }
+
+    #[test]
+    fn an_earlier_attempt_is_found_by_its_envelope_and_taken_once() {
+        let dir = std::env::temp_dir().join(format!("wasmail-priors-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let log: Vec<u8> = [
+            // The first delivery: A at 1 and B at 2, both accepted.
+            prior(1, "a", "a@x.org", Outcome::Attempt),
+            prior(1, "a", "a@x.org", Outcome::Accepted),
+            prior(2, "b", "b@x.org", Outcome::Attempt),
+            prior(2, "b", "b@x.org", Outcome::Accepted),
+            // A second one found C at 1 (never attempted) and sent it; the
+            // outcome of another attempt's id is not C's.
+            prior(1, "c", "c@x.org", Outcome::Attempt),
+            prior(1, "other", "c@x.org", Outcome::Rejected),
+            // Another plugin's job of the same id is another job.
+            Record { plugin: "q".into(), ..prior(3, "d", "d@x.org", Outcome::Attempt) },
+        ]
+        .iter()
+        .flat_map(|r| r.to_line().unwrap())
+        .collect();
+        std::fs::write(&path, log).unwrap();
+        let mut found = priors(&path, "p", "job-2").unwrap();
+        let outcomes: Vec<(u64, &str, Outcome)> = found.iter().map(|p| (p.seq, p.id.as_deref().unwrap(), p.outcome)).collect();
+        assert_eq!(outcomes, [(1, "a", Outcome::Accepted), (2, "b", Outcome::Accepted), (1, "c", Outcome::Attempt)]);
+        // A third delivery in yet another order: each message finds its own.
+        assert_eq!(found.take_for(1, &approved("b@x.org")).map(|p| p.id), Some(Some("b".into())));
+        assert_eq!(found.take_for(2, &approved("c@x.org")).map(|p| p.id), Some(Some("c".into())));
+        assert_eq!(found.take_for(3, &approved("a@x.org")).map(|p| p.id), Some(Some("a".into())));
+        // Each attempt stands for one message: a second A was never sent.
+        assert_eq!(found.take_for(4, &approved("a@x.org")), None);
+        assert_eq!(found.take_for(5, &approved("d@x.org")), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_job_is_held_by_one_run_of_its_plugin_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("wasmail-job-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let first = JobLock::take(&audit, "p", "order-1").unwrap().unwrap();
+        assert_eq!(JobLock::take(&audit, "p", "order-1").unwrap().unwrap_err(), JobRunning { job: "order-1".into() });
+        // Another plugin's job of the same id, and another job, are free.
+        let other = JobLock::take(&audit, "q", "order-1").unwrap().unwrap();
+        let next = JobLock::take(&audit, "p", "order-2").unwrap().unwrap();
+        // The run ended: its lock file goes, and the job may run again.
+        let path = first.path.clone();
+        drop(first);
+        assert!(!path.exists());
+        let again = JobLock::take(&audit, "p", "order-1").unwrap().unwrap();
+        drop((again, other, next));
+        assert_eq!(std::fs::read_dir(job_locks(&audit)).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_cut_to_fit_is_taken_at_its_own_place_only() {
+        let mut cut = Priors::default();
+        for seq in [1, 2] {
+            let mut r = prior(seq, &seq.to_string(), "x@x.org", Outcome::Accepted);
+            r.omitted = 1;
+            cut.list.push(Some(Prior {
+                seq,
+                id: r.id,
+                message_id: None,
+                recipients: r.recipients,
+                size: None,
+                outcome: r.outcome,
+                from: r.from,
+                outbox: None,
+                clipped: true,
+            }));
+        }
+        assert_eq!(cut.take_for(2, &approved("y@x.org")).map(|p| p.seq), Some(2));
+        assert_eq!(cut.take_for(3, &approved("y@x.org")), None);
+    }
+
     #[test]
     fn priors_skip_a_line_cut_inside_a_character() {
         let dir = std::env::temp_dir().join(format!("wasmail-priors-cut-{}", std::process::id()));
@@ -1255,7 +1380,7 @@ mod tests {
         log.extend_from_slice(&accepted.to_line().unwrap());
         std::fs::write(&path, &log).unwrap();
         let found = priors(&path, "", "job-1").unwrap();
-        assert_eq!(found.get(&1).map(|p| p.outcome), Some(Outcome::Accepted));
+        assert_eq!(found.iter().map(|p| (p.seq, p.outcome)).collect::<Vec<_>>(), [(1, Outcome::Accepted)]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

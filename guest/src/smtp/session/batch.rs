@@ -270,18 +270,6 @@ impl<T: Transport> Session<T> {
                 // The server is inside DATA and reads anything as text.
                 self.broken = true;
                 tally.lose("the data phase failed part way".into());
-                // The last write carried the terminator with the next
-                // envelope after it: the part that failed may have been the
-                // envelope, after the whole message reached the server.
-                let e = match e {
-                    SmtpError::Connect(m) | SmtpError::Tls(m) if !trailer.is_empty() => SmtpError::OutcomeUnknown(format!(
-                        "the write that ended the data failed ({m}); the message may have been delivered"
-                    )),
-                    SmtpError::Timeout(_) if !trailer.is_empty() => SmtpError::OutcomeUnknown(
-                        "the write that ended the data timed out; the message may have been delivered".into(),
-                    ),
-                    e => e,
-                };
                 tally.settle(i, Err(e));
                 continue;
             }

@@ -557,6 +557,18 @@ fn codes(b: &Batch) -> Vec<String> {
         .collect()
 }
 
+/// A message that streams in the pieces given, the last one `Last`.
+struct Pieces<'a>(VecDeque<&'a [u8]>);
+
+impl Source for Pieces<'_> {
+    fn next_chunk(&mut self, out: &mut Vec<u8>) -> Result<Chunk, SmtpError> {
+        if let Some(piece) = self.0.pop_front() {
+            out.extend_from_slice(piece);
+        }
+        Ok(if self.0.is_empty() { Chunk::Last } else { Chunk::Text })
+    }
+}
+
 const PIPELINING: &str = "250-mx\r\n250 PIPELINING\r\n";
 const CHUNKING: &str = "250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n";
 
@@ -881,6 +893,30 @@ fn data_batch_a_failed_write_of_the_dot_and_the_next_envelope_is_outcome_unknown
     let out = Batch3::new(&[&["b@x.org"], &["c@x.org"]]).send(&mut s);
     assert_eq!(codes(&out), ["unknown", "connect"]);
     assert_eq!(out.unsent, [1]);
+    // A failed write of an earlier chunk of a large message is before its
+    // dot, trailer or not: not delivered, sent again.
+    let mut script = Script::new(&["220 mx\r\n", PIPELINING, "250 ok\r\n250 ok\r\n354 go\r\n"]);
+    script.fail_write = Some(2);
+    let mut s = Session::open(script, &cfg(TlsMode::None, None), secret).unwrap();
+    let (from, to) = (addr("a@example.com"), [addr("b@x.org")]);
+    let (big, small) = (b"x\r\n".repeat(crate::smtp::data::DATA_CHUNK), b"m1\r\n".to_vec());
+    // The large message streams: two text pieces of a chunk each, then the rest.
+    let chunk = crate::smtp::data::DATA_CHUNK;
+    let mut streamed = Pieces(vec![&big[..chunk], &big[chunk..2 * chunk], &big[2 * chunk..]].into());
+    let mut whole = SliceSource(Some(&small));
+    let mut items = vec![
+        Item {
+            msg: Outgoing { from: &from, recipients: &to, size: big.len() as u64, eight_bit: false, smtputf8: false },
+            source: &mut streamed,
+        },
+        Item {
+            msg: Outgoing { from: &from, recipients: &to, size: small.len() as u64, eight_bit: false, smtputf8: false },
+            source: &mut whole,
+        },
+    ];
+    let out = s.send_many(&mut items);
+    assert_eq!(codes(&out), ["connect", "connect"]);
+    assert_eq!(out.unsent, [0, 1]);
     // The last message's dot ends its write: a failure there is before it.
     let mut script = Script::new(&["220 mx\r\n", PIPELINING, "250 ok\r\n250 ok\r\n354 go\r\n"]);
     script.fail_write = Some(2);
