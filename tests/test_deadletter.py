@@ -538,3 +538,17 @@ def test_retry_s_password_goes_to_no_relay_of_several_without_server(run, tmp_pa
     assert_exit(proc, 64)
     assert "give --server" in proc.stderr + proc.stdout, describe(proc)
     assert len(letters(folder)) == 2
+
+
+def test_retry_s_password_goes_to_no_account_of_several_on_one_relay(run, tmp_path):
+    """Letters kept for two users of the same relay: one password given,
+    and no --server to say whose it is: refused."""
+    folder = tmp_path / "dead"
+    port = free_port()
+    for user in ("u1", "u2"):
+        proc = run([*send_args(f"127.0.0.1:{port}", folder), "--user", user, "--password-env", "WASMAIL_TEST_PASSWORD"])
+        assert proc.returncode != 0, describe(proc)
+    assert sorted(m["relay"]["user"] for m in letters(folder)) == ["u1", "u2"]
+    proc = run(["retry", "--dead-letter", folder, "--password-env", "WASMAIL_TEST_PASSWORD"])
+    assert_exit(proc, 64)
+    assert "relay accounts" in proc.stderr + proc.stdout, describe(proc)
