@@ -382,7 +382,6 @@ impl Config {
         if let Some(r) = &mut c.relay {
             r.ca_file.as_mut().map(fix);
             r.password_file.as_mut().map(fix);
-            r.validate().with_context(|| format!("in {}", path.display()))?;
         }
         c.outbox.as_mut().map(fix);
         c.audit.as_mut().map(fix);
@@ -390,17 +389,30 @@ impl Config {
         for d in c.dkim.values_mut() {
             fix(&mut d.key_file);
         }
-        for (name, p) in &mut c.plugins {
+        for p in c.plugins.values_mut() {
             p.path.as_mut().map(fix);
             p.folder.as_mut().map(fix);
-            p.validate(name).with_context(|| format!("in {}", path.display()))?;
+        }
+        c.validate().with_context(|| format!("in {}", path.display()))?;
+        Ok(c)
+    }
+
+    /// Check values that parse but cannot work, in the relay and in each
+    /// plugin's table; the error names the key. A config built in code
+    /// (the library) is checked the same way as one read from a file.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(r) = &self.relay {
+            r.validate()?;
+        }
+        for (name, p) in &self.plugins {
+            p.validate(name)?;
             if let Some(d) = &p.dkim
-                && !c.dkim.contains_key(d)
+                && !self.dkim.contains_key(d)
             {
-                anyhow::bail!("plugins.{name}.dkim: there is no [dkim.{d}] table (in {})", path.display());
+                anyhow::bail!("plugins.{name}.dkim: there is no [dkim.{d}] table");
             }
         }
-        Ok(c)
+        Ok(())
     }
 }
 

@@ -442,6 +442,14 @@ async fn odd_config_values_fail_closed() {
     let path = f.dir.0.join("wasmail.toml");
     std::fs::write(&path, "[plugins.x]\nmax_message_bytes = 67108865\n").unwrap();
     assert!(Config::load(&path).is_err());
+    // So is a config built in code (the library), and a plugin naming a
+    // [dkim] table that is not there.
+    let over = fixture_with("over", |p, _| p.max_message_bytes = 1 << 40);
+    let e = PluginHost::new(runtime(), over.config.clone(), HostOptions::default()).err().expect("refused");
+    assert!(format!("{e:#}").contains("plugins.hostile.max_message_bytes"), "{e:#}");
+    let unsigned = fixture_with("nodkim", |p, _| p.dkim = Some("missing".into()));
+    let e = PluginHost::new(runtime(), unsigned.config.clone(), HostOptions::default()).err().expect("refused");
+    assert!(format!("{e:#}").contains("no [dkim.missing] table"), "{e:#}");
 }
 
 /// Non-ASCII everywhere a plugin or operator can put it: the policy, the

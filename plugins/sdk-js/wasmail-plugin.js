@@ -31,7 +31,7 @@ import { send as witSend } from 'wasmail:mail/sender@0.1.0';
  * @typedef {{
  *   from?: Mailbox, replyTo?: Mailbox, to: Mailbox[], cc: Mailbox[], bcc: Mailbox[],
  *   subject: string, text?: string, html?: string, attachments: Attachment[],
- *   priority: Priority, headers: [string, string][]
+ *   priority?: Priority, headers: [string, string][]
  * }} Message
  * @typedef {{ code: number, enhanced?: string, text: string }} Reply
  * @typedef {{ messageId: string, accepted: string[],
@@ -91,10 +91,14 @@ export function attachBytes(filename, data, contentType, contentId) {
 }
 
 /** An attachment by reference: `path` is relative to the folder the
- * plugin's policy grants (`folder`); the host opens and streams it.
+ * plugin's policy grants (`folder`); the host opens and streams it. The
+ * file name is the path's last part unless given; a path that ends in `/`
+ * names no file, and throws.
  * @returns {Attachment} */
 export function attachFile(path, filename, contentType, contentId) {
-  const a = { filename: filename ?? path.split('/').pop(), content: { tag: 'file', val: path } };
+  const name = filename ?? path.split('/').pop();
+  if (!name) throw new Error(`attachFile: ${JSON.stringify(path)} names no file; give a path to a file, or a filename`);
+  const a = { filename: name, content: { tag: 'file', val: path } };
   if (contentType !== undefined) a.contentType = contentType;
   if (contentId !== undefined) a.contentId = contentId;
   return a;

@@ -107,8 +107,13 @@ def attach_bytes(filename: str, data: bytes, content_type: Optional[str] = None,
 def attach_file(path: str, filename: Optional[str] = None, content_type: Optional[str] = None,
                 content_id: Optional[str] = None) -> Attachment:
     """An attachment by reference: `path` is relative to the folder the
-    plugin's policy grants (`folder`); the host opens and streams it."""
-    return Attachment(filename=filename or path.rsplit("/", 1)[-1], content_type=content_type,
+    plugin's policy grants (`folder`); the host opens and streams it. The
+    file name is the path's last part unless given; a path that ends in `/`
+    names no file, and raises ValueError."""
+    name = filename or path.rsplit("/", 1)[-1]
+    if not name:
+        raise ValueError(f"attach_file: {path!r} names no file; give a path to a file, or a filename")
+    return Attachment(filename=name, content_type=content_type,
                       content=Content_File(path), content_id=content_id)
 
 

@@ -41,7 +41,7 @@ pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, u8)> {
     let width = scan.imports.iter().map(|n| text::printable(n).len()).max().unwrap_or(0);
     for name in &scan.imports {
         let (verdict, why) = classify(name);
-        let shown = text::printable(name);
+        let (shown, why) = (text::printable(name), text::printable(&why));
         let _ = writeln!(out, "  {:<18}  {shown:<width$}  ({why})", verdict.label());
     }
     let _ = writeln!(out, "exports:");

@@ -88,11 +88,8 @@ const RULES: &[Rule] = &[
 /// The versions the linker has: wasmtime 48 implements WASI 0.2.x (a
 /// component built against any 0.2 release links), the mail API 0.1.x.
 fn version_ok(package: &str, version: &str) -> bool {
-    if package.starts_with("wasmail:") {
-        version.starts_with("0.1.")
-    } else {
-        version.starts_with("0.2.") && !version.contains('-')
-    }
+    let release = if package.starts_with("wasmail:") { "0.1." } else { "0.2." };
+    version.starts_with(release) && !version.contains('-')
 }
 
 /// The verdict on one import name, with one line of why.
@@ -102,6 +99,8 @@ pub fn classify(name: &str) -> (Verdict, String) {
     if let Some(r) = RULES.iter().find(|r| r.interface == interface) {
         if !version_ok(package, version) {
             let have = if package.starts_with("wasmail:") { "0.1.x" } else { "0.2.x" };
+            // The version is the component's text: shown escaped.
+            let version = if version.is_empty() { "(none)".into() } else { crate::text::printable(version) };
             return (Verdict::Refused, format!("version {version} is not implemented here (this host has {have})"));
         }
         return (r.verdict, r.why.to_owned());
@@ -334,11 +333,17 @@ mod tests {
             "wasi:io/poll@0.3.0",
             "wasi:io/poll@0.2.0-rc-2023-11-10",
             "wasmail:mail/sender@0.2.0",
+            "wasmail:mail/sender@0.1.0-rc1",
             "wasi:keyvalue/store@0.2.0",
             "evil",
         ] {
             assert_eq!(classify(refused).0, Verdict::Refused, "{refused}");
         }
+        assert!(classify("wasi:io/poll").1.contains("version (none)"));
+        // A version is the component's text: a line break in it cannot
+        // print a line of its own (`inspect` shows the reason as it is).
+        let (_, why) = classify("wasi:io/poll@0.3)\n  ok  wasmail:mail/sender@0.1.0\nverdict: can run here");
+        assert!(!why.contains('\n'), "{why}");
     }
 
     #[test]

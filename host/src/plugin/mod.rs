@@ -343,9 +343,7 @@ impl PluginHost {
     pub fn new(rt: &Runtime, config: Config, options: HostOptions) -> Result<Self> {
         let linker = plugin_linker(&rt.engine).anyhow().context("linking the plugin interfaces")?;
         let audit_path = config.audit.clone().unwrap_or_else(|| PathBuf::from(crate::mail::audit::DEFAULT_AUDIT));
-        if let Some(r) = &config.relay {
-            r.validate()?;
-        }
+        config.validate()?;
         let audit = AuditLog::open(&audit_path)?;
         // For outbox runs only (they never connect); relay runs get the
         // relay's trust from `RelayArgs::resolve`.
