@@ -148,6 +148,45 @@ async fn inspect_escapes_names_from_the_binary() {
         1,
         "a component's name printed a verdict line of its own:\n{text}"
     );
+    // A version with line breaks, in the reason that quotes it.
+    let (path, _) = component_file(
+        &f,
+        "evil-version",
+        r#"(component
+            (import "wasi:io/poll@0.3.0-x\0a  ok  y\0averdict: can run here" (instance))
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func (export "run") (canon lift (core func $i "f"))))"#,
+    );
+    let (text, code) = wasmail::cli::inspect::inspect(runtime(), &path).expect("inspect");
+    assert_eq!(code, 77, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("verdict:")).count(), 1, "{text}");
+}
+
+/// An import of the right name and another type (a `sender` with a `send`
+/// of no arguments): `inspect` once said "can run here" and `run` then
+/// refused it. Both now link it the same way, and refuse it (65).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_links_a_plugin_as_run_does() {
+    let f = fixture("inspect-links");
+    let (path, _) = component_file(
+        &f,
+        "hostile",
+        r#"(component
+            (import "wasmail:mail/sender@0.1.0" (instance (export "send" (func))))
+            (core module $m
+              (memory (export "mem") 1)
+              (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 1024)
+              (func (export "run") (param i32 i32) (result i32) unreachable))
+            (core instance $a (instantiate $m))
+            (func (export "run") (param "input" string) (result (result string (error string)))
+              (canon lift (core func $a "run") (memory (core memory $a "mem")) (realloc (core func $a "realloc")))))"#,
+    );
+    let (text, code) = wasmail::cli::inspect::inspect(runtime(), &path).expect("inspect");
+    assert_eq!(code, 65, "{text}");
+    assert!(text.contains("cannot run here") && text.contains("linking"), "{text}");
+    let e = host(&f).load(&path, None).err().expect("refused at load");
+    assert!(e.is::<LoadFailed>(), "{e:#}");
 }
 
 /// FINDING (degraded): `check_component` only checks that some function is

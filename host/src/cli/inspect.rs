@@ -2,8 +2,9 @@
 //! imports and exports, what the host does with each import (`ok`,
 //! `denied at run time`, `refused`, and why), and whether it may run here.
 //! The imports are read from the binary before anything is compiled; a
-//! component that passes is then compiled (or found in the cache) and its
-//! types checked, so "can run here" means `wasmail run` will start it.
+//! component that passes is then compiled (or found in the cache), its
+//! types checked and its imports linked as `wasmail run` links them, so
+//! "can run here" means `wasmail run` will start it.
 
 use crate::{Runtime, text};
 use crate::cli::report::exit;
@@ -49,7 +50,9 @@ pub fn inspect(rt: &Runtime, path: &Path) -> Result<(String, u8)> {
         let _ = writeln!(out, "  {}", text::printable(name));
     }
     let started = std::time::Instant::now();
-    let verdict = plugin::preflight(&bytes).and_then(|_| plugin::prepare(&rt.engine, &bytes, "plugin"));
+    let verdict = plugin::preflight(&bytes)
+        .and_then(|_| plugin::prepare(&rt.engine, &bytes, "plugin"))
+        .and_then(|(component, cache)| plugin::check_links(&rt.engine, &component).map(|()| (component, cache)));
     let code = match &verdict {
         Ok((_, cache)) => {
             let denied = scan.imports.iter().any(|n| classify(n).0 == plugin::Verdict::Denied);

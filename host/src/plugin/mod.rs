@@ -380,12 +380,7 @@ impl PluginHost {
             bail!(Refused(format!("plugin {name} is larger than max_component_bytes ({max} bytes)")));
         }
         let (component, cache) = prepare(&self.rt.engine, bytes, &format!("plugin {name}"))?;
-        // Every import passed the check, so a link error is a type mismatch:
-        // the plugin was built against another version of the WIT.
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadFailed {
-            what: format!("linking plugin {name}: {:#}", anyhow::Error::from(e)),
-            hint: "it was built against another version of wit/ than this wasmail; rebuild it against this checkout's wit/".into(),
-        })?;
+        let pre = link(&self.linker, &component, name)?;
         Ok(Plugin { name: name.to_owned(), sha256: engine::sha256_hex(bytes), cache, pre })
     }
 
@@ -740,6 +735,25 @@ pub fn prepare(engine: &wasmtime::Engine, bytes: &[u8], label: &str) -> Result<(
     let (component, cache) = engine::load_component(engine, bytes, label)?;
     check_component(engine, &component)?;
     Ok((component, cache))
+}
+
+/// Link a compiled plugin as `wasmail run` does. Every import passed the
+/// name check, so a link error is a type mismatch: the plugin was built
+/// against another version of the WIT ([`LoadFailed`]).
+fn link(linker: &Linker<PluginState>, component: &Component, name: &str) -> Result<InstancePre<PluginState>> {
+    linker.instantiate_pre(component).map_err(|e| {
+        anyhow::Error::new(LoadFailed {
+            what: format!("linking plugin {name}: {:#}", anyhow::Error::from(e)),
+            hint: "it was built against another version of wit/ than this wasmail; rebuild it against this checkout's wit/".into(),
+        })
+    })
+}
+
+/// Whether a compiled plugin links against the plugin interfaces, as
+/// `wasmail run` links it (`wasmail inspect` asks before it says "can run").
+pub fn check_links(engine: &wasmtime::Engine, component: &Component) -> Result<()> {
+    let linker = plugin_linker(engine).anyhow().context("linking the plugin interfaces")?;
+    link(&linker, component, "plugin").map(drop)
 }
 
 /// The checks [`prepare`] makes before compiling, on the bytes alone.
