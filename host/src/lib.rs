@@ -34,7 +34,11 @@ use anyhow::Result;
 use wasmtime::Engine;
 
 /// What every command shares: the engine and the compiled mailer. Cheap to
-/// clone (both are shared handles).
+/// clone (both are shared handles). Make it with [`Runtime::new`]: the
+/// plugin limits rely on its engine's epoch interruption and pooling
+/// allocator. Its fields are public for tests that need an engine of
+/// their own (a memory creator that lets them read every linear memory);
+/// an engine built otherwise does not keep `cpu_ms`.
 #[derive(Clone)]
 pub struct Runtime {
     /// The engine all stores use.
