@@ -114,7 +114,10 @@ async fn run_inner(rt: &Runtime, a: &RetryArgs) -> Result<u8, CliError> {
     let secret_given = secrets.password_env.is_some() || secrets.password_file.is_some();
     let accounts: std::collections::BTreeSet<String> = groups
         .iter()
-        .filter_map(|(_, r, _)| Some(format!("{}{}", r.user.as_deref().map(|u| format!("{u} at ")).unwrap_or_default(), r.server.as_deref()?)))
+        .filter_map(|(_, r, _)| {
+            let server = r.server.as_deref()?;
+            Some(r.user.as_deref().map_or_else(|| server.to_owned(), |user| format!("{user} at {server}")))
+        })
         .collect();
     if given.is_none() && secret_given && accounts.len() > 1 {
         return Err(CliError::new(

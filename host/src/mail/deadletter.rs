@@ -184,7 +184,7 @@ impl Letter {
             Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", self.eml.display())),
         }
         // Sent and removed by the process that held it before us.
-        if still_linked(&file)?.is_none() {
+        if !still_linked(&file)? {
             return Ok(None);
         }
         let Some(text) = read_regular(&self.json, MAX_META_BYTES)? else { return Ok(None) };
@@ -281,11 +281,11 @@ fn read_all(mut file: &std::fs::File) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// `Some` while `file` still has a name (no other process removed it
-/// after we opened it).
-fn still_linked(file: &std::fs::File) -> Result<Option<()>> {
+/// Whether `file` still has a name (no other process removed it after we
+/// opened it).
+fn still_linked(file: &std::fs::File) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    Ok((file.metadata().context("reading a locked file")?.nlink() > 0).then_some(()))
+    Ok(file.metadata().context("reading a locked file")?.nlink() > 0)
 }
 
 fn write_json(path: &Path, meta: &Meta) -> Result<()> {
@@ -412,7 +412,7 @@ impl DeadLetters {
                 Err(std::fs::TryLockError::WouldBlock) => continue,
                 Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
             }
-            if still_linked(&file)?.is_none() {
+            if !still_linked(&file)? {
                 continue;
             }
             let data = read_all(&file).with_context(|| format!("reading {}", path.display()))?;
@@ -451,16 +451,16 @@ impl DeadLetters {
                 continue;
             }
             let eml = json.with_extension("eml");
-            if eml.symlink_metadata().is_err() {
-                continue;
-            }
+            // A `.json` alone is a letter still being written (its `.eml`
+            // comes first), or the rest of one sent and being removed.
+            let Ok(eml_type) = eml.symlink_metadata().map(|m| m.file_type()) else { continue };
             let read = match read_regular(&json, MAX_META_BYTES) {
                 Ok(Some(text)) => serde_json::from_slice::<Meta>(&text).map_err(|e| format!("not a letter's record: {e}")),
                 Ok(None) => Err("not a regular file".into()),
                 Err(e) => Err(format!("{e:#}")),
             };
             match read {
-                Ok(meta) if eml.symlink_metadata().is_ok_and(|m| m.is_file()) => listing.letters.push(Letter { eml, json, meta }),
+                Ok(meta) if eml_type.is_file() => listing.letters.push(Letter { eml, json, meta }),
                 Ok(_) => listing.unreadable.push((eml, "not a regular file".into())),
                 Err(why) => listing.unreadable.push((json, why)),
             }
@@ -795,6 +795,9 @@ mod tests {
         std::fs::write(dir.join("empty.json"), "").unwrap();
         std::fs::write(dir.join("other.eml"), "x").unwrap();
         std::fs::write(dir.join("other.json"), "[1, 2]").unwrap();
+        // A record too large to be a letter's is not read.
+        std::fs::write(dir.join("huge.eml"), "x").unwrap();
+        std::fs::File::create(dir.join("huge.json")).unwrap().set_len(MAX_META_BYTES + 1).unwrap();
         let good = d.list().unwrap().letters.remove(0);
         std::fs::copy(&good.json, dir.join("link.json")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.join("link.eml")).unwrap();
@@ -804,8 +807,10 @@ mod tests {
         let mut named: Vec<String> =
             listing.unreadable.iter().map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         named.sort();
-        assert_eq!(named.len(), 5, "{:?}", listing.unreadable);
-        assert!(named.contains(&"empty.json".into()) && named.contains(&"other.json".into()) && named.contains(&"link.eml".into()));
+        assert_eq!(named.len(), 6, "{:?}", listing.unreadable);
+        for name in ["empty.json", "other.json", "link.eml", "huge.json"] {
+            assert!(named.contains(&name.into()), "{name}: {named:?}");
+        }
         assert!(fifo.exists(), "left for an operator");
         // Claimed, the link is not followed either.
         let mut linked = Letter { eml: dir.join("link.eml"), json: dir.join("link.json"), meta: good.meta.clone() };

@@ -276,11 +276,8 @@ impl Prior {
         if self.clipped {
             return true;
         }
-        let mut then: Vec<&str> = self.recipients.iter().map(String::as_str).collect();
-        let mut now: Vec<&str> = approved.recipients.iter().map(String::as_str).collect();
-        then.sort_unstable();
-        now.sort_unstable();
-        self.from.as_deref().is_none_or(|f| f == approved.from) && then == now
+        let same_from = self.from.as_deref().is_none_or(|f| f == approved.from);
+        same_from && recipients_key(&self.recipients) == recipients_key(&approved.recipients)
     }
 
     /// Whether the outbox has it: its file is written whole or not at all,
@@ -297,12 +294,27 @@ impl Prior {
     }
 }
 
+/// The recipients of an envelope in a comparable form: sorted, one a line.
+fn recipients_key(recipients: &[String]) -> String {
+    let mut sorted: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.join("\n")
+}
+
+/// An envelope as the key of [`Priors`]' index: its From, then its recipients.
+fn envelope_key(from: &str, recipients: &[String]) -> String {
+    format!("{from}\n{}", recipients_key(recipients))
+}
+
 /// What earlier deliveries of one job attempted: each attempt stands for
 /// one message, and is taken by the first message of this delivery that
-/// it was ([`Priors::take_for`]).
+/// it was ([`Priors::take_for`]). Indexed by place and by envelope, so a
+/// redelivery of a long job finds each message's attempt at once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Priors {
     list: Vec<Option<Prior>>,
+    by_seq: std::collections::HashMap<u64, Vec<usize>>,
+    by_envelope: std::collections::HashMap<String, std::collections::VecDeque<usize>>,
 }
 
 impl Priors {
@@ -314,14 +326,35 @@ impl Priors {
     /// not there. Messages with the same envelope are told apart by their
     /// place only.
     fn take_for(&mut self, seq: u64, approved: &Approved) -> Option<Prior> {
+        let list = &self.list;
         // An outbox attempt whose file was never written stands for no
         // message: the delivery after it wrote the message again.
-        let stands = |p: &Prior| !p.never_written() && p.is_for(approved);
-        let here = |p: &Option<Prior>| p.as_ref().is_some_and(|p| p.seq == seq && stands(p));
-        // A record cut to fit is compared at its own place only.
-        let elsewhere = |p: &Option<Prior>| p.as_ref().is_some_and(|p| !p.clipped && stands(p));
-        let i = self.list.iter().position(here).or_else(|| self.list.iter().position(elsewhere))?;
+        let stands = |i: usize| list.get(i).and_then(Option::as_ref).is_some_and(|p| !p.never_written() && p.is_for(approved));
+        let here = self.by_seq.get(&seq).and_then(|at| at.iter().copied().find(|&i| stands(i)));
+        let i = match here {
+            Some(i) => i,
+            None => {
+                // A record cut to fit is compared at its own place only,
+                // and is not in this index.
+                let same = self.by_envelope.get_mut(&envelope_key(&approved.from, &approved.recipients))?;
+                while same.front().is_some_and(|&i| list.get(i).is_none_or(Option::is_none)) {
+                    same.pop_front();
+                }
+                let at = same.iter().position(|&i| stands(i))?;
+                same.remove(at)?
+            }
+        };
         self.list.get_mut(i)?.take()
+    }
+
+    /// Add an attempt, in the order of the log.
+    fn push(&mut self, prior: Prior) {
+        let i = self.list.len();
+        self.by_seq.entry(prior.seq).or_default().push(i);
+        if let (false, Some(from)) = (prior.clipped, &prior.from) {
+            self.by_envelope.entry(envelope_key(from, &prior.recipients)).or_default().push_back(i);
+        }
+        self.list.push(Some(prior));
     }
 
     /// Every attempt not taken yet, in the order of the log.
@@ -360,7 +393,7 @@ pub fn priors(path: &std::path::Path, plugin: &str, job: &str) -> Result<Priors>
             // Every attempt, a redelivery's too: a message sent at a place
             // where an earlier delivery had sent another stands beside it.
             Outcome::Attempt => {
-                out.list.push(Some(Prior {
+                out.push(Prior {
                     seq,
                     id: r.id,
                     message_id: r.message_id,
@@ -370,7 +403,7 @@ pub fn priors(path: &std::path::Path, plugin: &str, job: &str) -> Result<Priors>
                     from: r.from,
                     outbox: r.outbox,
                     clipped: r.omitted > 0,
-                }));
+                });
             }
             // An outcome belongs to the attempt with its place and its id.
             Outcome::Accepted | Outcome::Rejected | Outcome::Error => {
@@ -1281,6 +1314,21 @@ mod tests {
         r
     }
 
+    /// The attempt `r` stands for, its record `clipped` or not.
+    fn attempted(r: Record, clipped: bool) -> Prior {
+        Prior {
+            seq: r.seq.unwrap_or_default(),
+            id: r.id,
+            message_id: None,
+            recipients: r.recipients,
+            size: None,
+            outcome: r.outcome,
+            from: r.from,
+            outbox: None,
+            clipped,
+        }
+    }
+
     fn approved(to: &str) -> Approved {
         Approved { from: "a@example.com".into(), recipients: vec![to.into()] }
     }
@@ -1341,22 +1389,26 @@ mod tests {
     }
 
     #[test]
+    fn a_long_job_in_reverse_order_finds_every_attempt() {
+        // Found through the index: each lookup is one probe, not a scan of
+        // the job's attempts.
+        let n = 5_000;
+        let mut priors = Priors::default();
+        for seq in 1..=n {
+            priors.push(attempted(prior(seq, &seq.to_string(), &format!("r{seq}@x.org"), Outcome::Accepted), false));
+        }
+        for (place, seq) in (1..=n).rev().enumerate() {
+            let found = priors.take_for(place as u64 + 1, &approved(&format!("r{seq}@x.org")));
+            assert_eq!(found.map(|p| p.seq), Some(seq));
+        }
+        assert_eq!(priors.iter().count(), 0);
+    }
+
+    #[test]
     fn a_record_cut_to_fit_is_taken_at_its_own_place_only() {
         let mut cut = Priors::default();
         for seq in [1, 2] {
-            let mut r = prior(seq, &seq.to_string(), "x@x.org", Outcome::Accepted);
-            r.omitted = 1;
-            cut.list.push(Some(Prior {
-                seq,
-                id: r.id,
-                message_id: None,
-                recipients: r.recipients,
-                size: None,
-                outcome: r.outcome,
-                from: r.from,
-                outbox: None,
-                clipped: true,
-            }));
+            cut.push(attempted(prior(seq, &seq.to_string(), "x@x.org", Outcome::Accepted), true));
         }
         assert_eq!(cut.take_for(2, &approved("y@x.org")).map(|p| p.seq), Some(2));
         assert_eq!(cut.take_for(3, &approved("y@x.org")), None);

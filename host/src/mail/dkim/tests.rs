@@ -154,6 +154,12 @@ fn key_files_are_private_and_never_overwritten() {
     let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     assert!(format!("{:#}", SigningKey::load(&fifo).unwrap_err()).contains("not a regular file"));
+    // A file larger than any key is refused before it is read.
+    let huge = dir.join("huge.private");
+    let f = std::fs::File::create(&huge).unwrap();
+    f.set_len(MAX_KEY_FILE_BYTES + 1).unwrap();
+    std::fs::set_permissions(&huge, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(format!("{:#}", SigningKey::load(&huge).unwrap_err()).contains("more than a key file's"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
