@@ -2,12 +2,14 @@
 // small attachment, to each address in the input (comma- or
 // space-separated; default demo@example.com). A recipient the policy
 // refuses is reported and skipped; `run` fails only when nothing was sent.
+// One greeting goes with `send`; several go with `sendAll`, pipelined in
+// `send-many` calls, and each result comes back tied to its own recipient.
 //
 // Build: `make js-plugins` (or the componentize-js script in
 // docs/plugins.md). Run: `wasmail run wasmail_plugin_js_hello.wasm
 // --input-text you@example.com`.
 
-import { attachBytes, html, send, SendFailed } from '../sdk-js/wasmail-plugin.js';
+import { attachBytes, html, send, sendAll, SendFailed } from '../sdk-js/wasmail-plugin.js';
 
 const DEFAULT_TO = 'demo@example.com';
 
@@ -39,14 +41,24 @@ export function run(input) {
   if (recipients.length === 0) recipients.push(DEFAULT_TO);
   const sent = [];
   const failed = [];
-  for (const to of recipients) {
+  let results;
+  if (recipients.length === 1) {
     try {
-      const receipt = send(greeting(to));
-      sent.push(`sent ${receipt.messageId} to ${to}`);
+      results = [[0, send(greeting(recipients[0]))]];
     } catch (e) {
-      // A denial is an answer, not a crash: report it and go on.
       if (!(e instanceof SendFailed)) throw e;
-      failed.push(`${to}: ${e.message}`);
+      results = [[0, e]];
+    }
+  } else {
+    results = sendAll(recipients.map(greeting));
+  }
+  for (const [i, result] of results) {
+    const to = recipients[i];
+    if (result instanceof SendFailed) {
+      // A denial is an answer, not a crash: report it and go on.
+      failed.push(`${to}: ${result.message}`);
+    } else {
+      sent.push(`sent ${result.messageId} to ${to}`);
     }
   }
   // Throwing a string makes `run` return err(string).

@@ -1,7 +1,9 @@
 """The hello plugin in Python: one greeting, with an HTML body and a small
 attachment, to each address in the input (comma- or space-separated;
 default demo@example.com). A recipient the policy refuses is reported and
-skipped; `run` fails only when nothing was sent.
+skipped; `run` fails only when nothing was sent. One greeting goes with
+`send`; several go with `send_all`, pipelined in `send-many` calls, and
+each result comes back tied to its own recipient.
 
 Build: `make python-plugins` (or the componentize-py command in
 docs/plugins.md). Run: `wasmail run target/plugins/python_hello.wasm
@@ -41,14 +43,20 @@ class WitWorld(wit_world.WitWorld):
     def run(self, input: str) -> str:
         recipients = input.replace(",", " ").split() or [DEFAULT_TO]
         sent, failed = [], []
-        for to in recipients:
+        if len(recipients) == 1:
             try:
-                receipt = mail.send(greeting(to))
+                results = [(0, mail.send(greeting(recipients[0])))]
             except mail.SendFailed as e:
+                results = [(0, e)]
+        else:
+            results = mail.send_all(greeting(to) for to in recipients)
+        for i, result in results:
+            to = recipients[i]
+            if isinstance(result, mail.SendFailed):
                 # A denial is an answer, not a crash: report it and go on.
-                failed.append(f"{to}: {e}")
-                continue
-            sent.append(f"sent {receipt.message_id} to {to}")
+                failed.append(f"{to}: {result}")
+            else:
+                sent.append(f"sent {result.message_id} to {to}")
         if not sent:
             raise mail.Err("nothing sent; " + "; ".join(failed))
         return "\n".join(sent + [f"not sent: {f}" for f in failed])

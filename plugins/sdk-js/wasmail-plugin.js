@@ -21,7 +21,14 @@
 // Field names are the WIT names in camelCase (`replyTo`, `contentType`,
 // `messageId`); variants are `{ tag, val }`; enums are strings.
 
-import { send as witSend } from 'wasmail:mail/sender@0.1.0';
+import { send as witSend, sendMany as witSendMany } from 'wasmail:mail/sender@0.1.0';
+
+/** The most messages `sendAll` hands to `send-many` per call, and the most
+ * octets of message text and in-memory attachments it gathers for one call
+ * (the message that passes it is the call's last): the Rust SDK's
+ * SEND_MANY_BATCH and SEND_MANY_BYTES, for the same reasons. */
+export const SEND_MANY_BATCH = 4096;
+export const SEND_MANY_BYTES = 8 << 20;
 
 /**
  * @typedef {{ name?: string, address: string }} Mailbox
@@ -150,5 +157,55 @@ export function send(msg) {
       throw new SendFailed(e.payload);
     }
     throw e;
+  }
+}
+
+/** Send `msgs` in one `send-many` call: pipelined over the relay session,
+ * each message under the policy as if sent alone. One result per message,
+ * in order: its receipt, or a `SendFailed` (returned, not thrown), so a
+ * refusal of one message does not stop the others.
+ * @param {Message[]} msgs
+ * @returns {(Receipt | SendFailed)[]} */
+export function sendMany(msgs) {
+  return witSendMany(msgs).map((r) => (r.tag === 'ok' ? r.val : new SendFailed(r.val)));
+}
+
+/** A message's octets as the plugin holds them: its subject, text, HTML and
+ * in-memory attachments (a file attachment is read by the host); text is
+ * counted in UTF-16 units, near enough for a batch's size.
+ * @param {Message} msg */
+export function approximateSize(msg) {
+  const attached = msg.attachments.reduce((n, a) => n + a.content.val.length, 0);
+  return msg.subject.length + (msg.text ?? '').length + (msg.html ?? '').length + attached;
+}
+
+/** Send every message `msgs` yields with `send-many`, up to
+ * `SEND_MANY_BATCH` messages or `SEND_MANY_BYTES` at a time, so a long run
+ * is pipelined without being built whole in memory. Yields each message's
+ * position (from 0) and result (a receipt or a `SendFailed`), in order, as
+ * its batch settles; leaving the loop early sends no further batch.
+ *
+ *     for (const [i, result] of sendAll(messages())) {
+ *       if (result instanceof SendFailed) console.log(`message ${i}: ${result.message}`);
+ *     }
+ * @param {Iterable<Message>} msgs
+ * @returns {Generator<[number, Receipt | SendFailed]>} */
+export function* sendAll(msgs) {
+  const it = msgs[Symbol.iterator]();
+  let position = 0;
+  for (;;) {
+    const batch = [];
+    let size = 0;
+    while (batch.length < SEND_MANY_BATCH && size < SEND_MANY_BYTES) {
+      const next = it.next();
+      if (next.done) break;
+      batch.push(next.value);
+      size += approximateSize(next.value);
+    }
+    if (batch.length === 0) return;
+    for (const result of sendMany(batch)) {
+      yield [position, result];
+      position += 1;
+    }
   }
 }

@@ -23,9 +23,9 @@ Build with `componentize-py -d WIT -w wasmail:mail/plugin componentize
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world.imports import sender
 from wit_world.imports.types import (
     Attachment,
@@ -50,9 +50,16 @@ from wit_world.imports.types import (
 
 __all__ = [
     "Attachment", "Err", "Mailbox", "Message", "Priority", "Receipt", "Reply", "SendError",
-    "SendFailed", "addr", "attach_bytes", "attach_file", "describe", "html", "kind", "reply",
-    "send", "text",
+    "SEND_MANY_BATCH", "SEND_MANY_BYTES", "SendFailed", "addr", "approximate_size", "attach_bytes",
+    "attach_file", "describe", "html", "kind", "reply", "send", "send_all", "send_many", "text",
 ]
+
+# The most messages `send_all` hands to `send-many` per call, and the most
+# octets of message text and in-memory attachments it gathers for one call
+# (the message that passes it is the call's last): the Rust SDK's
+# SEND_MANY_BATCH and SEND_MANY_BYTES, for the same reasons.
+SEND_MANY_BATCH = 4096
+SEND_MANY_BYTES = 8 << 20
 
 Recipients = Union[str, Mailbox, Iterable[Union[str, Mailbox]]]
 
@@ -177,3 +184,47 @@ def send(msg: Message) -> Receipt:
         return sender.send(msg)
     except Err as e:
         raise SendFailed(e.value) from None
+
+
+def send_many(msgs: Sequence[Message]) -> List[Union[Receipt, SendFailed]]:
+    """Send `msgs` in one `send-many` call: pipelined over the relay session,
+    each message under the policy as if sent alone. One result per message,
+    in order: its `Receipt`, or a `SendFailed` (returned, not raised), so a
+    refusal of one message does not stop the others."""
+    results = sender.send_many(list(msgs))
+    return [r.value if isinstance(r, Ok) else SendFailed(r.value) for r in results]
+
+
+def approximate_size(msg: Message) -> int:
+    """A message's octets as the plugin holds them: its subject, text, HTML
+    and in-memory attachments (a file attachment is read by the host)."""
+    attached = sum(len(a.content.value) for a in msg.attachments)
+    return len(msg.subject) + len(msg.text or "") + len(msg.html or "") + attached
+
+
+def send_all(msgs: Iterable[Message]) -> Iterator[Tuple[int, Union[Receipt, SendFailed]]]:
+    """Send every message `msgs` yields with `send-many`, up to
+    `SEND_MANY_BATCH` messages or `SEND_MANY_BYTES` at a time, so a long run
+    is pipelined without being built whole in memory. Yields each message's
+    position (from 0) and result (a `Receipt` or a `SendFailed`), in order,
+    as its batch settles; leaving the loop early sends no further batch.
+
+        for i, result in mail.send_all(messages()):
+            if isinstance(result, mail.SendFailed):
+                print(f"message {i}: {result}")
+    """
+    it = iter(msgs)
+    position = 0
+    while True:
+        batch: List[Message] = []
+        size = 0
+        for msg in it:
+            batch.append(msg)
+            size += approximate_size(msg)
+            if len(batch) >= SEND_MANY_BATCH or size >= SEND_MANY_BYTES:
+                break
+        if not batch:
+            return
+        for result in send_many(batch):
+            yield position, result
+            position += 1
