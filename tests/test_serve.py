@@ -1001,3 +1001,90 @@ def test_a_plain_send_finishes_when_its_client_hangs_up(serve, plugins, scripted
     wait_until(lambda: metric(server.metrics(), "wasmail_sends_total", result="accepted") == 1, 30,
                "the send to be counted after the hang-up")
     assert relay.error is None, relay.error
+
+
+# ---------------------------------------------------------------------------
+# 10. Connections: a deadline on every request head and body, a cap on how
+#     many are open
+# ---------------------------------------------------------------------------
+
+def read_until_eof(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """What `sock` receives until the server closes it, and when (seconds
+    from now); fails if it is still open after `timeout`."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    got = b""
+    try:
+        while chunk := sock.recv(4096):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"still open after {timeout}s; got {got!r}")
+    return got, time.monotonic() - start
+
+
+def test_a_connection_without_a_request_head_is_closed_at_the_deadline(serve, plugins, smtpd, tmp_path):
+    """A client that connects and sends nothing, one that sends half a head
+    and stops, and an idle keep-alive connection each hold a connection slot
+    for --header-read-secs, no longer (they were held for ever)."""
+    setup = make_setup(tmp_path, plugins, smtpd(), {"hello": {}})
+    server = serve(setup, "--header-read-secs", "1")
+    address = (server.host, server.port)
+    with socket.create_connection(address) as silent, socket.create_connection(address) as half, \
+            socket.create_connection(address) as kept:
+        half.sendall(b"POST /v1/plugins/hello/runs HTTP/1.1\r\nHost: x\r\nAuthoriz")
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        got, _ = read_until_eof(silent, 10)
+        assert got == b"", got
+        got, _ = read_until_eof(half, 10)
+        assert got == b"" or got.startswith(b"HTTP/1.1 408 "), got
+        got, _ = read_until_eof(kept, 10)
+        assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"ok\n"), got
+    assert server.request("GET", "/healthz").status == 200
+
+
+def test_connections_past_the_cap_wait_for_a_free_slot(serve, plugins, smtpd, tmp_path):
+    """With --max-connections 2 and two connections open, a third is not
+    served until one of them closes; then it is, and the service is fine."""
+    setup = make_setup(tmp_path, plugins, smtpd(), {"hello": {}})
+    server = serve(setup, "--max-connections", "2")
+    address = (server.host, server.port)
+    held = [socket.create_connection(address) for _ in range(2)]
+    try:
+        time.sleep(0.5)     # both accepted: they hold the two slots
+        with socket.create_connection(address) as third:
+            third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            third.settimeout(1.5)
+            with pytest.raises(TimeoutError):
+                third.recv(1)
+            held.pop().close()
+            got, _ = read_until_eof(third, 10)
+            assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"ok\n"), got
+    finally:
+        for sock in held:
+            sock.close()
+    assert server.request("GET", "/healthz").status == 200
+
+
+@pytest.mark.parametrize("path, token", [("/v1/messages", TOKEN_SEND), ("/v1/plugins/hello/runs", TOKEN_ALL)])
+def test_a_body_sent_too_slowly_is_answered_408(serve, plugins, smtpd, tmp_path, path, token):
+    """A client with a good token that announces 100 octets of body and
+    sends 10 is answered 408 once --body-read-secs has passed, and nothing
+    is run or sent."""
+    relay = smtpd()
+    setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
+    server = serve(setup, "--body-read-secs", "1")
+    with socket.create_connection((server.host, server.port), timeout=HTTP_TIMEOUT_S) as sock:
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                      f"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode() + b"{" * 10)
+        sock.settimeout(10)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        body = resp.read()
+    assert resp.status == 408, (resp.status, body)
+    error = json.loads(body)
+    assert "within 1 s" in json.dumps(error), error
+    assert relay.messages == []
+    values = server.metrics()
+    assert metric(values, "wasmail_runs_total") == 0 and metric(values, "wasmail_sends_total") == 0, values

@@ -13,12 +13,14 @@
 //! to `--max-runs`, and up to each plugin's `max_concurrent_runs`; past
 //! that the answer is `429` with `Retry-After` (RFC 6585), never a queue
 //! without bound. Relay sessions are pooled between runs, at most
-//! `--max-relay-connections`. SIGHUP reloads the config, the tokens and the
+//! `--max-relay-connections`. Client connections are capped and each request
+//! head and body has a deadline ([`listen`]). SIGHUP reloads the config, the tokens and the
 //! plugins; SIGTERM stops accepting, lets the runs in flight finish within
 //! `--shutdown-secs`, and leaves whatever is cut short in the write-ahead
 //! spool, for `wasmail retry`.
 
 pub mod auth;
+pub mod listen;
 pub mod message;
 pub mod metrics;
 
@@ -55,6 +57,12 @@ pub const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 pub const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 /// The longest `Idempotency-Key` a client may give as a run's job id.
 pub const MAX_JOB_ID_CHARS: usize = 128;
+/// How long a request's body may take to arrive, once its head is read and
+/// its token checked (`--body-read-secs`; 32 MiB in 60 s is under 0.6
+/// MB/s). The deadline on the head is [`listen::HEADER_READ_SECS`].
+pub const BODY_READ_SECS: u64 = 60;
+/// Client connections open at once (`--max-connections`).
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// The flags of `wasmail serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -76,6 +84,16 @@ pub struct ServeArgs {
     /// Connections to the relay at once (pooled between runs).
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub max_relay_connections: usize,
+    /// Client connections open at once; more wait in the listen queue.
+    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// How long a connection may take to send a whole request head, the
+    /// wait on an idle keep-alive connection included; then it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = listen::HEADER_READ_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_secs: u64,
+    /// How long a request's body may take to arrive; then the answer is 408.
+    #[arg(long, value_name = "SECS", default_value_t = BODY_READ_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_secs: u64,
     /// How long runs in flight may take to finish after SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub shutdown_secs: u64,
@@ -201,7 +219,11 @@ fn record_run(app: &App, name: &str, ran: &RunReport, took: Duration) {
 /// client without one makes the host read nothing), and only up to `limit`
 /// octets.
 async fn read_body(app: &App, body: axum::body::Body, limit: usize, what: &str) -> Result<String, Response> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let secs = app.args.body_read_secs;
+    let read = tokio::time::timeout(Duration::from_secs(secs), axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        refuse(app, StatusCode::REQUEST_TIMEOUT, "bad-request", &format!("{what}: not all sent within {secs} s"))
+    })?;
+    let bytes = read.map_err(|e| {
         refuse(app, StatusCode::PAYLOAD_TOO_LARGE, "bad-request", &format!("{what}: more than {limit} bytes, or cut short ({e})"))
     })?;
     String::from_utf8(bytes.into()).map_err(|_| refuse(app, StatusCode::BAD_REQUEST, "bad-request", &format!("{what}: not UTF-8")))
@@ -442,11 +464,10 @@ async fn serve(rt: &Runtime, args: ServeArgs) -> Result<()> {
         args: args.clone(),
     });
     tokio::spawn(reloads(Arc::clone(&app)));
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router(Arc::clone(&app))).with_graceful_shutdown(async move {
-        let _ = stop_rx.changed().await;
-    });
-    let mut server = std::pin::pin!(server.into_future());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = listen::Limits { max_connections: args.max_connections, header_read: Duration::from_secs(args.header_read_secs) };
+    let server = listen::serve(listener, router(Arc::clone(&app)), limits, stop_rx);
+    let mut server = std::pin::pin!(server);
     tokio::select! {
         r = &mut server => return r.context("serving"),
         () = terminated() => {}
