@@ -683,6 +683,70 @@ async fn request_bodies_a_plugin_never_sends_hold_little_host_memory() {
     assert!(r.output.is_none() && r.stopped.is_some(), "{:?} / {:?}", r.output, r.stopped);
 }
 
+/// The WAT of a plugin that makes one wasi:http `fields` and appends
+/// `appends` headers `x-a: aaa…` of `value` octets to it; it traps when an
+/// append is refused with an error, and returns ok when all went in.
+fn http_fields_wat(appends: usize, value: usize) -> String {
+    let memory = memory_module(2, 0x1_8000);
+    format!(
+        r#"(component $C
+  (import "wasi:http/types@0.2.0" (instance $http
+     (export "fields" (type $fields (sub resource)))
+     (type $he (variant (case "invalid-syntax") (case "forbidden") (case "immutable")))
+     (export "header-error" (type $he2 (eq $he)))
+     (export "[constructor]fields" (func (result (own $fields))))
+     (export "[method]fields.append" (func (param "self" (borrow $fields)) (param "name" string) (param "value" (list u8)) (result (result (error $he2)))))))
+{memory}  (core func $fields (canon lower (func $http "[constructor]fields")))
+  (core func $append (canon lower (func $http "[method]fields.append") (memory $mem) string-encoding=utf8))
+  (core module $B
+    (import "a" "mem" (memory 1))
+    (import "h" "fields" (func $fields (result i32)))
+    (import "h" "append" (func $append (param i32 i32 i32 i32 i32 i32)))
+    (func (export "run") (param i32 i32) (result i32) (local $i i32) (local $f i32)
+      (i32.store (i32.const 0x200) (i32.const 0x00612d78))
+      (memory.fill (i32.const 0x1000) (i32.const 0x61) (i32.const {value}))
+      (local.set $f (call $fields))
+      (block $done (loop $l
+        (br_if $done (i32.ge_u (local.get $i) (i32.const {appends})))
+        (call $append (local.get $f) (i32.const 0x200) (i32.const 3) (i32.const 0x1000) (i32.const {value}) (i32.const 0x100))
+        (if (i32.load8_u (i32.const 0x100)) (then unreachable))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $l)))
+      (i32.store (i32.const 0x3000) (i32.const 0))
+      (i32.store (i32.const 0x3004) (i32.const 0x2000))
+      (i32.store (i32.const 0x3008) (i32.const 0))
+      (i32.const 0x3000)))
+  (core instance $hi (export "fields" (func $fields)) (export "append" (func $append)))
+  (core instance $b (instantiate $B (with "a" (instance $a)) (with "h" (instance $hi))))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $b "run") (memory $mem) (realloc $realloc)))
+)
+"#
+    )
+}
+
+/// A wasi:http `fields` a plugin builds holds at most `HTTP_FIELDS_BYTES`
+/// of the host's memory (wasmtime-wasi-http's default is 128 KiB each, and
+/// a plugin may hold `max_resources` of them): appends that fit go in, and
+/// the append past the cap stops the plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_s_http_fields_hold_at_most_the_cap() {
+    let f = fixture_with("httpfields", |_, _| {});
+    let host = host(&f);
+    let cap = wasmail::plugin::HTTP_FIELDS_BYTES;
+    let value = 1000;
+    // Each append costs its value and some bookkeeping, so a few fewer than
+    // cap / value fit, and twice as many cannot.
+    let fit = cap / value - 2;
+    let (path, _) = component_file(&f, "hostile", &http_fields_wat(fit, value));
+    let r = host.run(&host.load(&path, None).expect("load"), "").await.expect("run");
+    assert!(matches!(r.output, Some(Ok(_))), "{:?} / {:?}", r.output, r.stopped);
+    let (path, _) = component_file(&f, "hostile", &http_fields_wat(2 * cap / value, value));
+    let r = host.run(&host.load(&path, None).expect("load"), "").await.expect("run");
+    let stopped = r.stopped.unwrap_or_default();
+    assert!(r.output.is_none() && stopped.contains("size of fields"), "{:?} / {stopped}", r.output);
+}
+
 /// The WAT of a plugin that calls `send` once with `n` To mailboxes whose
 /// addresses all point at the same `size` octets of its memory: lifting
 /// copies each, so the host is handed `n` × `size` octets.
