@@ -1008,6 +1008,18 @@ def test_a_plain_send_finishes_when_its_client_hangs_up(serve, plugins, scripted
 #     many are open
 # ---------------------------------------------------------------------------
 
+# The deadlines the connection tests set (--header-read-secs,
+# --body-read-secs): long enough for a busy two-core machine to answer a
+# request that came in time.
+SHORT_DEADLINE_S = 2
+# How long a test waits for a connection to be closed, or answered, past
+# such a deadline.
+CLOSE_WAIT_S = 20
+# How long a request past the connection cap is watched to see it is not
+# answered.
+NOT_SERVED_WAIT_S = 1.5
+
+
 def read_until_eof(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
     """What `sock` receives until the server closes it, and when (seconds
     from now); fails if it is still open after `timeout`."""
@@ -1029,17 +1041,17 @@ def test_a_connection_without_a_request_head_is_closed_at_the_deadline(serve, pl
     and stops, and an idle keep-alive connection each hold a connection slot
     for --header-read-secs, no longer (they were held for ever)."""
     setup = make_setup(tmp_path, plugins, smtpd(), {"hello": {}})
-    server = serve(setup, "--header-read-secs", "1")
+    server = serve(setup, "--header-read-secs", str(SHORT_DEADLINE_S))
     address = (server.host, server.port)
     with socket.create_connection(address) as silent, socket.create_connection(address) as half, \
             socket.create_connection(address) as kept:
         half.sendall(b"POST /v1/plugins/hello/runs HTTP/1.1\r\nHost: x\r\nAuthoriz")
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        got, _ = read_until_eof(silent, 10)
+        got, _ = read_until_eof(silent, CLOSE_WAIT_S)
         assert got == b"", got
-        got, _ = read_until_eof(half, 10)
+        got, _ = read_until_eof(half, CLOSE_WAIT_S)
         assert got == b"" or got.startswith(b"HTTP/1.1 408 "), got
-        got, _ = read_until_eof(kept, 10)
+        got, _ = read_until_eof(kept, CLOSE_WAIT_S)
         assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"ok\n"), got
     assert server.request("GET", "/healthz").status == 200
 
@@ -1050,16 +1062,16 @@ def test_connections_past_the_cap_wait_for_a_free_slot(serve, plugins, smtpd, tm
     setup = make_setup(tmp_path, plugins, smtpd(), {"hello": {}})
     server = serve(setup, "--max-connections", "2")
     address = (server.host, server.port)
+    # Accepted in order: these two take the two slots.
     held = [socket.create_connection(address) for _ in range(2)]
     try:
-        time.sleep(0.5)     # both accepted: they hold the two slots
         with socket.create_connection(address) as third:
             third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            third.settimeout(1.5)
+            third.settimeout(NOT_SERVED_WAIT_S)
             with pytest.raises(TimeoutError):
                 third.recv(1)
             held.pop().close()
-            got, _ = read_until_eof(third, 10)
+            got, _ = read_until_eof(third, CLOSE_WAIT_S)
             assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b"ok\n"), got
     finally:
         for sock in held:
@@ -1070,21 +1082,23 @@ def test_connections_past_the_cap_wait_for_a_free_slot(serve, plugins, smtpd, tm
 @pytest.mark.parametrize("path, token", [("/v1/messages", TOKEN_SEND), ("/v1/plugins/hello/runs", TOKEN_ALL)])
 def test_a_body_sent_too_slowly_is_answered_408(serve, plugins, smtpd, tmp_path, path, token):
     """A client with a good token that announces 100 octets of body and
-    sends 10 is answered 408 once --body-read-secs has passed, and nothing
+    sends 10 is answered 408 once --body-read-secs has passed, on a
+    connection that is then closed, and nothing
     is run or sent."""
     relay = smtpd()
     setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
-    server = serve(setup, "--body-read-secs", "1")
+    server = serve(setup, "--body-read-secs", str(SHORT_DEADLINE_S))
     with socket.create_connection((server.host, server.port), timeout=HTTP_TIMEOUT_S) as sock:
         sock.sendall((f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
                       f"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode() + b"{" * 10)
-        sock.settimeout(10)
+        sock.settimeout(CLOSE_WAIT_S)
         resp = http.client.HTTPResponse(sock)
         resp.begin()
         body = resp.read()
     assert resp.status == 408, (resp.status, body)
     error = json.loads(body)
-    assert "within 1 s" in json.dumps(error), error
+    assert f"within {SHORT_DEADLINE_S} s" in json.dumps(error), error
+    assert resp.getheader("Connection") == "close"
     assert relay.messages == []
     values = server.metrics()
     assert metric(values, "wasmail_runs_total") == 0 and metric(values, "wasmail_sends_total") == 0, values

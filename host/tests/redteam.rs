@@ -728,10 +728,11 @@ fn http_fields_wat(appends: usize, value: usize) -> String {
 /// A wasi:http `fields` a plugin builds holds at most `HTTP_FIELDS_BYTES`
 /// of the host's memory (wasmtime-wasi-http's default is 128 KiB each, and
 /// a plugin may hold `max_resources` of them): appends that fit go in, and
-/// the append past the cap stops the plugin.
+/// the append past the cap stops the plugin (wasmtime-wasi-http traps on
+/// it: wasi:http 0.2.0's `header-error` has no case for a size).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_s_http_fields_hold_at_most_the_cap() {
-    let f = fixture_with("httpfields", |_, _| {});
+    let f = fixture("httpfields");
     let host = host(&f);
     let cap = wasmail::plugin::HTTP_FIELDS_BYTES;
     let value = 1000;

@@ -41,16 +41,18 @@ export function run(input) {
   if (recipients.length === 0) recipients.push(DEFAULT_TO);
   const sent = [];
   const failed = [];
-  let results;
+  const results = [];
   if (recipients.length === 1) {
     try {
-      results = [[0, send(greeting(recipients[0]))]];
+      results.push([0, send(greeting(recipients[0]))]);
     } catch (e) {
       if (!(e instanceof SendFailed)) throw e;
-      results = [[0, e]];
+      results.push([0, e]);
     }
   } else {
-    results = sendAll(recipients.map(greeting));
+    sendAll(recipients.map((to) => greeting(to)), (i, result) => {
+      results.push([i, result]);
+    });
   }
   for (const [i, result] of results) {
     const to = recipients[i];

@@ -43,13 +43,14 @@ class WitWorld(wit_world.WitWorld):
     def run(self, input: str) -> str:
         recipients = input.replace(",", " ").split() or [DEFAULT_TO]
         sent, failed = [], []
+        results = []
         if len(recipients) == 1:
             try:
-                results = [(0, mail.send(greeting(recipients[0])))]
+                results.append((0, mail.send(greeting(recipients[0]))))
             except mail.SendFailed as e:
-                results = [(0, e)]
+                results.append((0, e))
         else:
-            results = mail.send_all(greeting(to) for to in recipients)
+            mail.send_all((greeting(to) for to in recipients), lambda i, r: results.append((i, r)))
         for i, result in results:
             to = recipients[i]
             if isinstance(result, mail.SendFailed):

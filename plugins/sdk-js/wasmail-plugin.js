@@ -84,13 +84,18 @@ export function html(to, subject, htmlBody, textBody) {
   return msg;
 }
 
-/** An attachment carrying its bytes (a string is sent as UTF-8). Without
+/** An attachment carrying its bytes (a string is sent as UTF-8; an
+ * ArrayBuffer or any typed array or DataView as its octets). Without
  * `contentType` the mailer guesses it from the file name; a `contentId`
  * makes it inline (`cid:`).
- * @param {Uint8Array | string} data
+ * @param {Uint8Array | ArrayBuffer | ArrayBufferView | string} data
  * @returns {Attachment} */
 export function attachBytes(filename, data, contentType, contentId) {
-  const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+  let bytes;
+  if (typeof data === 'string') bytes = new TextEncoder().encode(data);
+  else if (data instanceof Uint8Array) bytes = data;
+  else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  else bytes = new Uint8Array(data);
   const a = { filename, content: { tag: 'bytes', val: bytes } };
   if (contentType !== undefined) a.contentType = contentType;
   if (contentId !== undefined) a.contentId = contentId;
@@ -171,28 +176,35 @@ export function sendMany(msgs) {
 }
 
 /** A message's octets as the plugin holds them: its subject, text, HTML and
- * in-memory attachments (a file attachment is read by the host); text is
- * counted in UTF-16 units, near enough for a batch's size.
+ * in-memory attachments (a file attachment is read by the host), text
+ * counted in UTF-8 as the Rust SDK counts it.
  * @param {Message} msg */
 export function approximateSize(msg) {
-  const attached = msg.attachments.reduce((n, a) => n + a.content.val.length, 0);
-  return msg.subject.length + (msg.text ?? '').length + (msg.html ?? '').length + attached;
+  const utf8 = new TextEncoder();
+  const octets = (t) => (t === undefined ? 0 : utf8.encode(t).byteLength);
+  const attached = msg.attachments.reduce(
+    (n, a) => n + (a.content.tag === 'bytes' ? a.content.val.byteLength : octets(a.content.val)), 0);
+  return octets(msg.subject) + octets(msg.text) + octets(msg.html) + attached;
 }
 
 /** Send every message `msgs` yields with `send-many`, up to
  * `SEND_MANY_BATCH` messages or `SEND_MANY_BYTES` at a time, so a long run
- * is pipelined without being built whole in memory. Yields each message's
- * position (from 0) and result (a receipt or a `SendFailed`), in order, as
- * its batch settles; leaving the loop early sends no further batch.
+ * is pipelined without being built whole in memory (the Rust SDK's
+ * `send_all`). `each` gets every message's position (from 0) and result (a
+ * receipt or a `SendFailed`), in order, as its batch settles: every message
+ * of a batch was handed over, so every one gets its call. `each` returns
+ * `false` to stop before the next batch (anything else goes on). Returns
+ * how many messages were handed to the host.
  *
- *     for (const [i, result] of sendAll(messages())) {
+ *     sendAll(messages(), (i, result) => {
  *       if (result instanceof SendFailed) console.log(`message ${i}: ${result.message}`);
- *     }
+ *     });
  * @param {Iterable<Message>} msgs
- * @returns {Generator<[number, Receipt | SendFailed]>} */
-export function* sendAll(msgs) {
+ * @param {(i: number, result: Receipt | SendFailed) => boolean | void} each
+ * @returns {number} */
+export function sendAll(msgs, each) {
   const it = msgs[Symbol.iterator]();
-  let position = 0;
+  let sent = 0;
   for (;;) {
     const batch = [];
     let size = 0;
@@ -202,10 +214,12 @@ export function* sendAll(msgs) {
       batch.push(next.value);
       size += approximateSize(next.value);
     }
-    if (batch.length === 0) return;
+    if (batch.length === 0) return sent;
+    let goOn = true;
     for (const result of sendMany(batch)) {
-      yield [position, result];
-      position += 1;
+      if (each(sent, result) === false) goOn = false;
+      sent += 1;
     }
+    if (!goOn) return sent;
   }
 }

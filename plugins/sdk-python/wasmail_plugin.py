@@ -23,7 +23,7 @@ Build with `componentize-py -d WIT -w wasmail:mail/plugin componentize
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from componentize_py_types import Err, Ok
 from wit_world.imports import sender
@@ -197,24 +197,33 @@ def send_many(msgs: Sequence[Message]) -> List[Union[Receipt, SendFailed]]:
 
 def approximate_size(msg: Message) -> int:
     """A message's octets as the plugin holds them: its subject, text, HTML
-    and in-memory attachments (a file attachment is read by the host)."""
-    attached = sum(len(a.content.value) for a in msg.attachments)
-    return len(msg.subject) + len(msg.text or "") + len(msg.html or "") + attached
+    and in-memory attachments (a file attachment is read by the host), text
+    counted in UTF-8 as the Rust SDK counts it."""
+    attached = sum(len(a.content.value) if isinstance(a.content, Content_Bytes)
+                   else len(a.content.value.encode("utf-8")) for a in msg.attachments)
+    text = (msg.subject, msg.text or "", msg.html or "")
+    return sum(len(t.encode("utf-8")) for t in text) + attached
 
 
-def send_all(msgs: Iterable[Message]) -> Iterator[Tuple[int, Union[Receipt, SendFailed]]]:
+def send_all(msgs: Iterable[Message],
+             each: Callable[[int, Union[Receipt, SendFailed]], Optional[bool]]) -> int:
     """Send every message `msgs` yields with `send-many`, up to
     `SEND_MANY_BATCH` messages or `SEND_MANY_BYTES` at a time, so a long run
-    is pipelined without being built whole in memory. Yields each message's
-    position (from 0) and result (a `Receipt` or a `SendFailed`), in order,
-    as its batch settles; leaving the loop early sends no further batch.
+    is pipelined without being built whole in memory (the Rust SDK's
+    `send_all`). `each` gets every message's position (from 0) and result
+    (a `Receipt` or a `SendFailed`), in order, as its batch settles: every
+    message of a batch was handed over, so every one gets its call. `each`
+    returns False to stop before the next batch (None goes on). Returns how
+    many messages were handed to the host.
 
-        for i, result in mail.send_all(messages()):
+        def note(i, result):
             if isinstance(result, mail.SendFailed):
                 print(f"message {i}: {result}")
+
+        mail.send_all(messages(), note)
     """
     it = iter(msgs)
-    position = 0
+    sent = 0
     while True:
         batch: List[Message] = []
         size = 0
@@ -224,7 +233,11 @@ def send_all(msgs: Iterable[Message]) -> Iterator[Tuple[int, Union[Receipt, Send
             if len(batch) >= SEND_MANY_BATCH or size >= SEND_MANY_BYTES:
                 break
         if not batch:
-            return
+            return sent
+        go_on = True
         for result in send_many(batch):
-            yield position, result
-            position += 1
+            if each(sent, result) is False:
+                go_on = False
+            sent += 1
+        if not go_on:
+            return sent

@@ -25,6 +25,9 @@ use tokio::sync::{Semaphore, watch};
 /// has not sent one by then is closed. The default of `--header-read-secs`.
 pub const HEADER_READ_SECS: u64 = 30;
 
+/// The largest `--max-connections` (a semaphore's permits are bounded).
+pub const MAX_CONNECTIONS_FLAG: u64 = 1 << 20;
+
 /// How long to pause accepting after an error that is not the one
 /// connection's (out of file descriptors, say), so the loop does not spin.
 pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -57,8 +60,10 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, mut st
                 Err(e) if connection_error(&e) => continue,
                 Err(e) => {
                     tracing::warn!("serve: accepting a connection: {e}");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                        _ = stop.changed() => break,
+                    }
                 }
             },
             _ = stop.changed() => break,

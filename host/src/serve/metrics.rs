@@ -35,7 +35,7 @@ const HELP: [(&str, &str, &str); 7] = [
     ("wasmail_messages_total", "counter", "Messages the runs handled, by plugin and outcome (accepted, denied, rejected, error, skipped, kept)."),
     ("wasmail_limit_stops_total", "counter", "Runs a limit stopped, by plugin and limit."),
     ("wasmail_sends_total", "counter", "Plain sends (POST /v1/messages), by result."),
-    ("wasmail_requests_refused_total", "counter", "Requests refused, by reason (unauthorized, forbidden, busy, not-found, bad-request)."),
+    ("wasmail_requests_refused_total", "counter", "Requests refused, by reason (unauthorized, forbidden, busy, not-found, bad-request, job-running, timeout)."),
     ("wasmail_jobs_queued_total", "counter", "Runs handed to the queue, by plugin."),
     ("wasmail_reloads_total", "counter", "Reloads on SIGHUP, by result (ok, failed)."),
 ];

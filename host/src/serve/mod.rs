@@ -13,9 +13,10 @@
 //! to `--max-runs`, and up to each plugin's `max_concurrent_runs`; past
 //! that the answer is `429` with `Retry-After` (RFC 6585), never a queue
 //! without bound. Relay sessions are pooled between runs, at most
-//! `--max-relay-connections`. Client connections are capped and each request
-//! head and body has a deadline ([`listen`]). SIGHUP reloads the config, the tokens and the
-//! plugins; SIGTERM stops accepting, lets the runs in flight finish within
+//! `--max-relay-connections`. Client connections are capped, and each
+//! request head and body has a deadline ([`listen`]). SIGHUP reloads the
+//! config, the tokens and the plugins; SIGTERM stops accepting, lets the
+//! runs in flight finish within
 //! `--shutdown-secs`, and leaves whatever is cut short in the write-ahead
 //! spool, for `wasmail retry`.
 
@@ -63,6 +64,8 @@ pub const MAX_JOB_ID_CHARS: usize = 128;
 pub const BODY_READ_SECS: u64 = 60;
 /// Client connections open at once (`--max-connections`).
 pub const MAX_CONNECTIONS: usize = 512;
+/// The longest `--header-read-secs` and `--body-read-secs`: a day.
+pub const MAX_DEADLINE_SECS: u64 = 86_400;
 
 /// The flags of `wasmail serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -85,14 +88,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub max_relay_connections: usize,
     /// Client connections open at once; more wait in the listen queue.
-    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS)]
+    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=listen::MAX_CONNECTIONS_FLAG))]
     pub max_connections: usize,
     /// How long a connection may take to send a whole request head, the
     /// wait on an idle keep-alive connection included; then it is closed.
-    #[arg(long, value_name = "SECS", default_value_t = listen::HEADER_READ_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = listen::HEADER_READ_SECS, value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_SECS))]
     pub header_read_secs: u64,
     /// How long a request's body may take to arrive; then the answer is 408.
-    #[arg(long, value_name = "SECS", default_value_t = BODY_READ_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", default_value_t = BODY_READ_SECS, value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_SECS))]
     pub body_read_secs: u64,
     /// How long runs in flight may take to finish after SIGTERM.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -162,6 +165,11 @@ fn refuse(app: &App, status: StatusCode, reason: &'static str, message: &str) ->
         StatusCode::TOO_MANY_REQUESTS => {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
+        // The rest of a late body may still come: the connection is not
+        // reused (RFC 9110, section 15.5.9).
+        StatusCode::REQUEST_TIMEOUT => {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         _ => {}
     }
     r
@@ -221,7 +229,7 @@ fn record_run(app: &App, name: &str, ran: &RunReport, took: Duration) {
 async fn read_body(app: &App, body: axum::body::Body, limit: usize, what: &str) -> Result<String, Response> {
     let secs = app.args.body_read_secs;
     let read = tokio::time::timeout(Duration::from_secs(secs), axum::body::to_bytes(body, limit)).await.map_err(|_| {
-        refuse(app, StatusCode::REQUEST_TIMEOUT, "bad-request", &format!("{what}: not all sent within {secs} s"))
+        refuse(app, StatusCode::REQUEST_TIMEOUT, "timeout", &format!("{what}: not all sent within {secs} s"))
     })?;
     let bytes = read.map_err(|e| {
         refuse(app, StatusCode::PAYLOAD_TOO_LARGE, "bad-request", &format!("{what}: more than {limit} bytes, or cut short ({e})"))
