@@ -48,6 +48,7 @@ AUDIT_OPTIONAL_KEYS = {
     "omitted",      # characters and list entries cut to keep the record small
     "seq",          # which message of its run (1, 2, ...): every plugin record
     "job",          # the job the run was for (`--job`, a queue's job id)
+    "client",       # who asked for a plain send (serve: the token's name); no plugin
 }
 # "attempt" is written ahead, before a message goes to the relay; the other
 # outcomes end an attempt (or a call to send that never got that far).

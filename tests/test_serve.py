@@ -561,6 +561,31 @@ def test_plain_send_reaches_the_relay(serve, plugins, smtpd, tmp_path):
     assert att.filename == "data.bin" and att.data == attachment
     m = server.metrics()
     assert metric(m, "wasmail_sends_total", result="accepted") == 1
+    # Audited with no plugin, under the name of the token that asked.
+    [record] = read_audit(setup.audit)
+    assert (record["outcome"], record["plugin"], record["client"]) == ("accepted", "", "sender"), record
+    assert record["from"] == "sender@example.com"
+    assert sorted(record["recipients"]) == sorted(received.rcpt_tos)
+    assert record["message_id"] == receipt["message_id"], (record, receipt)
+
+
+def test_a_refused_plain_send_is_audited_and_kept(serve, plugins, scripted, tmp_path):
+    """A plain send the relay refuses for now (451 after the data) gets a
+    `rejected` record naming the token, and its exact message is kept for
+    `wasmail retry`, the record saying where."""
+    relay = scripted([Send(GREETING), Expect("EHLO"), Send(EHLO_PLAIN),
+                      Expect("MAIL FROM"), Send(b"250 2.1.0 OK\r\n"), Expect("RCPT TO"),
+                      Send(b"250 2.1.5 OK\r\n"), Expect("DATA"), Send(b"354 go ahead\r\n"),
+                      ReadData(), Send(b"451 4.3.0 try again later\r\n"), Serve(60)])
+    setup = make_setup(tmp_path, plugins, relay, {"hello": {}})
+    server = serve(setup)
+    a = server.send({"from": "sender@example.com", "to": ["to@example.org"], "subject": "s", "text": "t\n"})
+    assert a.status == 502, a
+    [record] = read_audit(setup.audit)
+    assert (record["outcome"], record["plugin"], record["client"]) == ("rejected", "", "sender"), record
+    assert record["reason"].startswith("rejected") and "451" in record["reason"], record
+    assert record["dead_letter"] and Path(record["dead_letter"]).exists(), record
+    assert a.json()["kept"] == record["dead_letter"], (a.json(), record)
 
 
 def test_plain_send_refuses_bad_bodies(serve, plugins, smtpd, tmp_path):

@@ -183,9 +183,17 @@ impl Host {
     }
 
     /// Send one message to the config's relay (or its outbox). Attachments
-    /// must be bytes: no file is opened on a caller's behalf.
+    /// must be bytes: no file is opened on a caller's behalf. Its outcome is
+    /// audited with no plugin and no client.
     pub async fn send(&self, message: &Message) -> Result<SendReport> {
-        let (result, kept) = self.inner.send(message).await?;
+        let (result, kept) = self.inner.send(message, None).await?;
+        Ok(SendReport { result, kept })
+    }
+
+    /// [`Host::send`] on behalf of `client` (a name of the caller's, such
+    /// as `serve`'s token name), which its audit record carries.
+    pub async fn send_as(&self, message: &Message, client: &str) -> Result<SendReport> {
+        let (result, kept) = self.inner.send(message, Some(client)).await?;
         Ok(SendReport { result, kept })
     }
 

@@ -1,5 +1,6 @@
 //! The audit log: one JSON object per line for every send attempt of every
-//! plugin, appended and flushed as it happens, each line at most
+//! plugin, and for every plain send of the library or `serve`, appended and
+//! flushed as it happens, each line at most
 //! [`MAX_RECORD_BYTES`]. It records envelopes and outcomes (RFC 5321
 //! replies), never bodies or secrets. A message that is delivered gets an
 //! `attempt` record before the first byte goes out and its outcome after.
@@ -49,8 +50,12 @@ pub struct Record {
     /// its outcome, and names its files in the dead-letter folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// The plugin's name.
+    /// The plugin's name; empty for a plain send (see `client`).
     pub plugin: String,
+    /// Who asked for a plain send (no plugin): under `wasmail serve`, the
+    /// bearer token's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// SHA-256 of the plugin component.
     pub sha256: String,
     /// The From address, when known.
@@ -99,6 +104,7 @@ impl Record {
             time_ms: now_ms(),
             id: None,
             plugin: String::new(),
+            client: None,
             sha256: String::new(),
             from: None,
             recipients: vec![],
@@ -121,7 +127,7 @@ impl Record {
     fn fits_as_is(&self) -> bool {
         let short = |t: &String| t.len() <= MAX_TEXT_CHARS;
         [&self.plugin, &self.sha256].into_iter().all(short)
-            && [&self.from, &self.message_id, &self.reason, &self.outbox, &self.dead_letter, &self.id]
+            && [&self.from, &self.message_id, &self.reason, &self.outbox, &self.dead_letter, &self.id, &self.client]
                 .into_iter()
                 .flatten()
                 .all(short)
@@ -159,7 +165,9 @@ impl Record {
         let mut r = self.clone();
         let mut omitted = r.omitted;
         for field in [&mut r.plugin, &mut r.sha256].into_iter().chain(
-            [&mut r.from, &mut r.message_id, &mut r.reason, &mut r.outbox, &mut r.dead_letter, &mut r.id].into_iter().flatten(),
+            [&mut r.from, &mut r.message_id, &mut r.reason, &mut r.outbox, &mut r.dead_letter, &mut r.id, &mut r.client]
+                .into_iter()
+                .flatten(),
         ) {
             Self::clip_text(field, MAX_TEXT_CHARS, &mut omitted);
         }
@@ -178,7 +186,7 @@ impl Record {
                 let half = reason.chars().count() / 2;
                 Self::clip_text(reason, half, &mut omitted);
             } else {
-                for field in [&mut r.from, &mut r.message_id, &mut r.outbox, &mut r.dead_letter].into_iter().flatten() {
+                for field in [&mut r.from, &mut r.message_id, &mut r.outbox, &mut r.dead_letter, &mut r.client].into_iter().flatten() {
                     Self::clip_text(field, 64, &mut omitted);
                 }
                 r.plugin.truncate(r.plugin.char_indices().nth(64).map_or(r.plugin.len(), |(i, _)| i));

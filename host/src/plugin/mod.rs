@@ -9,7 +9,8 @@ pub mod output;
 pub mod sandbox;
 pub mod sender;
 
-use crate::mail::audit::AuditLog;
+use crate::bindings::types::{Message, Receipt, SendError};
+use crate::mail::audit::{AuditLog, Outcome, Record};
 use crate::mailer::blobs::BlobAccess;
 use crate::config::{Config, PluginConfig};
 use crate::engine::{self, AnyhowExt, CacheOutcome};
@@ -91,6 +92,37 @@ pub const HTTP_BODY_BUFFERED_WRITES: usize = 1;
 /// may hold (wasmtime-wasi-http counts its in-memory form): room for a
 /// fetch's usual headers, not the default 128 KiB a resource.
 pub const HTTP_FIELDS_BYTES: usize = 8192;
+
+/// The audit record of a plain send, before it goes: who asked, From and
+/// every recipient as the caller gave them.
+fn plain_send_record(msg: &Message, client: Option<&str>) -> Record {
+    let mut r = Record::new(Outcome::Error);
+    r.client = client.map(str::to_owned);
+    r.from = msg.from.as_ref().map(|m| m.address.clone());
+    r.recipients = msg.to.iter().chain(&msg.cc).chain(&msg.bcc).map(|m| m.address.clone()).collect();
+    r
+}
+
+/// Fill in a plain send's outcome, as a plugin's message's is filled in.
+fn settle_plain_send(r: &mut Record, result: &Result<Receipt, SendError>) {
+    r.time_ms = crate::mail::audit::now_ms();
+    match result {
+        Ok(receipt) => {
+            r.outcome = Outcome::Accepted;
+            r.message_id = Some(receipt.message_id.clone());
+            r.size = Some(receipt.size);
+            r.rejected = receipt.rejected.iter().map(|f| f.address.clone()).collect();
+            r.reason = Some(format!("{} {}", receipt.reply.code, receipt.reply.text));
+        }
+        Err(e) => {
+            r.outcome = sender::outcome_of(e);
+            if let SendError::Rejected(rej) = e {
+                r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
+            }
+            r.reason = Some(format!("{}: {}", e.kind(), e.describe()));
+        }
+    }
+}
 
 /// wasi:http for plugins: requests may be built (componentize-js's fetch
 /// imports the interfaces whether or not a plugin uses them), but sending
@@ -403,25 +435,47 @@ impl PluginHost {
     /// config's relay, or to its outbox without one. Attachments must be
     /// bytes (no file is opened for a caller). A failure a retry may fix
     /// keeps the exact message in the dead-letter folder: its path comes
-    /// back with the error.
-    pub async fn send(&self, msg: &crate::bindings::types::Message) -> Result<(Result<crate::bindings::types::Receipt, crate::bindings::types::SendError>, Option<PathBuf>)> {
-        let Some(r) = &self.config.relay else {
-            let mut mailer = Mailer::new(&self.rt.mailer, MailerGrant::outbox(self.tls.clone())).await?;
-            let rendered = match mailer.render(msg).await? {
-                Ok(r) => r,
-                Err(e) => return Ok((Err(e), None)),
-            };
-            let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
-            let path = crate::mail::outbox::write(&dir, &rendered.bytes)?;
-            let receipt = crate::bindings::types::Receipt {
-                message_id: rendered.message_id,
-                accepted: rendered.envelope.recipients,
-                rejected: vec![],
-                size: rendered.bytes.len() as u64,
-                reply: crate::bindings::types::Reply { code: 250, enhanced: None, text: format!("written to {}", path.display()) },
-            };
-            return Ok((Ok(receipt), None));
+    /// back with the error. The outcome goes to the audit log, with
+    /// `client` (who asked) and no plugin.
+    pub async fn send(&self, msg: &Message, client: Option<&str>) -> Result<(Result<Receipt, SendError>, Option<PathBuf>)> {
+        let mut record = plain_send_record(msg, client);
+        let (result, kept) = match &self.config.relay {
+            None => {
+                let (result, path) = self.send_to_outbox(msg).await?;
+                record.outbox = path.map(|p| p.display().to_string());
+                (result, None)
+            }
+            Some(r) => self.send_to_relay(r, msg).await?,
         };
+        settle_plain_send(&mut record, &result);
+        record.dead_letter = kept.as_ref().map(|p| p.display().to_string());
+        // The message went (or was kept): a log that cannot be written does
+        // not undo that, so the caller still gets its result.
+        if let Err(e) = self.audit.append(&record) {
+            tracing::warn!("the audit record of a plain send could not be written: {e:#}");
+        }
+        Ok((result, kept))
+    }
+
+    async fn send_to_outbox(&self, msg: &Message) -> Result<(Result<Receipt, SendError>, Option<PathBuf>)> {
+        let mut mailer = Mailer::new(&self.rt.mailer, MailerGrant::outbox(self.tls.clone())).await?;
+        let rendered = match mailer.render(msg).await? {
+            Ok(r) => r,
+            Err(e) => return Ok((Err(e), None)),
+        };
+        let dir = self.config.outbox.clone().unwrap_or_else(|| PathBuf::from(crate::mail::outbox::DEFAULT_OUTBOX));
+        let path = crate::mail::outbox::write(&dir, &rendered.bytes)?;
+        let receipt = Receipt {
+            message_id: rendered.message_id,
+            accepted: rendered.envelope.recipients,
+            rejected: vec![],
+            size: rendered.bytes.len() as u64,
+            reply: crate::bindings::types::Reply { code: 250, enhanced: None, text: format!("written to {}", path.display()) },
+        };
+        Ok((Ok(receipt), Some(path)))
+    }
+
+    async fn send_to_relay(&self, r: &crate::config::RelayConfig, msg: &Message) -> Result<(Result<Receipt, SendError>, Option<PathBuf>)> {
         // One of the pool's connections while it is open, when there is a pool.
         let _connection = match &self.options.pool {
             Some(pool) => Some(pool.slot().await?),

@@ -577,7 +577,8 @@ fn session_refused(result: &Result<Receipt, SendError>) -> bool {
     }
 }
 
-fn outcome_of(e: &SendError) -> Outcome {
+/// The audit outcome of a failed send.
+pub(crate) fn outcome_of(e: &SendError) -> Outcome {
     match e {
         SendError::Rejected(_) => Outcome::Rejected,
         SendError::PolicyDenied(_) => Outcome::Denied,

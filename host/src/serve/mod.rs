@@ -344,9 +344,9 @@ async fn send_message(State(app): State<Arc<App>>, headers: HeaderMap, body: axu
     // the SMTP dialogue short (the message could reach the relay with
     // nothing kept or counted here); it finishes, holding its slot.
     app.running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let (host, task_app) = (loaded.host.clone(), Arc::clone(&app));
+    let (host, task_app, client) = (loaded.host.clone(), Arc::clone(&app), grant.name.clone());
     let task = tokio::spawn(async move {
-        let sent = host.send(&msg).await;
+        let sent = host.send_as(&msg, &client).await;
         if let Ok(sent) = &sent {
             let result = sent.result.as_ref().map_or_else(|e| e.kind(), |_| "accepted");
             task_app.metrics.add("wasmail_sends_total", &[("result", result)], 1);
