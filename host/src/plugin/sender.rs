@@ -1389,6 +1389,43 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Runs of one job that start and end on eight threads at once, so that
+    /// a lock file is often removed between another thread's open and its
+    /// lock (the reopen loop): never two holders at a time, and no lock
+    /// file left behind. (A thread may lose every race: `take` does not
+    /// wait, it says the job is running.)
+    #[test]
+    fn a_job_is_never_held_twice_while_its_runs_come_and_go() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("wasmail-job-lock-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let holders = AtomicUsize::new(0);
+        let turns: Vec<usize> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut turns = 0;
+                        for _ in 0..3_000 {
+                            if let Ok(lock) = JobLock::take(&audit, "p", "order-1").unwrap() {
+                                assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two runs hold the job");
+                                std::thread::yield_now();
+                                holders.fetch_sub(1, Ordering::SeqCst);
+                                drop(lock);
+                                turns += 1;
+                            }
+                        }
+                        turns
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert!(turns.iter().sum::<usize>() > 0, "{turns:?}");
+        assert_eq!(std::fs::read_dir(job_locks(&audit)).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_long_job_in_reverse_order_finds_every_attempt() {
         // Found through the index: each lookup is one probe, not a scan of
