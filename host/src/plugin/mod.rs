@@ -103,24 +103,13 @@ fn plain_send_record(msg: &Message, client: Option<&str>) -> Record {
     r
 }
 
-/// Fill in a plain send's outcome, as a plugin's message's is filled in.
+/// Fill in a plain send's outcome as a plugin's message's is filled in,
+/// now.
 fn settle_plain_send(r: &mut Record, result: &Result<Receipt, SendError>) {
     r.time_ms = crate::mail::audit::now_ms();
-    match result {
-        Ok(receipt) => {
-            r.outcome = Outcome::Accepted;
-            r.message_id = Some(receipt.message_id.clone());
-            r.size = Some(receipt.size);
-            r.rejected = receipt.rejected.iter().map(|f| f.address.clone()).collect();
-            r.reason = Some(format!("{} {}", receipt.reply.code, receipt.reply.text));
-        }
-        Err(e) => {
-            r.outcome = sender::outcome_of(e);
-            if let SendError::Rejected(rej) = e {
-                r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
-            }
-            r.reason = Some(format!("{}: {}", e.kind(), e.describe()));
-        }
+    sender::record_result(r, result);
+    if let Ok(receipt) = result {
+        r.message_id = Some(receipt.message_id.clone());
     }
 }
 

@@ -577,8 +577,27 @@ fn session_refused(result: &Result<Receipt, SendError>) -> bool {
     }
 }
 
-/// The audit outcome of a failed send.
-pub(crate) fn outcome_of(e: &SendError) -> Outcome {
+/// Fill in `r` with what a send's `result` says: its outcome, the relay's
+/// reply or the error as the reason, the size, and the refused recipients.
+pub(crate) fn record_result(r: &mut Record, result: &Result<Receipt, SendError>) {
+    match result {
+        Ok(receipt) => {
+            r.outcome = Outcome::Accepted;
+            r.reason = Some(format!("{} {}", receipt.reply.code, receipt.reply.text));
+            r.size = Some(receipt.size);
+            r.rejected = receipt.rejected.iter().map(|f| f.address.clone()).collect();
+        }
+        Err(e) => {
+            r.outcome = outcome_of(e);
+            r.reason = Some(format!("{}: {}", e.kind(), e.describe()));
+            if let SendError::Rejected(rej) = e {
+                r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
+            }
+        }
+    }
+}
+
+fn outcome_of(e: &SendError) -> Outcome {
     match e {
         SendError::Rejected(_) => Outcome::Rejected,
         SendError::PolicyDenied(_) => Outcome::Denied,
@@ -1124,21 +1143,8 @@ impl Forwarder {
     /// dropped once the record is written.
     fn settle(q: Queued, result: &Result<Receipt, SendError>) -> Settled {
         let Queued { approved, pending, rendered, seq, .. } = q;
-        let mut r = match result {
-            Ok(receipt) => {
-                let mut r = base(Some(&approved), Outcome::Accepted, Some(format!("{} {}", receipt.reply.code, receipt.reply.text)));
-                r.size = Some(receipt.size);
-                r.rejected = receipt.rejected.iter().map(|f| f.address.clone()).collect();
-                r
-            }
-            Err(e) => {
-                let mut r = base(Some(&approved), outcome_of(e), Some(format!("{}: {}", e.kind(), e.describe())));
-                if let SendError::Rejected(rej) = e {
-                    r.rejected = rej.recipients.iter().map(|f| f.address.clone()).collect();
-                }
-                r
-            }
-        };
+        let mut r = base(Some(&approved), Outcome::Accepted, None);
+        record_result(&mut r, result);
         r.message_id = Some(rendered.message_id);
         r.seq = Some(seq);
         let Some(pending) = pending else {
