@@ -1061,6 +1061,20 @@ def read_until_eof(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
     return got, time.monotonic() - start
 
 
+@pytest.mark.parametrize("flag, value", [
+    ("--max-connections", "0"), ("--max-connections", str((1 << 20) + 1)),
+    ("--header-read-secs", "0"), ("--header-read-secs", "86401"),
+    ("--body-read-secs", "0"), ("--body-read-secs", "86401"),
+])
+def test_connection_limits_out_of_range_are_usage_errors(serve, plugins, smtpd, tmp_path, flag, value):
+    """A cap of 0 would serve nobody, and a deadline of years overflows the
+    timer: both are refused at start (64), naming the flag."""
+    setup = make_setup(tmp_path, plugins, smtpd(), {"hello": {}})
+    server = serve(setup, flag, value, wait=False)
+    assert server.wait_exit(START_TIMEOUT_S) == 64, server.stderr()
+    assert flag in server.stderr() and "listening" not in server.stderr(), server.stderr()
+
+
 def test_a_connection_without_a_request_head_is_closed_at_the_deadline(serve, plugins, smtpd, tmp_path):
     """A client that connects and sends nothing, one that sends half a head
     and stops, and an idle keep-alive connection each hold a connection slot

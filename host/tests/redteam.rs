@@ -576,6 +576,21 @@ fn memory_module(pages: usize, heap: usize) -> String {
     )
 }
 
+/// The end of a hand-written plugin's core `run`: it returns `ok("")` (the
+/// result record at 0x3000 of the memory of [`memory_module`]).
+const RETURN_OK: &str = "(i32.store (i32.const 0x3000) (i32.const 0))
+      (i32.store (i32.const 0x3004) (i32.const 0x2000))
+      (i32.store (i32.const 0x3008) (i32.const 0))
+      (i32.const 0x3000)";
+
+/// The end of a hand-written plugin: its core module `$B`, given the memory
+/// of [`memory_module`] as `a` and the lowered imports `$hi` as `h`, lifted
+/// as the world's `run`.
+const LIFT_RUN: &str = r#"  (core instance $b (instantiate $B (with "a" (instance $a)) (with "h" (instance $hi))))
+  (func (export "run") (param "input" string) (result (result string (error string)))
+    (canon lift (core func $b "run") (memory $mem) (realloc $realloc)))
+"#;
+
 /// The WAT of a plugin that builds `requests` wasi:http requests, never
 /// sent, each with a body of two `chunk`-octet writes, and keeps them all
 /// (one resource each); it traps when a write is refused.
@@ -637,16 +652,10 @@ fn http_bodies_wat(requests: usize, chunk: usize) -> String {
         (call $dropbody (local.get $b))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $l)))
-      (i32.store (i32.const 0x3000) (i32.const 0))
-      (i32.store (i32.const 0x3004) (i32.const 0x2000))
-      (i32.store (i32.const 0x3008) (i32.const 0))
-      (i32.const 0x3000)))
+      {RETURN_OK}))
   (core instance $hi (export "fields" (func $fields)) (export "req" (func $req)) (export "rbody" (func $rbody))
      (export "bwrite" (func $bwrite)) (export "oswrite" (func $oswrite)) (export "dropos" (func $dropos)) (export "dropbody" (func $dropbody)))
-  (core instance $b (instantiate $B (with "a" (instance $a)) (with "h" (instance $hi))))
-  (func (export "run") (param "input" string) (result (result string (error string)))
-    (canon lift (core func $b "run") (memory $mem) (realloc $realloc)))
-)
+{LIFT_RUN})
 "#
     )
 }
@@ -712,15 +721,9 @@ fn http_fields_wat(appends: usize, value: usize) -> String {
         (if (i32.load8_u (i32.const 0x100)) (then unreachable))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $l)))
-      (i32.store (i32.const 0x3000) (i32.const 0))
-      (i32.store (i32.const 0x3004) (i32.const 0x2000))
-      (i32.store (i32.const 0x3008) (i32.const 0))
-      (i32.const 0x3000)))
+      {RETURN_OK}))
   (core instance $hi (export "fields" (func $fields)) (export "append" (func $append)))
-  (core instance $b (instantiate $B (with "a" (instance $a)) (with "h" (instance $hi))))
-  (func (export "run") (param "input" string) (result (result string (error string)))
-    (canon lift (core func $b "run") (memory $mem) (realloc $realloc)))
-)
+{LIFT_RUN})
 "#
     )
 }
@@ -806,15 +809,9 @@ fn aliased_addresses_wat(n: usize, size: usize) -> String {
         (br $l)))
 
       (call $send (i32.const 0x1000) (i32.const 0x2000))
-      (i32.store (i32.const 0x3000) (i32.const 0))
-      (i32.store (i32.const 0x3004) (i32.const 0x2000))
-      (i32.store (i32.const 0x3008) (i32.const 0))
-      (i32.const 0x3000)))
+      {RETURN_OK}))
   (core instance $hi (export "send" (func $send)))
-  (core instance $b (instantiate $B (with "a" (instance $a)) (with "h" (instance $hi))))
-  (func (export "run") (param "input" string) (result (result string (error string)))
-    (canon lift (core func $b "run") (memory $mem) (realloc $realloc)))
-)
+{LIFT_RUN})
 
 "#
     )
